@@ -1,0 +1,3 @@
+from symdiff_cli.cli import main
+
+main()
