@@ -1,11 +1,245 @@
-"""`symdiff evaluate`."""
+"""`symdiff evaluate`: the QM9 benchmark metrics of molecule files or of a dataset split."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import os
+import tempfile
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
 import typer
 
+from symdiff_cli.errors import SymdiffError, UsageError
 
-def evaluate_command() -> None:
-    """Not built yet."""
-    typer.echo("symdiff evaluate is not built yet", err=True)
-    raise typer.Exit(2)
+
+class DatasetChoice(str, Enum):
+    qm9 = "qm9"
+    geom = "geom"
+
+
+class SplitChoice(str, Enum):
+    train = "train"
+    valid = "valid"
+    test = "test"
+    all = "all"
+
+
+PER_MOLECULE_COLUMNS = ("index", "source", "num_atoms", "stable_atoms", "stable", "valid", "strict_valid", "smiles")
+
+
+def _write_text_atomic(path: str, text: str) -> None:
+    """Write a file via a temp file in its folder and os.replace: never a half-written file."""
+    target = Path(path)
+    folder = target.parent
+    if not folder.is_dir():
+        raise SymdiffError(f"cannot write {path}: folder {folder} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as err:
+        raise SymdiffError(f"cannot write {path}: {err.strerror}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+        # mkstemp creates 0600; give the file the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_inputs(files: list[str], strict: bool):
+    """Molecules of every file plus (source, index-in-source) per molecule; warns on skips."""
+    from symdiff_cli.io.formats import read_molecules
+
+    if files.count("-") > 1:
+        raise UsageError("standard input ('-') can be given only once")
+    molecules, origins = [], []
+    for path in files:
+        mols, unreadable = read_molecules(path, strict=strict)
+        source = "stdin" if path == "-" else path
+        if unreadable:
+            total = len(mols) + unreadable
+            typer.echo(
+                f"Warning: {unreadable} of {total} records in {source} unreadable (skipped; --strict makes this an error)",
+                err=True,
+            )
+        molecules.extend(mols)
+        origins.extend((source, k) for k in range(len(mols)))
+    return molecules, origins
+
+
+def _warn_foreign_elements(molecules, dataset: str) -> None:
+    """Tell the user when molecules hold elements outside the dataset's atom types."""
+    import numpy as np
+
+    from symdiff_cli.chem.elements import dataset_info, element_symbol
+
+    info = dataset_info(dataset)
+    known = np.array(info.atomic_numbers)
+    foreign: set[int] = set()
+    count = 0
+    for mol in molecules:
+        outside = ~np.isin(mol.atomic_numbers, known)
+        if outside.any():
+            count += 1
+            foreign.update(int(z) for z in mol.atomic_numbers[outside])
+    if count:
+        symbols = " ".join(element_symbol(z) if 1 <= z <= 83 else str(z) for z in sorted(foreign))
+        typer.echo(
+            f"Warning: {count} molecules contain elements outside the {info.name} atom types ({symbols})",
+            err=True,
+        )
+
+
+def _percent(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f} %"
+
+
+def _results_table(result, title: str):
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("Metric")
+    table.add_column("Value", justify="right")
+    table.add_column("Count", justify="right")
+    rows = [
+        ("Atom stability", result.atom_stability, f"{result.num_stable_atoms} / {result.num_atoms}"),
+        ("Molecule stability", result.molecule_stability, f"{result.num_stable_molecules} / {result.num_molecules}"),
+        ("Validity", result.validity, f"{result.num_valid} / {result.num_molecules}"),
+        ("Strict validity (one fragment)", result.strict_validity, f"{result.num_strict_valid} / {result.num_molecules}"),
+        ("Uniqueness", result.uniqueness, f"{result.num_unique} / {result.num_valid}"),
+        ("Valid and unique", result.valid_and_unique, f"{result.num_unique} / {result.num_molecules}"),
+    ]
+    if result.novelty is not None:
+        rows.append(("Novelty", result.novelty, f"{result.num_novel} / {result.num_unique}"))
+    for name, value, count in rows:
+        table.add_row(name, _percent(value), count)
+    return table
+
+
+def _per_molecule_csv(result, origins) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(PER_MOLECULE_COLUMNS)
+    for (source, index), report in zip(origins, result.reports):
+        writer.writerow(
+            [
+                index,
+                source,
+                report.num_atoms,
+                report.num_stable_atoms,
+                int(report.stable),
+                int(report.valid),
+                int(report.strict_valid),
+                report.smiles or "",
+            ]
+        )
+    return buffer.getvalue()
+
+
+def evaluate_command(
+    files: Optional[list[str]] = typer.Argument(
+        None,
+        metavar="FILE",
+        help="Molecule files to evaluate (.sdf, .xyz, .npz, .smi), or '-' for standard input. "
+        "Leave out and give --split to evaluate the dataset itself.",
+        show_default=False,
+    ),
+    dataset: DatasetChoice = typer.Option(
+        DatasetChoice.qm9,
+        "--dataset",
+        help="Dataset whose atom types and novelty reference apply (novelty is computed for qm9 only).",
+    ),
+    split: Optional[SplitChoice] = typer.Option(
+        None,
+        "--split",
+        help="Evaluate this split of the dataset instead of files (the reference numbers of the data).",
+        show_default=False,
+    ),
+    json_path: Optional[str] = typer.Option(
+        None,
+        "--json",
+        metavar="PATH",
+        help="Also write counts and fractions as JSON to PATH ('-' for standard output, the table then goes to stderr).",
+        show_default=False,
+    ),
+    per_molecule: Optional[str] = typer.Option(
+        None,
+        "--per-molecule",
+        metavar="CSV",
+        help="Write one CSV row per molecule (index, source, atoms, stable atoms, stable, valid, strict_valid, "
+        "SMILES) to CSV ('-' for standard output).",
+        show_default=False,
+    ),
+    strict: bool = typer.Option(
+        False,
+        "--strict",
+        help="Treat an unreadable record in an input file as an error instead of skipping it with a warning.",
+    ),
+    no_novelty: bool = typer.Option(
+        False,
+        "--no-novelty",
+        help="Skip novelty (it needs the QM9 training SMILES, built once and cached on first use).",
+    ),
+) -> None:
+    """Stability, validity, uniqueness and novelty of molecules, by the QM9 benchmark rules (EDM)."""
+    from rich.console import Console
+
+    from symdiff_cli.chem.metrics import evaluate_molecules
+
+    files = list(files or [])
+    if files and split is not None:
+        raise UsageError("give molecule files or --split, not both")
+    if not files and split is None:
+        raise UsageError("nothing to evaluate: give molecule files (or '-' for stdin), or --split to evaluate the dataset")
+    if json_path == "-" and per_molecule == "-":
+        raise UsageError("--json and --per-molecule cannot both write to standard output")
+
+    if split is not None:
+        if dataset is not DatasetChoice.qm9:
+            raise UsageError(f"the {dataset.value} data is not available here; --split works with --dataset qm9")
+        from symdiff_cli.data.qm9 import qm9_split
+
+        packed = qm9_split(split.value)
+        molecules = packed.to_molecules()
+        origins = [(f"qm9:{split.value}", k) for k in range(len(molecules))]
+        title = f"QM9 {split.value} split ({len(molecules)} molecules)"
+    else:
+        molecules, origins = _read_inputs(files, strict)
+        _warn_foreign_elements(molecules, dataset.value)
+        title = f"{len(molecules)} molecules from {', '.join('stdin' if f == '-' else f for f in files)}"
+
+    reference = None
+    if dataset is DatasetChoice.qm9 and not no_novelty:
+        from symdiff_cli.data.qm9 import train_reference_smiles
+
+        reference = train_reference_smiles()
+    result = evaluate_molecules(molecules, reference_smiles=reference, progress=True)
+
+    # Machine-readable output on stdout must stay parseable: the table then goes to stderr.
+    table_console = Console(stderr="-" in (json_path, per_molecule))
+    table_console.print(_results_table(result, title))
+
+    if per_molecule == "-":
+        typer.echo(_per_molecule_csv(result, origins), nl=False)
+    elif per_molecule is not None:
+        _write_text_atomic(per_molecule, _per_molecule_csv(result, origins))
+    if json_path is not None:
+        payload = {
+            "dataset": dataset.value,
+            "split": None if split is None else split.value,
+            "files": files,
+            **result.as_dict(),
+        }
+        text = json.dumps(payload, indent=2) + "\n"
+        if json_path == "-":
+            typer.echo(text, nl=False)
+        else:
+            _write_text_atomic(json_path, text)

@@ -1,11 +1,55 @@
-"""`symdiff generate`."""
+"""`symdiff generate`: parse the options and hand them to symdiff_cli.engine.generate."""
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
+_FORMATS = ("sdf", "xyz", "smi", "npz")
 
-def generate_command() -> None:
-    """Not built yet."""
-    typer.echo("symdiff generate is not built yet", err=True)
-    raise typer.Exit(2)
+
+def generate_command(
+    n: int = typer.Option(..., "--n", "-n", help="Number of molecules (with --shard: in all shards together)."),
+    out: str = typer.Option(..., "--out", "-o", help="Output file, or '-' for standard output (SDF unless --format)."),
+    fmt: Optional[str] = typer.Option(
+        None, "--format", "-f", help=f"Output format: {'|'.join(_FORMATS)} (default: from the --out extension)."
+    ),
+    batch_size: Optional[int] = typer.Option(
+        None, "--batch-size", help="Molecules per batch (default 256 on CPU, 1024 on CUDA); changes the molecules drawn."
+    ),
+    steps: Optional[int] = typer.Option(
+        None, "--steps", help="Denoising steps (default: the model's CPU default on CPU, 1000 on CUDA)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed and options give the same file."),
+    device: str = typer.Option("auto", "--device", help="auto|cpu|cuda."),
+    num_atoms: Optional[int] = typer.Option(
+        None, "--num-atoms", help="Atoms per molecule (default: drawn from the training-set size histogram)."
+    ),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m",
+        help="A name in weights/, a release directory, or a Hugging Face Hub id org/name[@revision] (default: qm9).",
+    ),
+    offline: bool = typer.Option(False, "--offline", help="Use only the local Hugging Face cache for Hub models."),
+    shard: Optional[str] = typer.Option(
+        None, "--shard",
+        help="I/K: generate shard I of K with its own seeds and share of --n "
+             "(default: from SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT).",
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary on stderr."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for PyTorch (default: PyTorch's choice)."),
+) -> None:
+    """Sample 3D molecules from a SymDiff model.
+
+    Molecules are written as their batches finish; the file appears complete or not at all.
+    Ctrl-C keeps the finished molecules in a complete file and exits with code 130.
+    SDF records carry perceived bonds and the tags symdiff_stable, symdiff_valid and smiles.
+    """
+    from symdiff_cli.engine.generate import INTERRUPTED_EXIT_CODE, GenerateOptions, generate
+
+    result = generate(GenerateOptions(
+        n=n, out=out, fmt=fmt, batch_size=batch_size, steps=steps, seed=seed, device=device,
+        num_atoms=num_atoms, model=model, offline=offline, shard=shard, quiet=quiet, threads=threads,
+    ))
+    if result.interrupted:
+        raise typer.Exit(INTERRUPTED_EXIT_CODE)

@@ -1,11 +1,149 @@
-"""`symdiff train`."""
+"""`symdiff train`: parse options into a TrainConfig/ModelConfig and run the training engine."""
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+from typing import List, Optional
+
 import typer
 
+from symdiff_cli.errors import SymdiffError, UsageError
 
-def train_command() -> None:
-    """Not built yet."""
-    typer.echo("symdiff train is not built yet", err=True)
-    raise typer.Exit(2)
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms]?)", re.IGNORECASE)
+_UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1, "": 1}
+
+
+def parse_duration(text: str) -> float:
+    """'2h', '90m', '1h30m', '45s' or plain seconds -> seconds."""
+    text = text.strip()
+    pos, total = 0, 0.0
+    for match in _DURATION.finditer(text):
+        if match.start() != pos or (match.group(2) == "" and match.end() != len(text)):
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()]
+        pos = match.end()
+    if pos != len(text) or not text or total <= 0:
+        raise UsageError(f"cannot read duration {text!r} (examples: 90s, 30m, 2h, 1h30m)")
+    return total
+
+
+def train_command(
+    out: Path = typer.Option(Path("runs/default"), "--out", "-o", help="Run directory: checkpoint, metrics.jsonl, config.json."),
+    dataset: str = typer.Option("qm9", help="Dataset configuration (atom types): qm9 or geom."),
+    data: Optional[List[str]] = typer.Option(None, "--data", help="Train on these XYZ/SDF/npz files or directories instead of the QM9 train split (repeatable)."),
+    data_format: str = typer.Option("auto", help="auto, or geom for the GEOM-Drugs processed .npy (conformer id, Z, x, y, z) layout."),
+    preset: str = typer.Option("small", help="Model size: tiny (tests), small (CPU), paper (~31M parameters)."),
+    gamma: Optional[str] = typer.Option(None, help="Orientation kernel: learned (SymDiff), haar (DiT-Aug baseline), none (plain DiT)."),
+    batch_size: Optional[int] = typer.Option(None, help="Molecules per optimiser step and process [default: 256]."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate of AMSGrad Adam [default: 2e-4]."),
+    warmup_steps: Optional[int] = typer.Option(None, help="Linear learning-rate warm-up steps [default: 500]."),
+    ema_decay: Optional[float] = typer.Option(None, help="EMA decay of the weights that are evaluated and released [default: 0.9999]."),
+    grad_clip: Optional[float] = typer.Option(None, help="Gradient norm clip [default: 2.0]."),
+    epochs: Optional[int] = typer.Option(None, help="Stop after this many epochs (counted over the whole run)."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimiser steps (counted over the whole run)."),
+    max_time: Optional[str] = typer.Option(None, help="Stop after this much training time, e.g. 45m, 2h, 1h30m (counted over the whole run)."),
+    checkpoint_every: str = typer.Option("10m", help="Write a checkpoint this often (wall clock), and always at the end."),
+    eval_every: int = typer.Option(0, help="Sample and evaluate every N steps (0: only at the end, if --eval-samples > 0)."),
+    eval_samples: int = typer.Option(0, help="Molecules sampled for each evaluation (0: no evaluation)."),
+    eval_steps: int = typer.Option(100, help="Denoising steps used when sampling for evaluation."),
+    log_every: int = typer.Option(50, help="Write a metrics line every N steps."),
+    seed: int = typer.Option(0, help="Seed for data order, noise and frames: a run is reproducible on the same machine."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N (under torchrun each process takes its LOCAL_RANK GPU)."),
+    precision: str = typer.Option("auto", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
+    init_from: Optional[str] = typer.Option(None, help="Start from the weights of a released model (name in weights/, directory, or hub id)."),
+    config: Optional[Path] = typer.Option(None, help='JSON file {"model": {...}, "train": {...}} of settings; options given here win.'),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override any setting: model.hidden=256, train.weight_decay=0 (repeatable)."),
+    threads: int = typer.Option(0, help="CPU threads per process (0: torch's default)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+) -> None:
+    """Train a SymDiff model (or resume a run). Works under torchrun for multi-GPU / multi-node DDP."""
+    import os
+
+    from symdiff_cli.engine.train import TrainConfig, train
+    from symdiff_cli.model.config import ModelConfig, apply_overrides, model_config_from_preset, parse_override
+
+    model_over: dict = {}
+    train_over: dict = {}
+    if config is not None:
+        if not config.is_file():
+            raise SymdiffError(f"config file {config} does not exist")
+        try:
+            loaded = json.loads(config.read_text())
+        except json.JSONDecodeError as err:
+            raise SymdiffError(f"config file {config} is not valid JSON: {err}") from None
+        model_over.update(loaded.get("model", {}))
+        train_over.update(loaded.get("train", {}))
+    for item in set_ or []:
+        key, value = parse_override(item)
+        scope, _, name = key.partition(".")
+        if scope == "model" and name:
+            model_over[name] = value
+        elif scope == "train" and name:
+            train_over[name] = value
+        else:
+            raise UsageError(f"--set {item!r}: keys start with model. or train.")
+    if gamma is not None:
+        model_over["gamma"] = gamma
+
+    given = dict(out=str(out), dataset=dataset, data=list(data or []), data_format=data_format, preset=preset,
+                 batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, ema_decay=ema_decay,
+                 grad_clip=grad_clip, epochs=epochs, max_steps=max_steps,
+                 max_time=parse_duration(max_time) if max_time else None,
+                 checkpoint_every=parse_duration(checkpoint_every), eval_every=eval_every,
+                 eval_samples=eval_samples, eval_steps=eval_steps, log_every=log_every, seed=seed,
+                 device=device, precision=precision, init_from=init_from, threads=threads)
+    train_over.update({k: v for k, v in given.items() if v is not None})
+    cfg = apply_overrides(TrainConfig(), train_over)
+    if cfg.data_format not in ("auto", "geom"):
+        raise UsageError(f"--data-format must be auto or geom, not {cfg.data_format!r}")
+    if cfg.precision not in ("auto", "fp32", "bf16"):
+        raise UsageError(f"--precision must be auto, fp32 or bf16, not {cfg.precision!r}")
+    if cfg.batch_size < 1 or cfg.lr <= 0 or cfg.log_every < 1:
+        raise UsageError("--batch-size, --lr and --log-every must be positive")
+
+    has_checkpoint = (Path(cfg.out) / "checkpoint.pt").exists()
+    if has_checkpoint and not resume:
+        raise SymdiffError(f"{cfg.out} already holds a run: pass --resume to continue it, or choose another --out")
+    if resume and not has_checkpoint:
+        raise SymdiffError(f"--resume: no checkpoint in {cfg.out}")
+    model_cfg: ModelConfig | None = None
+    if not has_checkpoint:
+        model_cfg = model_config_from_preset(cfg.preset)
+        model_cfg = apply_overrides(model_cfg, model_over).validate() if model_over else model_cfg
+
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    from rich.console import Console
+
+    console = Console(stderr=True, quiet=quiet or not is_main)
+    if quiet or not is_main:
+        summary = train(cfg, model_cfg, console_print=console.print)
+    else:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        with Progress(
+            TextColumn("[bold]step {task.fields[step]}"), BarColumn(), TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[speed]} mol/s"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=console, transient=False,
+        ) as progress:
+            total = cfg.max_time or cfg.max_steps or None
+            task = progress.add_task("train", total=total, step=0, loss="-", speed="-")
+
+            def on_progress(rec: dict) -> None:
+                done = rec["time"] if cfg.max_time else rec["step"]
+                if rec.get("total_steps") and not cfg.max_time:
+                    progress.update(task, total=rec["total_steps"])
+                progress.update(task, completed=done, step=rec["step"], loss=f"{rec['loss']:.4f}",
+                                speed=f"{rec['mol_per_s']:.0f}")
+
+            summary = train(cfg, model_cfg, on_progress=on_progress, console_print=console.print)
+    if is_main:
+        line = (f"Stopped ({summary['stop_reason']}) at step {summary['step']}, epoch {summary['epoch']}, "
+                f"{summary['time']:.0f} s of training; checkpoint in {summary['out']}/checkpoint.pt")
+        console.print(line)
+        if "eval" in summary:
+            e = summary["eval"]
+            console.print(f"Evaluation on {e['num_molecules']} samples: " + ", ".join(
+                f"{k} {100 * e[k]:.1f} %" for k in ("atom_stability", "molecule_stability", "validity") if k in e))

@@ -1,0 +1,239 @@
+"""The QM9 benchmark metrics: stability, validity, uniqueness, novelty (EDM protocol).
+
+Definitions follow Hoogeboom et al. 2022 (EDM) and DESIGN.md section 3:
+- an atom is stable when the sum of its perceived bond orders is its allowed valence (or one
+  of them); atom stability is pooled over all atoms of all molecules;
+- a molecule is stable when all its atoms are;
+- a molecule is valid when the RDKit molecule built from the perceived bonds sanitises; its
+  SMILES is that of the largest fragment. Strictly valid: sanitises and is one fragment;
+- uniqueness = distinct valid SMILES / valid molecules; novelty = distinct valid SMILES not
+  in the reference (training) set / distinct valid SMILES.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+
+import numpy as np
+from rdkit import Chem, RDLogger
+
+from symdiff_cli.chem.bonds import bond_order_matrix, load_bond_rules
+from symdiff_cli.chem.rdkit_mol import to_rdkit_mol
+from symdiff_cli.io.molecule import Molecule, PackedMolecules
+
+# Bond-order sums at or above this are never an allowed valence (the largest listed is 5).
+_MAX_VALENCE_SUM = 16
+
+
+@lru_cache(maxsize=1)
+def _allowed_valence_table() -> np.ndarray:
+    """Boolean (84, 16) table: allowed[z, s] is True when bond-order sum s is allowed for z."""
+    rules = load_bond_rules()
+    allowed = np.zeros((len(rules.valence), _MAX_VALENCE_SUM), dtype=bool)
+    for z, valences in enumerate(rules.valence):
+        for v in valences:
+            allowed[z, v] = True
+    return allowed
+
+
+def stable_atoms(atomic_numbers: np.ndarray, orders: np.ndarray) -> np.ndarray:
+    """Boolean (N,) mask of atoms whose bond-order sum is an allowed valence.
+
+    Elements without an allowed valence in the rules (unknown to the benchmark) are unstable.
+    """
+    allowed = _allowed_valence_table()
+    z = np.asarray(atomic_numbers, dtype=np.int64).reshape(-1)
+    valence_sum = np.asarray(orders).sum(axis=1)
+    in_table = (z >= 0) & (z < allowed.shape[0]) & (valence_sum < _MAX_VALENCE_SUM)
+    result = np.zeros(len(z), dtype=bool)
+    result[in_table] = allowed[z[in_table], valence_sum[in_table]]
+    return result
+
+
+@dataclass
+class MoleculeReport:
+    """The metrics of one molecule. `smiles` is the largest fragment's, None when invalid."""
+
+    num_atoms: int
+    num_stable_atoms: int
+    stable: bool
+    valid: bool
+    strict_valid: bool
+    smiles: str | None
+    fragments: int
+
+
+def rdkit_validity(rdmol: Chem.Mol) -> tuple[bool, str | None, int]:
+    """(valid, largest-fragment SMILES, number of fragments) of an unsanitised molecule.
+
+    EDM's rule: sanitise; if that works take the largest fragment (by atom count) and its
+    canonical SMILES.
+    """
+    fragments = len(Chem.GetMolFrags(rdmol))
+    mol = Chem.Mol(rdmol)
+    try:
+        Chem.SanitizeMol(mol)
+    except Exception:  # RDKit raises several unrelated classes (valence, kekulisation, ...)
+        return False, None, fragments
+    largest = max(Chem.GetMolFrags(mol, asMols=True), key=lambda m: m.GetNumAtoms(), default=mol)
+    return True, Chem.MolToSmiles(largest), fragments
+
+
+def evaluate_molecule(mol: Molecule) -> MoleculeReport:
+    """Perceive bonds and compute the per-molecule metrics.
+
+    A molecule without atoms is reported unstable and invalid rather than vacuously stable.
+    """
+    if mol.num_atoms == 0:
+        return MoleculeReport(0, 0, False, False, False, None, 0)
+    orders = bond_order_matrix(mol.atomic_numbers, mol.positions)
+    num_stable = int(stable_atoms(mol.atomic_numbers, orders).sum())
+    valid, smiles, fragments = rdkit_validity(to_rdkit_mol(mol, orders))
+    return MoleculeReport(
+        num_atoms=mol.num_atoms,
+        num_stable_atoms=num_stable,
+        stable=num_stable == mol.num_atoms,
+        valid=valid,
+        strict_valid=valid and fragments == 1,
+        smiles=smiles,
+        fragments=fragments,
+    )
+
+
+def uniqueness(valid_smiles: Sequence[str]) -> float:
+    """Distinct SMILES / number of SMILES (0 when there are none)."""
+    return len(set(valid_smiles)) / len(valid_smiles) if valid_smiles else 0.0
+
+
+def novelty(valid_smiles: Iterable[str], reference_smiles: set[str] | frozenset[str]) -> float:
+    """Fraction of the distinct SMILES that are not in the reference set (0 when none)."""
+    unique = set(valid_smiles)
+    return len(unique - reference_smiles) / len(unique) if unique else 0.0
+
+
+def _fraction(count: int, total: int) -> float:
+    return count / total if total else 0.0
+
+
+@dataclass
+class EvaluationResult:
+    """Counts and fractions over a set of molecules, plus the per-molecule reports."""
+
+    num_molecules: int
+    num_atoms: int
+    num_stable_atoms: int
+    num_stable_molecules: int
+    num_valid: int
+    num_strict_valid: int
+    num_unique: int
+    num_novel: int | None
+    reports: list[MoleculeReport] = field(default_factory=list, repr=False)
+
+    @property
+    def atom_stability(self) -> float:
+        return _fraction(self.num_stable_atoms, self.num_atoms)
+
+    @property
+    def molecule_stability(self) -> float:
+        return _fraction(self.num_stable_molecules, self.num_molecules)
+
+    @property
+    def validity(self) -> float:
+        return _fraction(self.num_valid, self.num_molecules)
+
+    @property
+    def strict_validity(self) -> float:
+        return _fraction(self.num_strict_valid, self.num_molecules)
+
+    @property
+    def uniqueness(self) -> float:
+        return _fraction(self.num_unique, self.num_valid)
+
+    @property
+    def valid_and_unique(self) -> float:
+        return _fraction(self.num_unique, self.num_molecules)
+
+    @property
+    def novelty(self) -> float | None:
+        return None if self.num_novel is None else _fraction(self.num_novel, self.num_unique)
+
+    def as_dict(self, per_molecule: bool = False) -> dict:
+        """JSON-ready counts and fractions (fractions in [0, 1]); reports only on request."""
+        out = {
+            "counts": {
+                "molecules": self.num_molecules,
+                "atoms": self.num_atoms,
+                "stable_atoms": self.num_stable_atoms,
+                "stable_molecules": self.num_stable_molecules,
+                "valid": self.num_valid,
+                "strict_valid": self.num_strict_valid,
+                "unique": self.num_unique,
+                "novel": self.num_novel,
+            },
+            "fractions": {
+                "atom_stability": self.atom_stability,
+                "molecule_stability": self.molecule_stability,
+                "validity": self.validity,
+                "strict_validity": self.strict_validity,
+                "uniqueness": self.uniqueness,
+                "valid_and_unique": self.valid_and_unique,
+                "novelty": self.novelty,
+            },
+        }
+        if per_molecule:
+            out["molecules"] = [asdict(r) for r in self.reports]
+        return out
+
+
+def summarise(reports: list[MoleculeReport], reference_smiles: set[str] | frozenset[str] | None = None) -> EvaluationResult:
+    """Aggregate per-molecule reports; novelty only when a reference set is given."""
+    valid_smiles = [r.smiles for r in reports if r.valid and r.smiles is not None]
+    unique = set(valid_smiles)
+    return EvaluationResult(
+        num_molecules=len(reports),
+        num_atoms=sum(r.num_atoms for r in reports),
+        num_stable_atoms=sum(r.num_stable_atoms for r in reports),
+        num_stable_molecules=sum(r.stable for r in reports),
+        num_valid=sum(r.valid for r in reports),
+        num_strict_valid=sum(r.strict_valid for r in reports),
+        num_unique=len(unique),
+        num_novel=None if reference_smiles is None else len(unique - reference_smiles),
+        reports=reports,
+    )
+
+
+def evaluate_molecules(
+    mols: Sequence[Molecule] | PackedMolecules,
+    reference_smiles: set[str] | frozenset[str] | None = None,
+    progress: bool = False,
+    description: str = "evaluating",
+) -> EvaluationResult:
+    """Evaluate molecules one by one (bond perception is vectorised per molecule).
+
+    `progress` shows a Rich progress bar labelled `description` on stderr, so stdout stays
+    clean for JSON. About 0.25 ms per QM9 molecule: the 13,083 test molecules take seconds,
+    so a process pool is not worth its start-up and pickling cost.
+    """
+    if isinstance(mols, PackedMolecules):
+        mols = mols.to_molecules()
+    # Invalid molecules are expected here; RDKit would log every sanitisation failure.
+    RDLogger.DisableLog("rdApp.*")
+    try:
+        if progress:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            columns = (TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+            with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+                task = bar.add_task(description, total=len(mols))
+                reports = []
+                for mol in mols:
+                    reports.append(evaluate_molecule(mol))
+                    bar.advance(task)
+        else:
+            reports = [evaluate_molecule(mol) for mol in mols]
+    finally:
+        RDLogger.EnableLog("rdApp.*")
+    return summarise(reports, reference_smiles)

@@ -1,0 +1,327 @@
+"""`symdiff generate`: sample molecules from a release and stream them into a file.
+
+Reproducibility: the molecules depend only on the model, --seed, --shard, --n, --num-atoms,
+--batch-size, --steps and the device. Shard I of K derives its own seed from (seed, I, K), so
+shards of a job array never share a random stream, and it generates its own share of n
+(n split as evenly as possible). Every batch of the plan carries its own seed, so the file is
+the same however the run is scheduled.
+
+Output is streamed batch by batch through MoleculeWriter, which writes a temporary file and
+renames it into place: an error leaves no file; Ctrl-C leaves a complete file holding the
+finished batches and exits with code 130 (the shell's code for SIGINT), so a pipeline or job
+script can tell the output is short.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from symdiff_cli.errors import SymdiffError, UsageError
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+DEFAULT_BATCH_SIZE_CPU = 256
+DEFAULT_BATCH_SIZE_CUDA = 1024
+INTERRUPTED_EXIT_CODE = 130
+
+
+@dataclass
+class GenerateOptions:
+    """Everything `symdiff generate` was asked to do (the CLI's options, unparsed defaults None)."""
+
+    n: int
+    out: str
+    fmt: str | None = None
+    batch_size: int | None = None
+    steps: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    num_atoms: int | None = None
+    model: str | None = None
+    offline: bool = False
+    shard: str | None = None
+    quiet: bool = False
+    threads: int | None = None
+
+
+@dataclass
+class GenerateResult:
+    """What a run produced. `interrupted`: Ctrl-C stopped it; the file holds `written` molecules."""
+
+    requested: int
+    written: int
+    skipped: int
+    seconds: float
+    shard: tuple[int, int]
+    out: str
+    interrupted: bool = False
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def molecules_per_second(self) -> float:
+        return self.written / self.seconds if self.seconds > 0 else 0.0
+
+
+# --------------------------------------------------------------------------------------
+# Sharding and seeds
+
+
+def parse_shard(text: str | None, environ: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """(index, count) from "I/K", else from a Slurm job array, else (0, 1).
+
+    Slurm numbers array tasks from SLURM_ARRAY_TASK_MIN (often 0 or 1), so the index is the
+    task id minus that minimum; SLURM_ARRAY_TASK_COUNT is the number of tasks.
+    """
+    environ = os.environ if environ is None else environ
+    if text is None or not text.strip():
+        task_id, task_count = environ.get("SLURM_ARRAY_TASK_ID"), environ.get("SLURM_ARRAY_TASK_COUNT")
+        if task_id is None or task_count is None:
+            return 0, 1
+        try:
+            index = int(task_id) - int(environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+            count = int(task_count)
+        except ValueError:
+            raise UsageError(
+                f"cannot read the Slurm job array (SLURM_ARRAY_TASK_ID={task_id!r}, "
+                f"SLURM_ARRAY_TASK_COUNT={task_count!r}); pass --shard I/K"
+            ) from None
+        source = f"the Slurm job array (task {task_id} of {task_count})"
+    else:
+        parts = text.strip().split("/")
+        try:
+            index, count = (int(p) for p in parts)
+        except ValueError:
+            raise UsageError(f"--shard must look like I/K (e.g. 0/4), not {text!r}") from None
+        source = f"--shard {text}"
+    if count < 1 or not 0 <= index < count:
+        raise UsageError(f"{source}: shard index must be in 0..K-1 with K >= 1, got {index}/{count}")
+    return index, count
+
+
+def shard_share(n: int, index: int, count: int) -> int:
+    """Molecules shard `index` of `count` generates: n split as evenly as possible."""
+    return n // count + (1 if index < n % count else 0)
+
+
+def shard_seed_sequence(seed: int, index: int, count: int) -> np.random.SeedSequence:
+    """The root of all randomness of one shard; distinct (seed, I, K) give independent streams."""
+    return np.random.SeedSequence([int(seed), int(index), int(count)])
+
+
+def plan_for_shard(histogram: dict[int, int], n: int, num_atoms: int | None, batch_size: int,
+                   seed: int, shard: tuple[int, int]):
+    """The SamplePlan of one shard: its atom counts (fixed or drawn from the histogram) in
+    batches, each batch with its own seed."""
+    from symdiff_cli.engine.sampling import draw_atom_counts, plan_batches
+
+    counts_seq, batches_seq = shard_seed_sequence(seed, *shard).spawn(2)
+    if num_atoms is not None:
+        counts = np.full(n, int(num_atoms), dtype=np.int64)
+    else:
+        counts = draw_atom_counts(histogram, n, np.random.default_rng(counts_seq))
+    plan_seed = int(batches_seq.generate_state(1, dtype=np.uint64)[0] & 0x7FFFFFFFFFFFFFFF)
+    return plan_batches(counts, batch_size, plan_seed)
+
+
+# --------------------------------------------------------------------------------------
+# Options
+
+
+def pick_device(choice: str):
+    import torch
+
+    if choice not in DEVICE_CHOICES:
+        raise UsageError(f"--device must be one of {', '.join(DEVICE_CHOICES)}, not {choice!r}")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise SymdiffError("--device cuda: no CUDA device is available (PyTorch sees none)")
+    return torch.device(choice)
+
+
+def _check_options(opts: GenerateOptions) -> None:
+    """The checks that need no model, done before anything slow."""
+    if opts.n < 1:
+        raise UsageError(f"--n must be at least 1, not {opts.n}")
+    if opts.batch_size is not None and opts.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, not {opts.batch_size}")
+    if opts.steps is not None and opts.steps < 1:
+        raise UsageError(f"--steps must be at least 1, not {opts.steps}")
+    if opts.num_atoms is not None and opts.num_atoms < 1:
+        raise UsageError(f"--num-atoms must be at least 1, not {opts.num_atoms}")
+    if opts.threads is not None and opts.threads < 1:
+        raise UsageError(f"--threads must be at least 1, not {opts.threads}")
+    if opts.seed < 0:
+        raise UsageError(f"--seed must not be negative, not {opts.seed}")
+
+
+def _tag_molecules(mols: list, first_index: int, name_prefix: str, with_metrics: bool) -> list:
+    """Give each molecule a deterministic title and the per-molecule metric tags.
+
+    Returns the metric reports (empty when not computed).
+    """
+    from symdiff_cli.chem.metrics import evaluate_molecule
+
+    reports = []
+    for k, mol in enumerate(mols):
+        mol.props["name"] = f"{name_prefix}{first_index + k:07d}"
+        if with_metrics:
+            report = evaluate_molecule(mol)
+            reports.append(report)
+            mol.props["symdiff_stable"] = "1" if report.stable else "0"
+            mol.props["symdiff_valid"] = "1" if report.valid else "0"
+            mol.props["smiles"] = report.smiles or ""
+    return reports
+
+
+# --------------------------------------------------------------------------------------
+# Progress display (stderr only: stdout may carry the molecules)
+
+
+class _Progress:
+    """A Rich progress bar in molecule-steps (smooth ETA) that shows molecules done / total."""
+
+    def __init__(self, total_molecules: int, steps: int, enabled: bool, description: str):
+        self.enabled = enabled
+        self.steps = steps
+        self._bar = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self._bar = Progress(
+            TextColumn(description),
+            BarColumn(),
+            TextColumn("{task.fields[done]}/{task.fields[total_molecules]} molecules"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self._task = self._bar.add_task(description, total=total_molecules * steps, done=0,
+                                        total_molecules=total_molecules)
+
+    def __enter__(self) -> "_Progress":
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def on_step(self, molecules: int) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task, molecules)
+
+    def batch_done(self, done: int) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, done=done, completed=done * self.steps)
+
+
+def _print_summary(result: GenerateResult, quiet: bool) -> None:
+    if quiet:
+        return
+    from rich.console import Console
+
+    console = Console(stderr=True, highlight=False)
+    where = "standard output" if result.out == "-" else result.out
+    shard = f" (shard {result.shard[0]}/{result.shard[1]})" if result.shard[1] > 1 else ""
+    head = "Interrupted: wrote" if result.interrupted else "Wrote"
+    of = f" of {result.requested}" if result.interrupted else ""
+    console.print(
+        f"{head} {result.written}{of} molecules{shard} to {where} in {result.seconds:.1f} s "
+        f"({result.molecules_per_second:.2f} molecules/s)"
+    )
+    if result.skipped:
+        console.print(f"{result.skipped} molecules without a valid SMILES were left out of the SMILES file")
+    if result.metrics:
+        m = result.metrics
+        console.print(
+            f"atom stability {100 * m['atom_stability']:.1f} %, molecule stability "
+            f"{100 * m['molecule_stability']:.1f} %, validity {100 * m['validity']:.1f} %"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# The run
+
+
+def generate(opts: GenerateOptions) -> GenerateResult:
+    """Sample `opts.n` molecules (this shard's share) and write them to `opts.out`."""
+    import torch
+
+    from symdiff_cli.chem.metrics import summarise
+    from symdiff_cli.engine.release import load_release
+    from symdiff_cli.engine.sampling import Sampler
+    from symdiff_cli.io.formats import STDIO_PATH, MoleculeWriter, resolve_format
+
+    _check_options(opts)
+    shard = parse_shard(opts.shard)
+    n_shard = shard_share(opts.n, *shard)
+    if n_shard == 0:
+        raise UsageError(f"shard {shard[0]}/{shard[1]} gets no molecules: --n {opts.n} is less than the {shard[1]} shards")
+    fmt = opts.fmt or ("sdf" if opts.out == STDIO_PATH else None)
+    fmt = resolve_format(opts.out, fmt)
+    device = pick_device(opts.device)
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)
+
+    started = time.perf_counter()
+    writer = MoleculeWriter(opts.out, fmt)  # checks the output path before the slow model load
+    sampled = 0  # molecules of the batches handed to the writer completely
+    in_file, left_out = 0, 0  # the writer's counts after the last complete batch
+    reports: list = []
+    interrupted = False
+    try:
+        release = load_release(opts.model, device, offline=opts.offline, show_progress=not opts.quiet)
+        cfg = release.cfg
+        if opts.num_atoms is not None and opts.num_atoms > cfg.max_atoms:
+            raise UsageError(f"--num-atoms {opts.num_atoms} is above this model's maximum of {cfg.max_atoms} atoms")
+        steps = opts.steps if opts.steps is not None else release.default_steps(device.type)
+        if steps > cfg.timesteps:
+            raise UsageError(f"--steps {steps} is above the model's {cfg.timesteps} diffusion steps")
+        batch_size = opts.batch_size or (DEFAULT_BATCH_SIZE_CUDA if device.type == "cuda" else DEFAULT_BATCH_SIZE_CPU)
+        plan = plan_for_shard(release.histogram, n_shard, opts.num_atoms, batch_size, opts.seed, shard)
+        sampler = Sampler(release.model, cfg, device)
+        # Metrics feed the SDF tags and the summary; skip them when neither is wanted.
+        with_metrics = fmt == "sdf" or not opts.quiet
+        name_prefix = f"symdiff-seed{opts.seed}-" + (f"shard{shard[0]}of{shard[1]}-" if shard[1] > 1 else "")
+        with _Progress(n_shard, steps, enabled=not opts.quiet, description="sampling") as progress:
+            for mols in sampler.sample(plan, steps, on_step=progress.on_step):
+                batch_reports = _tag_molecules(mols, sampled, name_prefix, with_metrics)
+                writer.write(mols)
+                reports += batch_reports
+                sampled += len(mols)
+                in_file, left_out = writer.written, writer.skipped
+                progress.batch_done(sampled)
+    except KeyboardInterrupt:
+        interrupted = True
+        # The finished batches form a complete, shorter file; with none finished, no file.
+        writer.abort(keep=sampled > 0)
+    except BaseException:
+        writer.abort(keep=False)
+        raise
+    else:
+        writer.close()
+        in_file, left_out = writer.written, writer.skipped
+    seconds = time.perf_counter() - started
+    metrics: dict[str, float] = {}
+    if reports:
+        summary = summarise(reports)
+        metrics = {"atom_stability": summary.atom_stability, "molecule_stability": summary.molecule_stability,
+                   "validity": summary.validity}
+    result = GenerateResult(requested=n_shard, written=in_file, skipped=left_out, seconds=seconds, shard=shard,
+                            out=opts.out, interrupted=interrupted, metrics=metrics)
+    _print_summary(result, opts.quiet)
+    return result
+
+
+__all__ = ["GenerateOptions", "GenerateResult", "generate", "parse_shard", "shard_share", "shard_seed_sequence",
+           "plan_for_shard", "pick_device", "DEVICE_CHOICES", "INTERRUPTED_EXIT_CODE"]

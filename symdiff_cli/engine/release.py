@@ -1,0 +1,500 @@
+"""The release format: what `symdiff generate` loads and what gets published.
+
+A release is a directory with three files:
+
+- `model.safetensors`: the EMA weights of a `SymmetrisedDenoiser` (safetensors only, so
+  opening a release can never run code, unlike a pickled torch file);
+- `config.json`: the format version, the model config (architecture, atom types, noise
+  schedule, normalisation), the dataset name, the training-set atom-count histogram (the
+  sizes sampled at generation time), training provenance, and the default sampling step
+  counts for CPU and GPU;
+- `README.md`: a model card.
+
+Loading checks the config and every tensor name and shape against a freshly built network
+and names what does not match, so a wrong or truncated download fails with one clear line
+instead of a shape error deep inside PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from symdiff_cli.errors import SymdiffError
+from symdiff_cli.model.config import ModelConfig
+
+RELEASE_FORMAT = "symdiff-release"
+RELEASE_FORMAT_VERSION = 1
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+CARD_FILE = "README.md"
+RELEASE_FILES = (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE)
+
+# Sampling steps when the user gives none. On CPU fewer steps of the same schedule trade some
+# quality for time (DESIGN.md 1.2); on a GPU the full chain is affordable.
+DEFAULT_STEPS_CPU = 100
+DEFAULT_STEPS_CUDA = 1000
+
+# How many shape mismatches an error message lists before summarising the rest.
+_MISMATCHES_SHOWN = 3
+
+
+# --------------------------------------------------------------------------------------
+# Checking weights against a config
+
+
+def expected_tensor_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in the state_dict of `SymmetrisedDenoiser(cfg)`.
+
+    Built on the meta device, so even the paper-size network costs no memory or init time.
+    """
+    from symdiff_cli.model.dit import SymmetrisedDenoiser
+
+    try:
+        with torch.device("meta"):
+            model = SymmetrisedDenoiser(cfg)
+    except (NotImplementedError, RuntimeError):  # an init routine without meta support
+        model = SymmetrisedDenoiser(cfg)
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
+def _name_list(names: list[str], limit: int = 4) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def state_dict_mismatch(
+    actual: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]
+) -> str | None:
+    """A one-line description of how tensor shapes `actual` differ from `expected`, or None."""
+    missing = sorted(set(expected) - set(actual))
+    unexpected = sorted(set(actual) - set(expected))
+    wrong_shape = [
+        f"{name}: file {tuple(actual[name])} vs config {tuple(expected[name])}"
+        for name in expected
+        if name in actual and tuple(actual[name]) != tuple(expected[name])
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing tensor(s) ({_name_list(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensor(s) ({_name_list(unexpected)})")
+    if wrong_shape:
+        shown = "; ".join(wrong_shape[:_MISMATCHES_SHOWN])
+        more = len(wrong_shape) - _MISMATCHES_SHOWN
+        problems.append(f"{len(wrong_shape)} shape mismatch(es): {shown}" + (f"; ... ({more} more)" if more > 0 else ""))
+    return "; ".join(problems) if problems else None
+
+
+def _strip_wrapper_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # DDP ("module.") and torch.compile ("_orig_mod.") wrap the network and prefix every name.
+    for prefix in ("module.", "_orig_mod."):
+        if state_dict and all(name.startswith(prefix) for name in state_dict):
+            state_dict = {name[len(prefix):]: t for name, t in state_dict.items()}
+    return state_dict
+
+
+# --------------------------------------------------------------------------------------
+# config.json
+
+
+def _histogram_to_json(histogram: dict[int, int]) -> dict[str, int]:
+    return {str(int(k)): int(v) for k, v in sorted(histogram.items(), key=lambda kv: int(kv[0]))}
+
+
+def _histogram_from_json(raw: Any, cfg: ModelConfig, source: str) -> dict[int, int]:
+    if not isinstance(raw, dict) or not raw:
+        raise SymdiffError(f"{source}: atom_count_histogram must be a non-empty object {{num_atoms: count}}")
+    histogram: dict[int, int] = {}
+    for key, value in raw.items():
+        try:
+            size, count = int(key), int(value)
+        except (TypeError, ValueError):
+            raise SymdiffError(f"{source}: atom_count_histogram entry {key!r}: {value!r} is not a whole number") from None
+        if not 1 <= size <= cfg.max_atoms or count < 0:
+            raise SymdiffError(
+                f"{source}: atom_count_histogram entry {key}: {value} is out of range "
+                f"(sizes 1..{cfg.max_atoms}, counts >= 0)"
+            )
+        if count:
+            histogram[size] = count
+    if not histogram:
+        raise SymdiffError(f"{source}: atom_count_histogram has no non-zero count")
+    return histogram
+
+
+def release_config(
+    model_cfg: ModelConfig,
+    histogram: dict[int, int],
+    dataset: str,
+    provenance: dict[str, Any],
+    default_steps_cpu: int = DEFAULT_STEPS_CPU,
+    default_steps_cuda: int = DEFAULT_STEPS_CUDA,
+) -> dict[str, Any]:
+    """The content of a release's config.json."""
+    return {
+        "format": RELEASE_FORMAT,
+        "format_version": RELEASE_FORMAT_VERSION,
+        "model_config": model_cfg.to_dict(),
+        "dataset": dataset,
+        "atom_count_histogram": _histogram_to_json(histogram),
+        "sampling": {"default_steps_cpu": int(default_steps_cpu), "default_steps_cuda": int(default_steps_cuda)},
+        "provenance": dict(provenance),
+    }
+
+
+def parse_release_config(config: Any, source: str) -> tuple[ModelConfig, dict[int, int]]:
+    """Check a loaded config.json; returns the model config and the atom-count histogram."""
+    if not isinstance(config, dict):
+        raise SymdiffError(f"{source}: expected a JSON object")
+    if config.get("format") != RELEASE_FORMAT:
+        raise SymdiffError(f"{source} is not a symdiff release config (its 'format' is not {RELEASE_FORMAT!r})")
+    version = config.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise SymdiffError(f"{source}: format_version must be a positive integer")
+    if version > RELEASE_FORMAT_VERSION:
+        raise SymdiffError(
+            f"{source} has release format version {version}; this symdiff reads up to "
+            f"{RELEASE_FORMAT_VERSION}: upgrade symdiff"
+        )
+    raw_cfg = config.get("model_config")
+    if not isinstance(raw_cfg, dict):
+        raise SymdiffError(f"{source}: model_config is missing or not an object")
+    try:
+        model_cfg = ModelConfig.from_dict(raw_cfg)
+    except SymdiffError as err:
+        raise SymdiffError(f"{source}: {err}") from None
+    except (TypeError, ValueError) as err:
+        raise SymdiffError(f"{source}: invalid model_config ({err})") from None
+    histogram = _histogram_from_json(config.get("atom_count_histogram"), model_cfg, source)
+    sampling = config.get("sampling", {})
+    if not isinstance(sampling, dict):
+        raise SymdiffError(f"{source}: sampling must be an object")
+    for key in ("default_steps_cpu", "default_steps_cuda"):
+        steps = sampling.get(key)
+        if steps is not None and (not isinstance(steps, int) or not 1 <= steps <= model_cfg.timesteps):
+            raise SymdiffError(f"{source}: sampling.{key} must be an integer in 1..{model_cfg.timesteps}")
+    return model_cfg, histogram
+
+
+# --------------------------------------------------------------------------------------
+# Model card
+
+
+def model_card(config: dict[str, Any], num_parameters: int | None = None,
+               metrics: dict[str, float] | None = None) -> str:
+    """A model-card README for a release config; `metrics` (fractions) fills the results table."""
+    cfg = config["model_config"]
+    prov = config.get("provenance", {})
+    sampling = config.get("sampling", {})
+    dataset = config.get("dataset", cfg.get("dataset", "?"))
+    gamma_text = {
+        "learned": "learned orientation kernel (SymDiff)",
+        "haar": "Haar-random rotations (DiT-Aug baseline)",
+        "none": "no symmetrisation (plain DiT)",
+    }.get(cfg.get("gamma"), str(cfg.get("gamma")))
+    lines = [
+        "---",
+        "library_name: symdiff",
+        "tags: [molecule-generation, diffusion, 3d, chemistry, symdiff]",
+        f"datasets: [{dataset}]",
+        "---",
+        "",
+        f"# SymDiff {dataset} model",
+        "",
+        "A 3D molecule generator: E(3)-invariant diffusion (EDM-style, variance preserving) with a",
+        "Diffusion Transformer made O(3)-equivariant in distribution by stochastic symmetrisation",
+        "(Zhang et al., SymDiff, ICLR 2025).",
+        "",
+        "## Architecture",
+        "",
+        f"- Backbone DiT: hidden {cfg.get('hidden')}, depth {cfg.get('depth')}, {cfg.get('heads')} heads"
+        + (", SwiGLU" if cfg.get("swiglu") else ""),
+        f"- Orientation: {gamma_text}"
+        + (f", transformer hidden {cfg.get('gamma_hidden')}, depth {cfg.get('gamma_depth')}"
+           if cfg.get("gamma") == "learned" else ""),
+        f"- Atom types: {' '.join(cfg.get('atom_types', []))}; at most {cfg.get('max_atoms')} atoms",
+        f"- Diffusion: {cfg.get('timesteps')} steps, {cfg.get('noise_schedule')} schedule",
+    ]
+    if num_parameters is not None:
+        lines.append(f"- Parameters: {num_parameters:,}")
+    lines += ["", "## Training", ""]
+    if prov:
+        for key in sorted(prov):
+            value = prov[key]
+            if key in ("elapsed_seconds", "train_seconds") and isinstance(value, (int, float)):
+                value = f"{value / 3600:.2f} h"
+            lines.append(f"- {key.replace('_', ' ')}: {value}")
+    else:
+        lines.append("- not recorded")
+    lines += ["", "## Measured metrics", ""]
+    if metrics:
+        lines += ["| metric | value |", "| --- | --- |"]
+        for key, value in metrics.items():
+            text = f"{100 * value:.2f} %" if isinstance(value, float) and 0 <= value <= 1 else str(value)
+            lines.append(f"| {key.replace('_', ' ')} | {text} |")
+    else:
+        lines.append("Not measured yet: `symdiff evaluate --model <this release>` computes the QM9 "
+                     "benchmark metrics (atom/molecule stability, validity, uniqueness).")
+    lines += [
+        "",
+        "## Usage",
+        "",
+        "```",
+        "symdiff generate --n 1000 --out mols.sdf --model <name, directory or org/repo>",
+        "```",
+        "",
+        f"Default sampling steps: {sampling.get('default_steps_cpu', DEFAULT_STEPS_CPU)} on CPU, "
+        f"{sampling.get('default_steps_cuda', DEFAULT_STEPS_CUDA)} on GPU (`--steps` overrides).",
+        "",
+        "Files: `model.safetensors` (EMA weights), `config.json` (architecture, atom types, schedule,",
+        "normalisation, atom-count histogram, provenance).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------
+# Saving
+
+
+def _looks_like_release(path: Path) -> bool:
+    config_path = path / CONFIG_FILE
+    if not config_path.is_file():
+        return False
+    try:
+        return json.loads(config_path.read_text(encoding="utf-8")).get("format") == RELEASE_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def save_release(
+    out_dir: str | os.PathLike,
+    model_cfg: ModelConfig,
+    state_dict: dict[str, torch.Tensor],
+    histogram: dict[int, int],
+    dataset: str,
+    provenance: dict[str, Any],
+    card_text: str | None = None,
+    *,
+    default_steps_cpu: int = DEFAULT_STEPS_CPU,
+    default_steps_cuda: int = DEFAULT_STEPS_CUDA,
+) -> Path:
+    """Write a release directory atomically and return its path.
+
+    The weights are checked against `model_cfg` first, so a release that cannot be loaded is
+    never written. Files go into a temporary directory next to `out_dir` that is renamed into
+    place; an existing release at `out_dir` is replaced, while any other non-empty directory
+    is refused (it is not ours to delete). `card_text` None writes a generated model card.
+    """
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    model_cfg = model_cfg.validate()
+    state_dict = _strip_wrapper_prefixes(dict(state_dict))
+    mismatch = state_dict_mismatch({k: tuple(v.shape) for k, v in state_dict.items()},
+                                   expected_tensor_shapes(model_cfg))
+    if mismatch:
+        raise SymdiffError(f"the weights do not match the model config: {mismatch}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SymdiffError(f"cannot write a release to {out_dir}: it exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not _looks_like_release(out_dir):
+        raise SymdiffError(f"refusing to replace {out_dir}: it is a non-empty directory that is not a symdiff release")
+    for steps in (default_steps_cpu, default_steps_cuda):
+        if not 1 <= int(steps) <= model_cfg.timesteps:
+            raise SymdiffError(f"default sampling steps must be in 1..{model_cfg.timesteps}, not {steps}")
+
+    config = release_config(model_cfg, histogram, dataset, provenance, default_steps_cpu, default_steps_cuda)
+    _histogram_from_json(config["atom_count_histogram"], model_cfg, "the histogram")  # same checks as loading
+    # Contiguous private copies: safetensors refuses views and tensors that share storage.
+    tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in sorted(state_dict.items())}
+    if card_text is None:
+        card_text = model_card(config, num_parameters=sum(t.numel() for t in tensors.values()))
+
+    parent = out_dir.absolute().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=parent))
+    except OSError as err:
+        raise SymdiffError(f"cannot write a release to {out_dir}: {err.strerror or err}") from None
+    retired: Path | None = None
+    try:
+        save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": "pt", "symdiff_release": str(RELEASE_FORMAT_VERSION)})
+        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        (staging / CARD_FILE).write_text(card_text if card_text.endswith("\n") else card_text + "\n", encoding="utf-8")
+        for name in RELEASE_FILES:
+            _fsync_file(staging / name)
+        os.chmod(staging, 0o777 & ~_current_umask())
+        if out_dir.exists():
+            # POSIX cannot swap two directories atomically: move the old one aside first, so
+            # at every moment out_dir is either the complete old or the complete new release.
+            retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=parent))
+            os.rmdir(retired)
+            os.replace(out_dir, retired)
+        os.replace(staging, out_dir)
+    except BaseException as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        if retired is not None and retired.exists() and not out_dir.exists():
+            os.replace(retired, out_dir)
+        if isinstance(err, OSError):
+            raise SymdiffError(f"cannot write a release to {out_dir}: {err.strerror or err}") from None
+        raise
+    if retired is not None:
+        shutil.rmtree(retired, ignore_errors=True)
+    return out_dir
+
+
+def _current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+# --------------------------------------------------------------------------------------
+# Loading
+
+
+@dataclass
+class ReleasedModel:
+    """A loaded release: the network in eval mode on its device, and what generation needs."""
+
+    model: torch.nn.Module
+    cfg: ModelConfig
+    histogram: dict[int, int]
+    config: dict[str, Any]
+    path: Path
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def default_steps(self, device_type: str) -> int:
+        """The release's default number of sampling steps for "cpu" or "cuda"."""
+        sampling = self.config.get("sampling", {})
+        if device_type == "cuda":
+            return int(sampling.get("default_steps_cuda", min(DEFAULT_STEPS_CUDA, self.cfg.timesteps)))
+        return int(sampling.get("default_steps_cpu", min(DEFAULT_STEPS_CPU, self.cfg.timesteps)))
+
+
+def read_release_config(release_dir: Path) -> tuple[dict[str, Any], ModelConfig, dict[int, int]]:
+    """Read and check config.json of a release directory."""
+    config_path = release_dir / CONFIG_FILE
+    if not config_path.is_file():
+        raise SymdiffError(f"{release_dir} is not a symdiff release: {CONFIG_FILE} is missing")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise SymdiffError(f"cannot read {config_path}: {err}") from None
+    except json.JSONDecodeError as err:
+        raise SymdiffError(f"{config_path} is not valid JSON (line {err.lineno}: {err.msg})") from None
+    model_cfg, histogram = parse_release_config(config, str(config_path))
+    return config, model_cfg, histogram
+
+
+def _read_weights(weights_path: Path, model_cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Load the safetensors weights after checking every name and shape against the config."""
+    from safetensors import safe_open
+
+    if not weights_path.is_file():
+        raise SymdiffError(f"{weights_path.parent} is not a symdiff release: {WEIGHTS_FILE} is missing")
+    try:
+        with safe_open(str(weights_path), framework="pt", device="cpu") as handle:
+            shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+            mismatch = state_dict_mismatch(shapes, expected_tensor_shapes(model_cfg))
+            if mismatch:
+                raise SymdiffError(f"the weights in {weights_path} do not match its {CONFIG_FILE}: {mismatch}")
+            tensors = {name: handle.get_tensor(name) for name in shapes}
+    except SymdiffError:
+        raise
+    except Exception as err:  # safetensors raises its own error class, OSError or ValueError
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise SymdiffError(f"{weights_path} is not a readable safetensors file ({reason})") from None
+    for name, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            raise SymdiffError(f"{weights_path}: tensor {name} has dtype {tensor.dtype}, expected floating point")
+        if not bool(torch.isfinite(tensor).all()):
+            raise SymdiffError(f"{weights_path}: tensor {name} holds NaN or infinite values")
+    return tensors
+
+
+def load_release_state_dict(
+    spec: str | os.PathLike | None, offline: bool = False
+) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """The model config and checked weights of a release (a name, a directory or a Hub id)."""
+    from symdiff_cli.engine.registry import resolve_model
+
+    release_dir = resolve_model(None if spec is None else str(spec), offline=offline)
+    _, model_cfg, _ = read_release_config(release_dir)
+    return model_cfg, _read_weights(release_dir / WEIGHTS_FILE, model_cfg)
+
+
+def load_release(
+    spec: str | os.PathLike | None, device: torch.device | str = "cpu", offline: bool = False,
+    show_progress: bool = True,
+) -> ReleasedModel:
+    """Resolve, check and load a release; the model is in eval mode on `device`."""
+    from symdiff_cli.engine.registry import resolve_model
+    from symdiff_cli.model.dit import SymmetrisedDenoiser
+
+    release_dir = resolve_model(None if spec is None else str(spec), offline=offline, show_progress=show_progress)
+    config, model_cfg, histogram = read_release_config(release_dir)
+    tensors = _read_weights(release_dir / WEIGHTS_FILE, model_cfg)
+    model = SymmetrisedDenoiser(model_cfg)
+    model.load_state_dict(tensors, strict=True)
+    device = torch.device(device)
+    model = model.to(device).eval()
+    return ReleasedModel(model=model, cfg=model_cfg, histogram=histogram, config=config,
+                         path=release_dir, device=device)
+
+
+# --------------------------------------------------------------------------------------
+# Training checkpoint -> release
+
+
+def convert_checkpoint_to_release(
+    checkpoint_path: str | os.PathLike, out_dir: str | os.PathLike, card_text: str | None = None
+) -> Path:
+    """Export the EMA weights of a training checkpoint (runs/NAME/checkpoint.pt or its
+    directory) as a release directory; returns its path."""
+    from symdiff_cli.engine.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint_path)
+    try:
+        model_cfg = ModelConfig.from_dict(ckpt["model_config"])
+    except (TypeError, ValueError) as err:
+        raise SymdiffError(f"{checkpoint_path}: invalid model config ({err})") from None
+    histogram = ckpt.get("atom_count_histogram")
+    if not histogram:
+        raise SymdiffError(f"{checkpoint_path} has no atom-count histogram; cannot make a release from it")
+    state = ckpt.get("state") or {}
+    train_cfg = ckpt.get("train_config") or {}
+    provenance: dict[str, Any] = {
+        "source": "symdiff train",
+        "step": int(state.get("step", 0)),
+        "epoch": int(state.get("epoch", 0)),
+        "train_seconds": round(float(state.get("elapsed", 0.0)), 1),
+    }
+    for key in ("preset", "batch_size", "lr", "ema_decay", "seed"):
+        if key in train_cfg:
+            provenance[key] = train_cfg[key]
+    dataset = str(ckpt.get("dataset") or model_cfg.dataset)
+    return save_release(out_dir, model_cfg, ckpt["ema"], {int(k): int(v) for k, v in histogram.items()},
+                        dataset, provenance, card_text)
+
+
+__all__ = [
+    "RELEASE_FORMAT", "RELEASE_FORMAT_VERSION", "WEIGHTS_FILE", "CONFIG_FILE", "CARD_FILE",
+    "DEFAULT_STEPS_CPU", "DEFAULT_STEPS_CUDA", "ReleasedModel", "save_release", "load_release",
+    "load_release_state_dict", "read_release_config", "convert_checkpoint_to_release", "model_card",
+    "release_config", "expected_tensor_shapes", "state_dict_mismatch",
+]

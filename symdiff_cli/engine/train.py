@@ -1,0 +1,363 @@
+"""The training loop: read top to bottom.
+
+setup (device, distributed, data, model, optimiser) -> optional resume -> for each batch:
+noise, predict, l2 loss, clip, AMSGrad step, EMA -> logging, periodic evaluation, checkpoints
+by wall clock -> stop on an epoch, step or time budget. Rank 0 alone logs and writes.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from symdiff_cli.chem.elements import DatasetInfo, dataset_info
+from symdiff_cli.data.batching import MoleculeTensors, SizeGroupedBatches
+from symdiff_cli.engine.checkpoint import CHECKPOINT_NAME, atomic_torch_save, load_checkpoint
+from symdiff_cli.errors import SymdiffError
+from symdiff_cli.io.molecule import PackedMolecules
+from symdiff_cli.model.config import ModelConfig
+from symdiff_cli.model.diffusion import Batch, NoiseSchedule, VPDiffusion
+from symdiff_cli.model.dit import SymmetrisedDenoiser, count_parameters
+
+
+@dataclass
+class TrainConfig:
+    out: str = "runs/default"
+    dataset: str = "qm9"
+    data: list[str] = field(default_factory=list)  # user files instead of the QM9 train split
+    data_format: str = "auto"  # auto | geom (GEOM-Drugs processed .npy)
+    preset: str = "small"
+    # Optimiser: the paper's settings (AMSGrad Adam, lr 2e-4, clip 2.0, EMA 0.9999).
+    batch_size: int = 256
+    lr: float = 2e-4
+    warmup_steps: int = 500
+    weight_decay: float = 1e-12
+    grad_clip: float = 2.0
+    ema_decay: float = 0.9999
+    # Budgets: whichever ends first. None = unlimited.
+    epochs: int | None = None
+    max_steps: int | None = None
+    max_time: float | None = None  # seconds
+    checkpoint_every: float = 600.0  # seconds of wall clock
+    eval_every: int = 0  # steps; 0 = only at the end if eval_samples > 0
+    eval_samples: int = 0
+    eval_steps: int = 100
+    log_every: int = 50
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"  # auto (bf16 autocast on CUDA) | fp32 | bf16
+    init_from: str | None = None  # release model (name, directory) whose weights start the run
+    threads: int = 0  # CPU threads; 0 = torch's default
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SymdiffError("--device cuda was asked for but no CUDA device is available")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise SymdiffError(f"unknown device {name!r} (auto, cpu, cuda, cuda:N)")
+    return torch.device(name)
+
+
+def load_training_data(cfg: TrainConfig, info: DatasetInfo) -> tuple[PackedMolecules, str]:
+    """The molecules to train on and a short description of where they came from."""
+    if cfg.data:
+        if cfg.data_format == "geom":
+            from symdiff_cli.data.user_data import load_geom_processed
+
+            paths = list(cfg.data)
+            return load_geom_processed(paths[0], paths[1] if len(paths) > 1 else None), f"GEOM file {paths[0]}"
+        from symdiff_cli.data.user_data import load_user_molecules
+
+        return load_user_molecules(list(cfg.data), info), f"{len(cfg.data)} user path(s)"
+    if info.name != "qm9":
+        raise SymdiffError(f"the {info.name} dataset is not shipped: pass its files with --data")
+    from symdiff_cli.data.qm9 import qm9_split
+
+    return qm9_split("train"), "QM9 train split (100,000 molecules)"
+
+
+def atom_count_histogram(num_atoms: np.ndarray) -> dict[int, int]:
+    sizes, counts = np.unique(num_atoms, return_counts=True)
+    return {int(s): int(c) for s, c in zip(sizes, counts)}
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    return cfg.lr
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1.0 - decay)
+
+
+def parameter_checksum(model: torch.nn.Module) -> float:
+    return float(sum(p.detach().double().sum().item() * (i + 1) for i, p in enumerate(model.parameters())))
+
+
+class MetricsLog:
+    """Append-only JSON lines, flushed per record so a killed run keeps its history."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.enabled = enabled
+        self.file = open(path, "a", encoding="utf-8") if enabled else None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    elapsed: float = 0.0  # training seconds accumulated over all sessions of this run
+
+
+def evaluate_samples(model: torch.nn.Module, model_cfg: ModelConfig, histogram: dict[int, int],
+                     n: int, steps: int, seed: int, device: torch.device) -> dict[str, Any]:
+    """Sample n molecules with the (EMA) model and compute the benchmark metrics."""
+    from symdiff_cli.chem.metrics import evaluate_molecules
+    from symdiff_cli.engine.sampling import Sampler, draw_atom_counts, plan_batches
+
+    counts = draw_atom_counts(histogram, n, np.random.default_rng(seed))
+    sampler = Sampler(model, model_cfg, device)
+    mols = [m for batch in sampler.sample(plan_batches(counts, 256, seed), steps) for m in batch]
+    model.train()
+    result = evaluate_molecules(mols)
+    d = result.as_dict()
+    return {k: d[k] for k in ("atom_stability", "molecule_stability", "validity", "uniqueness") if k in d} | {
+        "num_molecules": n, "sampling_steps": steps}
+
+
+def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
+          on_progress: Callable[[dict[str, Any]], None] | None = None,
+          console_print: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train (or resume) a run in cfg.out. Returns a summary dict.
+
+    model_cfg is required for a new run; a resumed run takes its model configuration from the
+    checkpoint. `on_progress` is called with a dict after every optimiser step (rank 0 only).
+    """
+    # ---- distributed setup (torchrun sets RANK/WORLD_SIZE/LOCAL_RANK) ----
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    distributed = world_size > 1
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if distributed:
+        device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() and cfg.device != "cpu" \
+            else torch.device("cpu")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    else:
+        device = resolve_device(cfg.device)
+    is_main = rank == 0
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    use_bf16 = (cfg.precision == "bf16") or (cfg.precision == "auto" and device.type == "cuda")
+
+    out = Path(cfg.out)
+    ckpt_path = out / CHECKPOINT_NAME
+    resume_ckpt = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    if resume_ckpt is not None:
+        model_cfg = ModelConfig.from_dict(resume_ckpt["model_config"])
+    elif model_cfg is None:
+        raise SymdiffError("a new run needs a model configuration")
+    info = dataset_info(cfg.dataset)
+    if tuple(model_cfg.atom_types) != info.atom_types:
+        model_cfg = dataclasses.replace(model_cfg, dataset=info.name, atom_types=info.atom_types,
+                                        max_atoms=info.max_atoms)
+
+    # ---- data ----
+    packed, source = load_training_data(cfg, info)
+    if len(packed) == 0:
+        raise SymdiffError("no training molecules")
+    data = MoleculeTensors(packed, info)
+    histogram = atom_count_histogram(packed.num_atoms)
+    batches = SizeGroupedBatches(packed.num_atoms, cfg.batch_size, cfg.seed, rank, world_size)
+    if len(batches) == 0:
+        raise SymdiffError("too few molecules for one batch per process")
+
+    # ---- model, EMA, optimiser ----
+    torch.manual_seed(cfg.seed + rank)
+    random.seed(cfg.seed + rank)
+    model = SymmetrisedDenoiser(model_cfg).to(device)
+    if cfg.init_from and resume_ckpt is None:
+        from symdiff_cli.engine.release import load_release_state_dict
+
+        init_cfg, state = load_release_state_dict(cfg.init_from)
+        if init_cfg.to_dict() != model_cfg.to_dict():
+            model_cfg = init_cfg
+            model = SymmetrisedDenoiser(model_cfg).to(device)
+        model.load_state_dict(state)
+    ema = copy.deepcopy(model).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, amsgrad=True, weight_decay=cfg.weight_decay)
+    state = TrainState()
+    if resume_ckpt is not None:
+        model.load_state_dict(resume_ckpt["model"])
+        ema.load_state_dict(resume_ckpt["ema"])
+        optimizer.load_state_dict(resume_ckpt["optimizer"])
+        state = TrainState(**resume_ckpt["state"])
+        rng_states = resume_ckpt.get("rng_per_rank", [])
+        if rank < len(rng_states):
+            torch.set_rng_state(rng_states[rank])
+        if device.type == "cuda" and rank < len(resume_ckpt.get("cuda_rng_per_rank", [])):
+            torch.cuda.set_rng_state(resume_ckpt["cuda_rng_per_rank"][rank], device)
+    train_model: torch.nn.Module = model
+    if distributed:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    diffusion = VPDiffusion(NoiseSchedule(model_cfg.timesteps, model_cfg.noise_precision))
+
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(
+            {"model": model_cfg.to_dict(), "train": cfg.to_dict(), "world_size": world_size}, indent=2))
+    log = MetricsLog(out / "metrics.jsonl", is_main)
+    if is_main:
+        log.write({"event": "resume" if resume_ckpt else "start", "step": state.step, "epoch": state.epoch,
+                   "parameters": count_parameters(model), "molecules": len(packed), "data": source,
+                   "device": str(device), "world_size": world_size, "bf16": use_bf16})
+        console_print(
+            f"{'Resuming' if resume_ckpt else 'Training'} {count_parameters(model):,} parameters "
+            f"(gamma={model_cfg.gamma}) on {len(packed):,} molecules from {source}, {device}"
+            + (f" x {world_size} processes" if distributed else "")
+            + (f", from step {state.step}" if resume_ckpt else ""))
+
+    def save_checkpoint() -> None:
+        rng = [torch.get_rng_state()]
+        cuda_rng = [torch.cuda.get_rng_state(device)] if device.type == "cuda" else []
+        if distributed:
+            gathered: list[Any] = [None] * world_size
+            dist.all_gather_object(gathered, (rng[0], cuda_rng[0] if cuda_rng else None))
+            rng = [g[0] for g in gathered]
+            cuda_rng = [g[1] for g in gathered] if cuda_rng else []
+        if is_main:
+            atomic_torch_save({
+                "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                "state": dataclasses.asdict(state), "rng_per_rank": rng, "cuda_rng_per_rank": cuda_rng,
+                "model_config": model_cfg.to_dict(), "train_config": cfg.to_dict(),
+                "atom_count_histogram": histogram, "dataset": info.name,
+            }, ckpt_path)
+            log.write({"event": "checkpoint", "step": state.step, "time": round(state.elapsed, 2)})
+
+    # ---- the loop ----
+    session_start = time.perf_counter()
+    elapsed_before = state.elapsed
+    last_ckpt = session_start
+    window_mols, window_start, loss_n = 0, time.perf_counter(), 0
+    loss_acc = torch.zeros((), device=device)
+    stop_reason = None
+    total_steps = cfg.max_steps
+    if cfg.epochs is not None:
+        by_epochs = cfg.epochs * len(batches)
+        total_steps = by_epochs if total_steps is None else min(total_steps, by_epochs)
+    last_loss = float("nan")
+    train_model.train()
+
+    def budget_reached() -> str | None:
+        if cfg.max_steps is not None and state.step >= cfg.max_steps:
+            return "max_steps"
+        if cfg.epochs is not None and state.epoch >= cfg.epochs:
+            return "epochs"
+        if cfg.max_time is not None and state.elapsed >= cfg.max_time:
+            return "max_time"
+        return None
+
+    while (stop_reason := budget_reached()) is None:
+        epoch_batches = batches.epoch(state.epoch)
+        while state.batch_in_epoch < len(epoch_batches):
+            idx = epoch_batches[state.batch_in_epoch]
+            x, h = data.gather(idx, model_cfg.norm_one_hot, model_cfg.norm_charge)
+            batch = Batch(x.to(device, non_blocking=True), h.to(device, non_blocking=True), None)
+            lr = learning_rate(state.step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                loss = diffusion.loss(train_model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            update_ema(ema, model, cfg.ema_decay)
+
+            state.step += 1
+            state.batch_in_epoch += 1
+            state.elapsed = elapsed_before + time.perf_counter() - session_start
+            # One host sync per log interval, not per step: .item() stalls a GPU pipeline.
+            loss_acc += loss.detach().float()
+            loss_n += 1
+            window_mols += len(idx) * world_size
+            if state.step % cfg.log_every == 0 or state.batch_in_epoch == len(epoch_batches):
+                last_loss = float(loss_acc) / loss_n
+                loss_acc.zero_()
+                if not math.isfinite(last_loss):
+                    raise SymdiffError(f"training diverged at step {state.step} (loss {last_loss})")
+                now = time.perf_counter()
+                record = {"step": state.step, "epoch": state.epoch, "loss": round(last_loss, 6), "lr": lr,
+                          "grad_norm": round(float(grad_norm), 4),
+                          "mol_per_s": round(window_mols / max(now - window_start, 1e-9), 1),
+                          "time": round(state.elapsed, 2)}
+                log.write(record)
+                if is_main and on_progress is not None:
+                    on_progress(record | {"total_steps": total_steps, "max_time": cfg.max_time})
+                window_mols, window_start, loss_n = 0, now, 0
+            if cfg.eval_every and cfg.eval_samples and state.step % cfg.eval_every == 0 and is_main:
+                log.write({"event": "eval", "step": state.step, "time": round(state.elapsed, 2),
+                           **evaluate_samples(ema, model_cfg, histogram, cfg.eval_samples, cfg.eval_steps,
+                                              cfg.seed + state.step, device)})
+            if time.perf_counter() - last_ckpt >= cfg.checkpoint_every:
+                save_checkpoint()
+                last_ckpt = time.perf_counter()
+            if budget_reached() in ("max_steps", "max_time"):
+                break
+        if state.batch_in_epoch >= len(epoch_batches):
+            state.epoch += 1
+            state.batch_in_epoch = 0
+
+    save_checkpoint()
+    summary: dict[str, Any] = {"stop_reason": stop_reason, "step": state.step, "epoch": state.epoch,
+                               "time": round(state.elapsed, 2), "loss": last_loss, "out": str(out)}
+    if cfg.eval_samples and is_main:
+        summary["eval"] = evaluate_samples(ema, model_cfg, histogram, cfg.eval_samples, cfg.eval_steps,
+                                           cfg.seed + state.step, device)
+        log.write({"event": "eval", "step": state.step, "time": round(state.elapsed, 2), **summary["eval"]})
+    if distributed:
+        sums: list[Any] = [None] * world_size
+        dist.all_gather_object(sums, parameter_checksum(model))
+        in_sync = all(abs(s - sums[0]) <= 1e-6 * max(1.0, abs(sums[0])) for s in sums)
+        log.write({"event": "ranks_in_sync", "value": in_sync, "checksums": sums})
+        summary["ranks_in_sync"] = in_sync
+        dist.barrier()
+        dist.destroy_process_group()
+    log.write({"event": "end", **{k: v for k, v in summary.items() if k != "eval"}})
+    log.close()
+    return summary

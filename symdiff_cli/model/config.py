@@ -1,0 +1,139 @@
+"""Model configuration: one dataclass, a few presets, overrides from strings or JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from symdiff_cli.errors import SymdiffError
+
+GAMMA_CHOICES = ("learned", "haar", "none")
+
+
+@dataclass
+class ModelConfig:
+    # Data vocabulary: the one-hot order. Features per atom = len(atom_types) + 1 (charge).
+    dataset: str = "qm9"
+    atom_types: tuple[str, ...] = ("H", "C", "N", "O", "F")
+    max_atoms: int = 29
+
+    # Backbone DiT.
+    hidden: int = 128
+    depth: int = 6
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    swiglu: bool = True
+    num_rbf: int = 16
+    rbf_cutoff: float = 10.0  # Angstrom (normalised positions are x / 1)
+
+    # Orientation kernel gamma: learned (SymDiff), haar (DiT-Aug), none (plain DiT).
+    gamma: str = "learned"
+    gamma_hidden: int = 32
+    gamma_depth: int = 4
+    gamma_heads: int = 4
+    gamma_mlp_hidden: int = 64
+    gamma_noise_channels: int = 3
+
+    # Diffusion (DESIGN.md 1.2).
+    timesteps: int = 1000
+    noise_schedule: str = "polynomial_2"
+    noise_precision: float = 1e-5
+    norm_one_hot: float = 4.0
+    norm_charge: float = 10.0
+
+    @property
+    def num_atom_types(self) -> int:
+        return len(self.atom_types)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.num_atom_types + 1
+
+    def validate(self) -> "ModelConfig":
+        if self.gamma not in GAMMA_CHOICES:
+            raise SymdiffError(f"gamma must be one of {', '.join(GAMMA_CHOICES)}, not {self.gamma!r}")
+        if self.hidden % self.heads:
+            raise SymdiffError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        if self.gamma == "learned" and self.gamma_hidden % self.gamma_heads:
+            raise SymdiffError(
+                f"gamma_hidden ({self.gamma_hidden}) must be divisible by gamma_heads ({self.gamma_heads})"
+            )
+        if self.noise_schedule != "polynomial_2":
+            raise SymdiffError(f"unsupported noise schedule {self.noise_schedule!r} (polynomial_2)")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["atom_types"] = list(self.atom_types)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise SymdiffError(f"unknown model config field(s): {', '.join(sorted(unknown))}")
+        d = dict(d)
+        if "atom_types" in d:
+            d["atom_types"] = tuple(d["atom_types"])
+        return cls(**d).validate()
+
+
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    # Trains in seconds: for tests and smoke runs.
+    "tiny": dict(hidden=64, depth=3, heads=4, num_rbf=8, gamma_hidden=16, gamma_depth=1, gamma_heads=2,
+                 gamma_mlp_hidden=16),
+    # The small configuration of the authors' scripts (backbone 128 x 6, gamma 32 x 4).
+    "small": dict(hidden=128, depth=6, heads=4, gamma_hidden=32, gamma_depth=4, gamma_heads=4),
+    # The published QM9 configuration ("dit_dit_gaussian", about 31M parameters).
+    "paper": dict(hidden=384, depth=12, heads=6, gamma_hidden=128, gamma_depth=8, gamma_heads=4,
+                  gamma_mlp_hidden=64),
+}
+
+
+def model_config_from_preset(preset: str, **overrides: Any) -> ModelConfig:
+    if preset not in MODEL_PRESETS:
+        raise SymdiffError(f"unknown preset {preset!r} (choose from {', '.join(MODEL_PRESETS)})")
+    values = {**MODEL_PRESETS[preset], **overrides}
+    return ModelConfig.from_dict(values)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'key=value' with value parsed as JSON when possible (numbers, booleans, lists), else a string."""
+    if "=" not in text:
+        raise SymdiffError(f"override {text!r} is not of the form key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def apply_overrides(obj: Any, overrides: dict[str, Any]) -> Any:
+    """Return a copy of a dataclass with fields replaced, checking names and coercing types."""
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    changes = {}
+    for key, value in overrides.items():
+        if key not in fields:
+            raise SymdiffError(f"unknown setting {key!r} for {type(obj).__name__}")
+        current = getattr(obj, key)
+        if isinstance(current, bool):
+            if isinstance(value, str):
+                value = value.lower() in ("1", "true", "yes", "on")
+        elif isinstance(current, int) and not isinstance(value, bool):
+            value = int(value)
+        elif isinstance(current, float):
+            value = float(value)
+        elif isinstance(current, tuple):
+            value = tuple(value)
+        changes[key] = value
+    return dataclasses.replace(obj, **changes)
+
+
+__all__ = [
+    "ModelConfig", "MODEL_PRESETS", "GAMMA_CHOICES", "model_config_from_preset", "parse_override",
+    "apply_overrides",
+]

@@ -1,0 +1,167 @@
+"""Variance-preserving diffusion in discrete time (EDM's formulation, DESIGN.md 1.2).
+
+z_t = alpha_t (x, h) + sigma_t eps with alpha_t^2 + sigma_t^2 = 1, tabulated through
+gamma_t = -log(alpha_t^2 / sigma_t^2) for t = 0..T. The networks live elsewhere: this module
+only needs a callable `denoiser(x, h, t, mask) -> (eps_x, eps_h)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from symdiff_cli.model.geometry import remove_mean, sample_com_free_noise
+
+Denoiser = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+def polynomial_2_alphas2(timesteps: int, precision: float = 1e-5, clip_value: float = 1e-3) -> np.ndarray:
+    """alpha_t^2 for t = 0..T of the polynomial_2 schedule (Hoogeboom et al. 2022).
+
+    (1 - (t/T)^2)^2, with each step ratio alpha_t^2 / alpha_{t-1}^2 clipped to >= clip_value so
+    the last steps do not destroy all signal at once, then squeezed into [s, 1 - s].
+    """
+    t = np.arange(timesteps + 1, dtype=np.float64)
+    alphas2 = (1.0 - (t / timesteps) ** 2) ** 2
+    padded = np.concatenate([[1.0], alphas2])
+    step_ratios = np.clip(padded[1:] / padded[:-1], clip_value, 1.0)
+    alphas2 = np.cumprod(step_ratios)
+    return (1.0 - 2.0 * precision) * alphas2 + precision
+
+
+class NoiseSchedule:
+    """Lookup of gamma_t, alpha_t, sigma_t for integer timesteps on any device."""
+
+    def __init__(self, timesteps: int = 1000, precision: float = 1e-5):
+        self.timesteps = timesteps
+        alphas2 = polynomial_2_alphas2(timesteps, precision)
+        sigmas2 = 1.0 - alphas2
+        self.gamma_table = torch.from_numpy(-(np.log(alphas2) - np.log(sigmas2))).float()
+
+    def gamma(self, t: torch.Tensor) -> torch.Tensor:
+        table = self.gamma_table.to(t.device)
+        return table[t.long()]
+
+    @staticmethod
+    def alpha(gamma: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(torch.sigmoid(-gamma))
+
+    @staticmethod
+    def sigma(gamma: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(torch.sigmoid(gamma))
+
+
+@dataclass
+class Batch:
+    """A padded batch in model units: positions (B, N, 3), features (B, N, F), mask (B, N) or None."""
+
+    x: torch.Tensor
+    h: torch.Tensor
+    mask: torch.Tensor | None
+
+
+def _expand(v: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, 1, 1)
+
+
+class VPDiffusion:
+    """Forward noising, the l2 training loss, and ancestral sampling over any timestep subsequence."""
+
+    def __init__(self, schedule: NoiseSchedule):
+        self.schedule = schedule
+        self.T = schedule.timesteps
+
+    def noise(self, batch: Batch, t: torch.Tensor, generator: torch.Generator | None = None):
+        """Return z_t = (x_t, h_t) and the noise (eps_x, eps_h) that produced it."""
+        gamma = self.schedule.gamma(t)
+        alpha, sigma = _expand(self.schedule.alpha(gamma)), _expand(self.schedule.sigma(gamma))
+        eps_x = sample_com_free_noise(batch.x.shape, batch.mask, generator, batch.x.device, batch.x.dtype)
+        eps_h = torch.randn(batch.h.shape, generator=generator, device=batch.h.device, dtype=batch.h.dtype)
+        if batch.mask is not None:
+            eps_h = eps_h * batch.mask.unsqueeze(-1)
+        return alpha * batch.x + sigma * eps_x, alpha * batch.h + sigma * eps_h, eps_x, eps_h
+
+    def loss(self, denoiser: Denoiser, batch: Batch, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The "l2" objective: MSE between true and predicted noise over real atoms' entries."""
+        b = batch.x.shape[0]
+        t = torch.randint(0, self.T + 1, (b,), generator=generator, device=batch.x.device)
+        x_t, h_t, eps_x, eps_h = self.noise(batch, t, generator)
+        pred_x, pred_h = denoiser(x_t, h_t, t, batch.mask, generator=generator)
+        sq = ((pred_x - eps_x) ** 2).sum(-1) + ((pred_h - eps_h) ** 2).sum(-1)  # (B, N)
+        dims = eps_x.shape[-1] + eps_h.shape[-1]
+        if batch.mask is None:
+            return sq.mean() / dims
+        m = batch.mask.to(sq.dtype)
+        return (sq * m).sum() / (m.sum() * dims)
+
+    def sampling_timesteps(self, steps: int) -> list[int]:
+        """Decreasing timesteps T = t_0 > ... > t_S = 0 of an evenly spaced subsequence."""
+        steps = max(1, min(int(steps), self.T))
+        ts = np.round(np.linspace(self.T, 0, steps + 1)).astype(int)
+        return [int(v) for v in ts]
+
+    def ancestral_step(
+        self, denoiser: Denoiser, x_t: torch.Tensor, h_t: torch.Tensor, t: int, s: int,
+        mask: torch.Tensor | None, generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample z_s ~ p(z_s | z_t) for s < t (the Gaussian posterior with predicted eps)."""
+        b = x_t.shape[0]
+        device = x_t.device
+        t_vec = torch.full((b,), t, device=device, dtype=torch.long)
+        gamma_t = self.schedule.gamma(torch.tensor(t, device=device))
+        gamma_s = self.schedule.gamma(torch.tensor(s, device=device))
+        # sigma^2_{t|s} = 1 - alpha_t^2/alpha_s^2, computed stably from gamma as in EDM.
+        sigma2_t_given_s = -torch.expm1(F.softplus(gamma_s) - F.softplus(gamma_t))
+        log_alpha2_t, log_alpha2_s = F.logsigmoid(-gamma_t), F.logsigmoid(-gamma_s)
+        alpha_t_given_s = torch.exp(0.5 * (log_alpha2_t - log_alpha2_s))
+        sigma_t = self.schedule.sigma(gamma_t)
+        sigma_s = self.schedule.sigma(gamma_s)
+
+        eps_x, eps_h = denoiser(x_t, h_t, t_vec, mask, generator=generator)
+        coef = sigma2_t_given_s / alpha_t_given_s / sigma_t
+        mu_x = x_t / alpha_t_given_s - coef * eps_x
+        mu_h = h_t / alpha_t_given_s - coef * eps_h
+        std = torch.sqrt(sigma2_t_given_s) * sigma_s / sigma_t
+        noise_x = sample_com_free_noise(x_t.shape, mask, generator, device, x_t.dtype)
+        noise_h = torch.randn(h_t.shape, generator=generator, device=device, dtype=h_t.dtype)
+        x_s = remove_mean(mu_x + std * noise_x, mask)
+        h_s = mu_h + std * noise_h
+        if mask is not None:
+            h_s = h_s * mask.unsqueeze(-1)
+        return x_s, h_s
+
+    def final_estimate(
+        self, denoiser: Denoiser, x_0: torch.Tensor, h_0: torch.Tensor, mask: torch.Tensor | None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean of p(x, h | z_0): undo the last bit of noise with the predicted eps."""
+        b = x_0.shape[0]
+        t_vec = torch.zeros(b, device=x_0.device, dtype=torch.long)
+        gamma_0 = self.schedule.gamma(torch.tensor(0, device=x_0.device))
+        alpha_0, sigma_0 = self.schedule.alpha(gamma_0), self.schedule.sigma(gamma_0)
+        eps_x, eps_h = denoiser(x_0, h_0, t_vec, mask, generator=generator)
+        x = remove_mean((x_0 - sigma_0 * eps_x) / alpha_0, mask)
+        h = (h_0 - sigma_0 * eps_h) / alpha_0
+        return x, h
+
+    @torch.no_grad()
+    def sample(
+        self, denoiser: Denoiser, batch_size: int, num_atoms: int, feature_dim: int, steps: int,
+        generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+        mask: torch.Tensor | None = None, progress: Callable[[], None] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the reverse chain from z_T ~ N(0, I) (CoM-free x) and return (x, h) in model units."""
+        x = sample_com_free_noise((batch_size, num_atoms, 3), mask, generator, device)
+        h = torch.randn(batch_size, num_atoms, feature_dim, generator=generator, device=device)
+        if mask is not None:
+            h = h * mask.unsqueeze(-1)
+        ts = self.sampling_timesteps(steps)
+        for t, s in zip(ts[:-1], ts[1:]):
+            x, h = self.ancestral_step(denoiser, x, h, t, s, mask, generator)
+            if progress is not None:
+                progress()
+        return self.final_estimate(denoiser, x, h, mask, generator)

@@ -1,0 +1,245 @@
+"""`symdiff generate` end to end, with a tiny untrained model and a few denoising steps.
+
+Most runs go through the real console entry point in this process (fast: torch is imported
+once); pipes and Ctrl-C need a real child process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from symdiff_cli.engine.generate import parse_shard, shard_share
+from symdiff_cli.engine.release import WEIGHTS_FILE, save_release
+from symdiff_cli.errors import UsageError
+from symdiff_cli.io.formats import read_molecules
+from symdiff_cli.model.config import model_config_from_preset
+from symdiff_cli.model.dit import SymmetrisedDenoiser
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["--steps", "3", "--batch-size", "4"]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    """A weights directory holding the release "tiny" (untrained, sizes 4..7 atoms)."""
+    root = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    cfg = model_config_from_preset("tiny")
+    save_release(root / "tiny", cfg, SymmetrisedDenoiser(cfg).state_dict(), {4: 1, 5: 2, 6: 2, 7: 1}, "qm9",
+                 {"step": 0}, default_steps_cpu=3)
+    return root
+
+
+@pytest.fixture()
+def env(weights, monkeypatch):
+    monkeypatch.setenv("SYMDIFF_WEIGHTS", str(weights))
+    for name in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN"):
+        monkeypatch.delenv(name, raising=False)
+    return weights
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """Run the console entry point in-process: (exit code, stdout, stderr)."""
+    from symdiff_cli.cli import main
+
+    saved = sys.argv
+    sys.argv = ["symdiff", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    finally:
+        sys.argv = saved
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def subprocess_env(weights: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(SYMDIFF_WEIGHTS=str(weights), PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
+    return env
+
+
+def positions(path: Path) -> list[np.ndarray]:
+    mols, skipped = read_molecules(str(path))
+    assert skipped == 0
+    return [m.positions for m in mols]
+
+
+def test_sdf_with_tags_and_summary(env, tmp_path, capsys):
+    out = tmp_path / "mols.sdf"
+    code, stdout, stderr = run_cli(capsys, "generate", "--n", "10", "--out", str(out), "--model", "tiny", *FAST)
+    assert code == 0, stderr
+    assert stdout == ""
+    mols, _ = read_molecules(str(out))
+    assert len(mols) == 10
+    assert all(4 <= m.num_atoms <= 7 for m in mols)
+    assert all({"symdiff_stable", "symdiff_valid", "smiles"} <= m.props.keys() for m in mols)
+    assert all(m.props["symdiff_stable"] in ("0", "1") for m in mols)
+    assert all(m.bonds is not None for m in mols)  # the perceived bonds are in the records
+    assert "Wrote 10 molecules" in stderr and "molecules/s" in stderr and "atom stability" in stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["mols.sdf"]
+
+
+def test_same_seed_same_bytes_and_other_seed_differs(env, tmp_path, capsys):
+    args = ["--n", "9", "--model", "tiny", "--quiet", *FAST]
+    for name, seed in (("a.sdf", "5"), ("b.sdf", "5"), ("c.sdf", "6")):
+        code, _, stderr = run_cli(capsys, "generate", "--out", str(tmp_path / name), "--seed", seed, *args)
+        assert code == 0 and stderr == ""  # --quiet: nothing on stderr
+    assert (tmp_path / "a.sdf").read_bytes() == (tmp_path / "b.sdf").read_bytes()
+    assert (tmp_path / "a.sdf").read_bytes() != (tmp_path / "c.sdf").read_bytes()
+
+
+def test_fixed_num_atoms_and_other_formats(env, tmp_path, capsys):
+    for name in ("m.xyz", "m.npz"):
+        code, _, stderr = run_cli(capsys, "generate", "--n", "5", "--num-atoms", "8", "--out", str(tmp_path / name),
+                                  "--model", "tiny", "-q", *FAST)
+        assert code == 0, stderr
+        mols, _ = read_molecules(str(tmp_path / name))
+        assert [m.num_atoms for m in mols] == [8] * 5
+    code, _, stderr = run_cli(capsys, "generate", "--n", "5", "--out", str(tmp_path / "m.txt"), "--format", "xyz",
+                              "--model", "tiny", "-q", *FAST)
+    assert code == 0, stderr
+    assert len(read_molecules(str(tmp_path / "m.txt"), fmt="xyz")[0]) == 5
+
+
+def test_shards_are_disjoint_and_reproducible(env, tmp_path, capsys, monkeypatch):
+    base = ["generate", "--n", "11", "--model", "tiny", "-q", *FAST]
+    for name, shard in (("s0.sdf", "0/2"), ("s1.sdf", "1/2"), ("s1again.sdf", "1/2")):
+        assert run_cli(capsys, *base, "--shard", shard, "--out", str(tmp_path / name))[0] == 0
+    shard0, shard1 = positions(tmp_path / "s0.sdf"), positions(tmp_path / "s1.sdf")
+    assert (len(shard0), len(shard1)) == (6, 5)  # 11 split as evenly as possible
+    assert (tmp_path / "s1.sdf").read_bytes() == (tmp_path / "s1again.sdf").read_bytes()
+    for a in shard0:
+        for b in shard1:
+            assert a.shape != b.shape or not np.allclose(a, b)
+
+    # A Slurm job array selects the shard when --shard is not given (ids may start at 1).
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "1")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+    assert run_cli(capsys, *base, "--out", str(tmp_path / "slurm.sdf"))[0] == 0
+    assert (tmp_path / "slurm.sdf").read_bytes() == (tmp_path / "s1.sdf").read_bytes()
+
+
+def test_shard_arithmetic():
+    assert [shard_share(10, i, 3) for i in range(3)] == [4, 3, 3]
+    assert parse_shard("2/5", {}) == (2, 5)
+    assert parse_shard(None, {}) == (0, 1)
+    assert parse_shard(None, {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "4"}) == (3, 4)
+    for bad in ("2/2", "-1/2", "1", "a/b", "0/0"):
+        with pytest.raises(UsageError):
+            parse_shard(bad, {})
+
+
+def test_stdout_carries_only_sdf_and_pipes_into_convert(env, tmp_path):
+    cmd = [sys.executable, "-m", "symdiff_cli"]
+    generate = subprocess.run([*cmd, "generate", "--n", "20", "--out", "-", "--model", "tiny", *FAST],
+                              capture_output=True, env=subprocess_env(env), cwd=tmp_path, timeout=120)
+    assert generate.returncode == 0, generate.stderr.decode()
+    text = generate.stdout.decode()
+    records = text.split("$$$$\n")
+    assert records[-1] == "" and len(records) == 21  # 20 records, nothing before, between or after
+    assert all("M  END" in r for r in records[:-1])
+    assert b"Wrote 20 molecules" in generate.stderr  # the summary goes to stderr
+
+    converted = subprocess.run([*cmd, "convert", "-", "out.xyz", "--from", "sdf"], input=generate.stdout,
+                               capture_output=True, env=subprocess_env(env), cwd=tmp_path, timeout=120)
+    if b"not built yet" in converted.stderr:
+        pytest.skip("symdiff convert is not built yet")
+    assert converted.returncode == 0, converted.stderr.decode()
+    assert len(read_molecules(str(tmp_path / "out.xyz"))[0]) == 20
+
+
+def _damage_weights(weights: Path, tmp_path: Path, kind: str) -> str:
+    """A copy of the tiny release with corrupt weights or weights that do not fit the config."""
+    import shutil
+
+    target = tmp_path / f"release-{kind}"
+    shutil.copytree(weights / "tiny", target)
+    if kind == "corrupt":
+        (target / WEIGHTS_FILE).write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken")
+    else:
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(str(target / WEIGHTS_FILE))
+        name = next(n for n, t in tensors.items() if t.dim() == 2)
+        tensors[name] = torch.zeros(tensors[name].shape[0] + 1, tensors[name].shape[1])
+        save_file(tensors, str(target / WEIGHTS_FILE))
+    return str(target)
+
+
+BAD_INPUTS = {
+    "zero n": (["--n", "0"], "--n"),
+    "negative n": (["--n", "-3"], "--n"),
+    "zero atoms": (["--n", "2", "--num-atoms", "0"], "--num-atoms"),
+    "negative atoms": (["--n", "2", "--num-atoms", "-4"], "--num-atoms"),
+    "too many atoms": (["--n", "2", "--num-atoms", "30"], "maximum of 29"),
+    "unknown model": (["--n", "2", "--model", "no-such-model"], "unknown model 'no-such-model'"),
+    "corrupt weights": (["--n", "2", "--model", "@corrupt"], "safetensors"),
+    "mismatched weights": (["--n", "2", "--model", "@mismatch"], "shape mismatch"),
+    "bad shard": (["--n", "2", "--shard", "3/2"], "shard"),
+    "bad format": (["--n", "2", "--format", "pdb"], "unsupported format"),
+    "bad device": (["--n", "2", "--device", "tpu"], "--device"),
+    "zero steps": (["--n", "2", "--steps", "0"], "--steps"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_line_and_leaves_no_file(env, tmp_path, capsys, case):
+    args, expected = BAD_INPUTS[case]
+    args = [_damage_weights(env, tmp_path, a[1:]) if a.startswith("@") else a for a in args]
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    code, stdout, stderr = run_cli(capsys, "generate", "--out", str(out_dir / "mols.sdf"),
+                                   *(["--model", "tiny"] if "--model" not in args else []), "--steps", "2", *args)
+    assert code != 0
+    assert stdout == ""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and expected in lines[0], stderr
+    assert "Traceback" not in stderr
+    assert list(out_dir.iterdir()) == []  # neither the file nor a temporary one
+
+
+def test_unwritable_output_directory(env, tmp_path, capsys):
+    code, _, stderr = run_cli(capsys, "generate", "--n", "2", "--out", str(tmp_path / "missing" / "m.sdf"),
+                              "--model", "tiny", *FAST)
+    assert code != 0 and stderr.startswith("Error: ") and "does not exist" in stderr and len(stderr.splitlines()) == 1
+    assert not (tmp_path / "missing").exists()
+
+
+def test_ctrl_c_keeps_the_finished_batches(env, tmp_path):
+    """SIGINT after the first batch: a complete, shorter SDF and exit code 130."""
+    out = tmp_path / "mols.sdf"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "symdiff_cli", "generate", "--n", "400", "--batch-size", "2", "--steps", "20",
+         "--num-atoms", "5", "--model", "tiny", "--out", str(out), "--threads", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env(env), cwd=tmp_path,
+    )
+    deadline = time.monotonic() + 120
+    # MoleculeWriter streams into a hidden temporary file next to the output until it closes.
+    while time.monotonic() < deadline and proc.poll() is None:
+        partial = [p for p in tmp_path.iterdir() if p.name.endswith(".partial") and p.stat().st_size > 0]
+        if partial:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "generate finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    stderr = stderr.decode()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "Interrupted: wrote" in stderr
+    mols, skipped = read_molecules(str(out), strict=True)
+    assert skipped == 0 and 2 <= len(mols) < 400 and len(mols) % 2 == 0
+    assert out.read_text().endswith("$$$$\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["mols.sdf"]

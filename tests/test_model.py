@@ -1,0 +1,167 @@
+"""The symmetrised denoiser: O(3) equivariance (coupled and in law), permutations, masks, CoM."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from symdiff_cli.model.config import model_config_from_preset
+from symdiff_cli.model.diffusion import NoiseSchedule, VPDiffusion, polynomial_2_alphas2
+from symdiff_cli.model.dit import SymmetrisedDenoiser
+from symdiff_cli.model.geometry import orthogonalise, remove_mean, rotate, sample_haar_orthogonal
+
+
+def perturbed_model(gamma: str, seed: int = 0, dtype=torch.float64) -> SymmetrisedDenoiser:
+    """A tiny model with its zero-initialised layers perturbed, so outputs depend on everything."""
+    torch.manual_seed(seed)
+    model = SymmetrisedDenoiser(model_config_from_preset("tiny", gamma=gamma)).to(dtype)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+def random_inputs(b=4, n=9, f=6, seed=1, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    x = remove_mean(torch.randn(b, n, 3, generator=g, dtype=dtype))
+    h = torch.randn(b, n, f, generator=g, dtype=dtype)
+    t = torch.randint(0, 1001, (b,), generator=g)
+    return x, h, t
+
+
+def reflection_and_rotation(b: int) -> torch.Tensor:
+    """Half proper rotations, half improper (det -1) orthogonal matrices."""
+    q = sample_haar_orthogonal(b, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    det = torch.det(q)
+    want = torch.tensor([1.0 if i % 2 == 0 else -1.0 for i in range(b)], dtype=torch.float64)
+    flip = torch.diag_embed(torch.stack([det * want, torch.ones(b, dtype=torch.float64),
+                                         torch.ones(b, dtype=torch.float64)], -1))
+    return q @ flip
+
+
+@pytest.mark.parametrize("gamma", ["learned", "haar"])
+def test_coupled_draws_make_output_rotate_exactly(gamma):
+    model = perturbed_model(gamma)
+    x, h, t = random_inputs()
+    b, n = x.shape[:2]
+    g = sample_haar_orthogonal(b, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    noise = torch.randn(b, n, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    q = reflection_and_rotation(b)
+    assert torch.allclose(torch.det(q), torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=torch.float64))
+    eps_x, eps_h = model(x, h, t, None, haar=g, gamma_noise=noise)
+    eps_x_q, eps_h_q = model(rotate(x, q), h, t, None, haar=q @ g, gamma_noise=noise)
+    assert eps_x.abs().mean() > 1e-3  # not trivially zero
+    assert torch.allclose(rotate(eps_x, q), eps_x_q, atol=1e-5)
+    assert torch.allclose(eps_h, eps_h_q, atol=1e-5)
+
+
+def test_plain_dit_is_not_equivariant():
+    """Sanity check of the test above: without symmetrisation the output does not rotate."""
+    model = perturbed_model("none")
+    x, h, t = random_inputs()
+    q = reflection_and_rotation(x.shape[0])
+    eps_x, _ = model(x, h, t, None)
+    eps_x_q, _ = model(rotate(x, q), h, t, None)
+    assert not torch.allclose(rotate(eps_x, q), eps_x_q, atol=1e-3)
+
+
+@pytest.mark.parametrize("gamma", ["learned", "haar"])
+def test_output_law_is_rotation_invariant(gamma):
+    """With free draws, eps(Qx) and Q eps(x) have the same distribution: compare moments of an
+    invariant-free statistic (first output coordinate) over many draws with a two-sample test."""
+    model = perturbed_model(gamma).float()
+    x, h, t = random_inputs(b=1, n=6, dtype=torch.float32)
+    q = reflection_and_rotation(2)[1:].float()  # a reflection
+    draws = 4000
+    xs = x.expand(draws, -1, -1).contiguous()
+    hs, ts = h.expand(draws, -1, -1).contiguous(), t.expand(draws)
+    gen = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        a = rotate(model(xs, hs, ts, None, generator=gen)[0], q.expand(draws, -1, -1))
+        b = model(rotate(xs, q.expand(draws, -1, -1)), hs, ts, None, generator=gen)[0]
+    sa, sb = a[:, 0, :].numpy(), b[:, 0, :].numpy()
+    # Means and second moments of each coordinate agree within ~5 standard errors.
+    for k in range(3):
+        se = np.sqrt(sa[:, k].var() / draws + sb[:, k].var() / draws)
+        assert abs(sa[:, k].mean() - sb[:, k].mean()) < 5 * se + 1e-6
+        se2 = np.sqrt((sa[:, k] ** 2).var() / draws + (sb[:, k] ** 2).var() / draws)
+        assert abs((sa[:, k] ** 2).mean() - (sb[:, k] ** 2).mean()) < 5 * se2 + 1e-6
+    # And the draws really are random frames, not a fixed output.
+    assert sa[:, 0].std() > 1e-3
+
+
+@pytest.mark.parametrize("gamma", ["learned", "haar", "none"])
+def test_permuting_atoms_permutes_outputs(gamma):
+    model = perturbed_model(gamma)
+    x, h, t = random_inputs()
+    b, n = x.shape[:2]
+    g = sample_haar_orthogonal(b, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    noise = torch.randn(b, n, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(5))
+    eps_x, eps_h = model(x, h, t, None, haar=g, gamma_noise=noise)
+    eps_x_p, eps_h_p = model(x[:, perm], h[:, perm], t, None, haar=g, gamma_noise=noise[:, perm])
+    assert torch.allclose(eps_x[:, perm], eps_x_p, atol=1e-8)
+    assert torch.allclose(eps_h[:, perm], eps_h_p, atol=1e-8)
+
+
+@pytest.mark.parametrize("gamma", ["learned", "haar", "none"])
+def test_padding_does_not_change_real_atoms_and_outputs_are_com_free(gamma):
+    model = perturbed_model(gamma)
+    x, h, t = random_inputs(b=2, n=7)
+    b, n = x.shape[:2]
+    g = sample_haar_orthogonal(b, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    noise = torch.randn(b, n, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    eps_x, eps_h = model(x, h, t, None, haar=g, gamma_noise=noise)
+    pad = 4
+    xp = torch.cat([x, 100 * torch.randn(b, pad, 3, dtype=x.dtype)], 1)
+    hp = torch.cat([h, 100 * torch.randn(b, pad, h.shape[-1], dtype=h.dtype)], 1)
+    noise_p = torch.cat([noise, torch.randn(b, pad, 3, dtype=noise.dtype)], 1)
+    mask = torch.zeros(b, n + pad, dtype=torch.bool)
+    mask[:, :n] = True
+    eps_xp, eps_hp = model(xp, hp, t, mask, haar=g, gamma_noise=noise_p)
+    assert torch.allclose(eps_xp[:, :n], eps_x, atol=1e-8)
+    assert torch.allclose(eps_hp[:, :n], eps_h, atol=1e-8)
+    assert torch.all(eps_xp[:, n:] == 0) and torch.all(eps_hp[:, n:] == 0)
+    assert eps_x.sum(dim=1).abs().max() < 1e-10
+
+
+def test_sign_fixed_qr_is_orthogonal_and_equivariant():
+    m = torch.randn(16, 3, 3, dtype=torch.float64)
+    q = orthogonalise(m)
+    eye = torch.eye(3, dtype=torch.float64).expand(16, 3, 3)
+    assert torch.allclose(q.transpose(-1, -2) @ q, eye, atol=1e-12)
+    a = sample_haar_orthogonal(16, dtype=torch.float64)
+    assert torch.allclose(orthogonalise(a @ m), a @ q, atol=1e-10)
+
+
+def test_haar_draws_cover_both_components_and_are_unbiased():
+    q = sample_haar_orthogonal(20000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    det = torch.det(q)
+    assert torch.allclose(det.abs(), torch.ones_like(det))
+    assert abs(float((det > 0).double().mean()) - 0.5) < 0.02
+    assert q.mean(0).abs().max() < 0.03  # E[Q] = 0 under Haar
+
+
+def test_polynomial_2_schedule_properties():
+    a2 = polynomial_2_alphas2(1000, 1e-5)
+    assert len(a2) == 1001
+    assert np.all(np.diff(a2) <= 0)
+    assert a2[0] == pytest.approx(1 - 1e-5, abs=1e-6) and a2[-1] == pytest.approx(1e-5, rel=1e-3)
+    # Away from the ends it follows (1 - (t/T)^2)^2.
+    assert a2[500] == pytest.approx((1 - 2e-5) * 0.75 ** 2 + 1e-5, rel=1e-6)
+
+
+def test_sampling_timesteps_subsequence():
+    d = VPDiffusion(NoiseSchedule(1000))
+    ts = d.sampling_timesteps(100)
+    assert ts[0] == 1000 and ts[-1] == 0 and len(ts) == 101 and all(a > b for a, b in zip(ts, ts[1:]))
+    assert d.sampling_timesteps(1000) == list(range(1000, -1, -1))
+
+
+def test_sampling_returns_finite_com_free_positions():
+    model = perturbed_model("learned", dtype=torch.float32)
+    d = VPDiffusion(NoiseSchedule(1000))
+    x, h = d.sample(model, 3, 8, 6, steps=10, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (3, 8, 3) and h.shape == (3, 8, 6)
+    assert torch.isfinite(x).all() and x.sum(1).abs().max() < 1e-5 * x.abs().max()

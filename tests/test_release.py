@@ -1,0 +1,194 @@
+"""The release format (safetensors + config.json + model card) and model resolution."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from symdiff_cli.engine.checkpoint import atomic_torch_save
+from symdiff_cli.engine.registry import resolve_model
+from symdiff_cli.engine.release import (
+    CONFIG_FILE, WEIGHTS_FILE, convert_checkpoint_to_release, load_release, load_release_state_dict, save_release,
+)
+from symdiff_cli.errors import SymdiffError
+from symdiff_cli.model.config import model_config_from_preset
+from symdiff_cli.model.dit import SymmetrisedDenoiser
+
+HISTOGRAM = {5: 2, 9: 7, 12: 1}
+
+
+def tiny_model(seed: int = 0, **overrides) -> SymmetrisedDenoiser:
+    torch.manual_seed(seed)
+    return SymmetrisedDenoiser(model_config_from_preset("tiny", **overrides))
+
+
+@pytest.fixture()
+def release(tmp_path) -> tuple[Path, SymmetrisedDenoiser]:
+    model = tiny_model()
+    path = save_release(tmp_path / "tiny", model.cfg, model.state_dict(), HISTOGRAM, "qm9",
+                        {"step": 12, "epoch": 1, "train_seconds": 3.5})
+    return path, model
+
+
+def test_round_trip(release):
+    path, model = release
+    assert sorted(os.listdir(path)) == ["README.md", CONFIG_FILE, WEIGHTS_FILE]
+    cfg, tensors = load_release_state_dict(str(path))
+    assert cfg == model.cfg
+    expected = model.state_dict()
+    assert tensors.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(tensors[name], tensor), name
+
+    loaded = load_release(str(path), "cpu")
+    assert not loaded.model.training
+    assert loaded.histogram == HISTOGRAM
+    assert loaded.config["dataset"] == "qm9"
+    assert loaded.config["provenance"]["step"] == 12
+    assert loaded.default_steps("cpu") == 100 and loaded.default_steps("cuda") == 1000
+    config = json.loads((path / CONFIG_FILE).read_text())
+    assert config["format_version"] == 1
+    assert config["model_config"]["norm_one_hot"] == 4.0 and config["model_config"]["noise_schedule"] == "polynomial_2"
+    assert "SymDiff" in (path / "README.md").read_text()
+
+
+def test_overwrite_replaces_a_release_but_not_other_directories(release, tmp_path):
+    path, _ = release
+    other = tiny_model(seed=1)
+    save_release(path, other.cfg, other.state_dict(), {7: 1}, "qm9", {"step": 99}, card_text="# card")
+    assert load_release(str(path)).histogram == {7: 1}
+    assert (path / "README.md").read_text() == "# card\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny"]  # no staging or retired directories left
+
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(SymdiffError, match="not a symdiff release"):
+        save_release(precious, other.cfg, other.state_dict(), {7: 1}, "qm9", {})
+    assert (precious / "notes.txt").read_text() == "keep me"
+
+
+def test_save_refuses_weights_that_do_not_fit_the_config(tmp_path):
+    model = tiny_model()
+    cfg_bigger = model_config_from_preset("tiny", hidden=64)
+    with pytest.raises(SymdiffError, match="do not match"):
+        save_release(tmp_path / "bad", cfg_bigger, model.state_dict(), HISTOGRAM, "qm9", {})
+    assert not (tmp_path / "bad").exists()
+
+
+def test_shape_mismatch_names_the_tensors(release):
+    path, _ = release
+    config = json.loads((path / CONFIG_FILE).read_text())
+    config["model_config"]["hidden"] = 64
+    (path / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(SymdiffError) as info:
+        load_release(str(path))
+    message = str(info.value)
+    assert "\n" not in message
+    assert "shape mismatch" in message
+    assert re.search(r"[\w.]+\.weight: file \(32, \d+\) vs config \(64, \d+\)", message)
+
+
+def test_missing_and_unexpected_tensors(release):
+    path, _ = release
+    tensors = load_file(str(path / WEIGHTS_FILE))
+    removed = sorted(tensors)[0]
+    del tensors[removed]
+    tensors["extra.weight"] = torch.zeros(2)
+    save_file(tensors, str(path / WEIGHTS_FILE))
+    with pytest.raises(SymdiffError) as info:
+        load_release_state_dict(str(path))
+    message = str(info.value)
+    assert "1 missing tensor(s)" in message and removed in message
+    assert "1 unexpected tensor(s) (extra.weight)" in message
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_corrupt_weights_give_one_line(release, damage):
+    path, _ = release
+    weights = path / WEIGHTS_FILE
+    data = weights.read_bytes()
+    weights.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"\x00\x01not safetensors" * 10,
+                         "empty": b""}[damage])
+    with pytest.raises(SymdiffError) as info:
+        load_release(str(path))
+    assert "\n" not in str(info.value)
+    assert "safetensors" in str(info.value)
+
+
+class _Trap:
+    """Unpickling this creates a marker file: proof that a file was unpickled."""
+
+    marker = ""
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_pickled_weights_are_never_unpickled(release, tmp_path):
+    path, _ = release
+    trap = _Trap()
+    trap.marker = str(tmp_path / "unpickled")
+    (path / WEIGHTS_FILE).write_bytes(pickle.dumps({"backbone": trap}))
+    with pytest.raises(SymdiffError, match="not a readable safetensors file"):
+        load_release(str(path))
+    assert not (tmp_path / "unpickled").exists()
+
+
+def test_bad_config_json(release):
+    path, _ = release
+    (path / CONFIG_FILE).write_text("{not json")
+    with pytest.raises(SymdiffError, match="not valid JSON"):
+        load_release(str(path))
+    (path / CONFIG_FILE).write_text(json.dumps({"format": "symdiff-release", "format_version": 99}))
+    with pytest.raises(SymdiffError, match="upgrade symdiff"):
+        load_release(str(path))
+
+
+def test_convert_training_checkpoint(tmp_path):
+    model, ema = tiny_model(seed=0), tiny_model(seed=1)
+    checkpoint = {
+        # A DDP-wrapped EMA: names carry the "module." prefix, which the release drops.
+        "ema": {f"module.{k}": v for k, v in ema.state_dict().items()},
+        "model": model.state_dict(),
+        "model_config": ema.cfg.to_dict(),
+        "atom_count_histogram": HISTOGRAM,
+        "dataset": "qm9",
+        "state": {"step": 500, "epoch": 3, "batch_in_epoch": 0, "elapsed": 7200.0},
+        "train_config": {"preset": "tiny", "lr": 2e-4, "batch_size": 256, "ema_decay": 0.9999},
+    }
+    atomic_torch_save(checkpoint, tmp_path / "runs" / "x" / "checkpoint.pt")
+    out = convert_checkpoint_to_release(tmp_path / "runs" / "x" / "checkpoint.pt", tmp_path / "weights" / "x")
+    _, tensors = load_release_state_dict(str(out))
+    for name, tensor in ema.state_dict().items():
+        assert torch.equal(tensors[name], tensor), name  # the EMA weights, not the raw model's
+    config = json.loads((out / CONFIG_FILE).read_text())
+    assert config["provenance"]["step"] == 500 and config["provenance"]["train_seconds"] == 7200.0
+    assert "2.00 h" in (out / "README.md").read_text()
+
+    with pytest.raises(SymdiffError, match="symdiff convert"):
+        resolve_model(str(tmp_path / "runs" / "x"))
+
+
+def test_resolve_names_directories_and_errors(release, tmp_path, monkeypatch):
+    path, _ = release
+    monkeypatch.setenv("SYMDIFF_WEIGHTS", str(tmp_path))
+    assert resolve_model("tiny") == tmp_path / "tiny"
+    assert resolve_model(str(path)) == path
+    assert resolve_model(str(path / WEIGHTS_FILE)) == path
+    with pytest.raises(SymdiffError, match=r"unknown model 'nope'.*tiny"):
+        resolve_model("nope")
+    with pytest.raises(SymdiffError, match="no default model"):
+        resolve_model(None)
+    with pytest.raises(SymdiffError, match="no model at"):
+        resolve_model("./does/not/exist")
+    (tmp_path / "model.pt").write_bytes(b"")
+    with pytest.raises(SymdiffError, match="symdiff convert"):
+        resolve_model(str(tmp_path / "model.pt"))

@@ -1,0 +1,157 @@
+"""`symdiff train`: learning, exact resume, crash safety, DDP under torchrun, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from symdiff_cli.engine.train import TrainConfig, train
+from symdiff_cli.model.config import model_config_from_preset
+
+CLI = [sys.executable, "-m", "symdiff_cli"]
+
+
+def read_log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(run: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_log(run) if "loss" in r and "event" not in r}
+
+
+def tiny_config(out: Path, data: Path, **kw) -> TrainConfig:
+    base = dict(out=str(out), data=[str(data)], batch_size=32, lr=3e-3, warmup_steps=0, log_every=5,
+                ema_decay=0.99, seed=0, threads=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def dataset_loss(model_cfg, state_dict, packed, repeats: int = 20) -> float:
+    """The l2 loss over all molecules with fixed noise draws: a low-variance measure of fit."""
+    from symdiff_cli.chem.elements import QM9
+    from symdiff_cli.data.batching import MoleculeTensors, SizeGroupedBatches
+    from symdiff_cli.model.diffusion import Batch, NoiseSchedule, VPDiffusion
+    from symdiff_cli.model.dit import SymmetrisedDenoiser
+
+    model = SymmetrisedDenoiser(model_cfg)
+    if state_dict is not None:
+        model.load_state_dict(state_dict)
+    data = MoleculeTensors(packed, QM9)
+    diffusion = VPDiffusion(NoiseSchedule())
+    gen = torch.Generator().manual_seed(123)
+    total = 0.0
+    with torch.no_grad():
+        for _ in range(repeats):
+            for idx in SizeGroupedBatches(packed.num_atoms, 64).epoch(0):
+                x, h = data.gather(idx, 4.0, 10.0)
+                total += float(diffusion.loss(model, Batch(x, h, None), generator=gen)) * len(idx)
+    return total / (repeats * len(packed))
+
+
+def test_tiny_preset_overfits_32_molecules(tmp_path, small_npz, small_packed):
+    model_cfg = model_config_from_preset("tiny")
+    cfg = tiny_config(tmp_path / "run", small_npz, max_steps=2500, lr=3e-3, log_every=50)
+    summary = train(cfg, model_cfg, console_print=lambda s: None)
+    assert summary["step"] == 2500
+    trained = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]
+    before = dataset_loss(model_cfg, None, small_packed)
+    after = dataset_loss(model_cfg, trained, small_packed)
+    assert after < before / 5, f"loss fell only from {before:.3f} to {after:.3f}"
+
+
+def test_resumed_run_matches_uninterrupted_run(tmp_path, small_npz):
+    model_cfg = model_config_from_preset("tiny")
+    train(tiny_config(tmp_path / "a", small_npz, max_steps=40), model_cfg, console_print=lambda s: None)
+    train(tiny_config(tmp_path / "b", small_npz, max_steps=20), model_cfg, console_print=lambda s: None)
+    train(tiny_config(tmp_path / "b", small_npz, max_steps=40), None, console_print=lambda s: None)
+    a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
+    later = [s for s in a if s > 20]
+    assert later and all(s in b for s in later)
+    assert [a[s] for s in later] == [b[s] for s in later]
+    ck_a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    ck_b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    for k in ck_a["ema"]:
+        assert torch.equal(ck_a["ema"][k], ck_b["ema"][k]), k
+
+
+def test_sigkill_loses_at_most_one_checkpoint_interval(tmp_path, small_npz):
+    run = tmp_path / "run"
+    cmd = CLI + ["train", "--data", str(small_npz), "--preset", "tiny", "--out", str(run), "--batch-size", "8",
+                 "--checkpoint-every", "2s", "--max-steps", "1000000", "--log-every", "1", "--quiet",
+                 "--threads", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if (run / "metrics.jsonl").exists() and sum(
+                    r.get("event") == "checkpoint" for r in read_log(run)) >= 2:
+                break
+            assert proc.poll() is None, proc.stderr.read().decode()
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = read_log(run)
+    last_step = max(r["step"] for r in log if "loss" in r)
+    saved = torch.load(run / "checkpoint.pt", weights_only=True)["state"]
+    last_ckpt = [r for r in log if r.get("event") == "checkpoint"][-1]
+    assert saved["step"] == last_ckpt["step"]
+    # Lost work: from the checkpoint to the kill, at most one interval (2 s) plus slack.
+    last_time = max(r["time"] for r in log if "loss" in r)
+    assert last_time - last_ckpt["time"] < 2.0 + 3.0
+    assert not list(run.glob("*.tmp"))
+    out = subprocess.run(CLI + ["train", "--out", str(run), "--resume", "--data", str(small_npz),
+                                "--max-steps", str(saved["step"] + 5), "--quiet", "--threads", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    resumed = [r for r in read_log(run) if r.get("event") == "resume"][-1]
+    assert resumed["step"] == saved["step"] and last_step >= saved["step"]
+
+
+def test_torchrun_two_processes_keep_identical_parameters(tmp_path, small_npz):
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "symdiff_cli", "train", "--data", str(small_npz), "--preset", "tiny", "--out", str(run),
+           "--batch-size", "4", "--max-steps", "12", "--log-every", "4", "--quiet", "--device", "cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    log = read_log(run)
+    sync = [r for r in log if r.get("event") == "ranks_in_sync"]
+    assert sync and sync[0]["value"] is True and len(sync[0]["checksums"]) == 2
+    assert [r for r in log if r.get("event") == "start"][0]["world_size"] == 2
+    assert (run / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--preset", "huge"], "unknown preset"),
+    (["--gamma", "sometimes"], "gamma must be one of"),
+    (["--max-time", "soon"], "cannot read duration"),
+    (["--set", "model.hiddn=3"], "unknown setting"),
+    (["--data", "/nonexistent/file.xyz"], "nonexistent"),
+])
+def test_bad_train_options_give_one_line_errors(tmp_path, args, message):
+    out = subprocess.run(CLI + ["train", "--out", str(tmp_path / "r"), "--max-steps", "1", "--quiet"] + args,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert message in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+def test_existing_run_needs_resume(tmp_path, small_npz):
+    run = tmp_path / "r"
+    base = CLI + ["train", "--out", str(run), "--data", str(small_npz), "--preset", "tiny", "--max-steps", "2",
+                  "--quiet", "--threads", "1"]
+    assert subprocess.run(base, capture_output=True, timeout=120).returncode == 0
+    again = subprocess.run(base, capture_output=True, text=True, timeout=120)
+    assert again.returncode != 0 and "--resume" in again.stderr
