@@ -77,23 +77,24 @@ def test_overwrite_replaces_a_release_but_not_other_directories(release, tmp_pat
 
 def test_save_refuses_weights_that_do_not_fit_the_config(tmp_path):
     model = tiny_model()
-    cfg_bigger = model_config_from_preset("tiny", hidden=64)
+    cfg_bigger = model_config_from_preset("tiny", hidden=2 * model.cfg.hidden)
     with pytest.raises(SymdiffError, match="do not match"):
         save_release(tmp_path / "bad", cfg_bigger, model.state_dict(), HISTOGRAM, "qm9", {})
     assert not (tmp_path / "bad").exists()
 
 
 def test_shape_mismatch_names_the_tensors(release):
-    path, _ = release
+    path, model = release
+    hidden = model.cfg.hidden
     config = json.loads((path / CONFIG_FILE).read_text())
-    config["model_config"]["hidden"] = 64
+    config["model_config"]["hidden"] = 2 * hidden
     (path / CONFIG_FILE).write_text(json.dumps(config))
     with pytest.raises(SymdiffError) as info:
         load_release(str(path))
     message = str(info.value)
     assert "\n" not in message
     assert "shape mismatch" in message
-    assert re.search(r"[\w.]+\.weight: file \(32, \d+\) vs config \(64, \d+\)", message)
+    assert re.search(rf"[\w.]+\.weight: file \({hidden}, \d+\) vs config \({2 * hidden}, \d+\)", message)
 
 
 def test_missing_and_unexpected_tensors(release):

@@ -28,7 +28,8 @@ def generate_command(
     ),
     model: Optional[str] = typer.Option(
         None, "--model", "-m",
-        help="A name in weights/, a release directory, or a Hugging Face Hub id org/name[@revision] (default: qm9).",
+        help="A name in weights/, a release directory, or a Hugging Face Hub id org/name or "
+             "org/name@revision (default: qm9).",
     ),
     offline: bool = typer.Option(False, "--offline", help="Use only the local Hugging Face cache for Hub models."),
     shard: Optional[str] = typer.Option(

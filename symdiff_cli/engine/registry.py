@@ -63,7 +63,8 @@ def _check_release_dir(path: Path, spec: str) -> Path:
     if missing:
         hint = ""
         if (path / "checkpoint.pt").is_file():
-            hint = f"; it holds a training checkpoint: export it with `symdiff convert {path / 'checkpoint.pt'} weights/NAME/`"
+            checkpoint = path / "checkpoint.pt"
+            hint = f"; it holds a training checkpoint: export it with `symdiff convert {checkpoint} weights/NAME/`"
         raise SymdiffError(f"model {spec!r} ({path}) is not a symdiff release: {', '.join(missing)} missing{hint}")
     return path
 

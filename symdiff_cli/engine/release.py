@@ -230,7 +230,7 @@ def model_card(config: dict[str, Any], num_parameters: int | None = None,
     if prov:
         for key in sorted(prov):
             value = prov[key]
-            if key in ("elapsed_seconds", "train_seconds") and isinstance(value, (int, float)):
+            if key in ("train_seconds", "train_cpu_seconds") and isinstance(value, (int, float)):
                 value = f"{value / 3600:.2f} h"
             lines.append(f"- {key.replace('_', ' ')}: {value}")
     else:
@@ -332,7 +332,8 @@ def save_release(
         raise SymdiffError(f"cannot write a release to {out_dir}: {err.strerror or err}") from None
     retired: Path | None = None
     try:
-        save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": "pt", "symdiff_release": str(RELEASE_FORMAT_VERSION)})
+        metadata = {"format": "pt", "symdiff_release": str(RELEASE_FORMAT_VERSION)}
+        save_file(tensors, str(staging / WEIGHTS_FILE), metadata=metadata)
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n", encoding="utf-8")
         (staging / CARD_FILE).write_text(card_text if card_text.endswith("\n") else card_text + "\n", encoding="utf-8")
         for name in RELEASE_FILES:
@@ -484,6 +485,8 @@ def convert_checkpoint_to_release(
         "epoch": int(state.get("epoch", 0)),
         "train_seconds": round(float(state.get("elapsed", 0.0)), 1),
     }
+    if "cpu_time" in state:
+        provenance["train_cpu_seconds"] = round(float(state["cpu_time"]), 1)
     for key in ("preset", "batch_size", "lr", "ema_decay", "seed"):
         if key in train_cfg:
             provenance[key] = train_cfg[key]

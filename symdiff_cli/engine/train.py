@@ -136,7 +136,8 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
-    elapsed: float = 0.0  # training seconds accumulated over all sessions of this run
+    elapsed: float = 0.0  # training seconds (wall clock, evaluations excluded) over all sessions of this run
+    cpu_time: float = 0.0  # process CPU seconds of training, same scope: fair under a shared CPU
 
 
 def evaluate_samples(model: torch.nn.Module, model_cfg: ModelConfig, histogram: dict[int, int],
@@ -150,9 +151,9 @@ def evaluate_samples(model: torch.nn.Module, model_cfg: ModelConfig, histogram: 
     mols = [m for batch in sampler.sample(plan_batches(counts, 256, seed), steps) for m in batch]
     model.train()
     result = evaluate_molecules(mols)
-    d = result.as_dict()
-    return {k: d[k] for k in ("atom_stability", "molecule_stability", "validity", "uniqueness") if k in d} | {
-        "num_molecules": n, "sampling_steps": steps}
+    return {"atom_stability": result.atom_stability, "molecule_stability": result.molecule_stability,
+            "validity": result.validity, "uniqueness": result.uniqueness, "num_molecules": n,
+            "sampling_steps": steps}
 
 
 def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
@@ -271,7 +272,9 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
 
     # ---- the loop ----
     session_start = time.perf_counter()
-    elapsed_before = state.elapsed
+    cpu_start = time.process_time()
+    elapsed_before, cpu_before = state.elapsed, state.cpu_time
+    eval_wall, eval_cpu = 0.0, 0.0  # time spent sampling for evaluation, not counted as training
     last_ckpt = session_start
     window_mols, window_start, loss_n = 0, time.perf_counter(), 0
     loss_acc = torch.zeros((), device=device)
@@ -311,7 +314,8 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
 
             state.step += 1
             state.batch_in_epoch += 1
-            state.elapsed = elapsed_before + time.perf_counter() - session_start
+            state.elapsed = elapsed_before + time.perf_counter() - session_start - eval_wall
+            state.cpu_time = cpu_before + time.process_time() - cpu_start - eval_cpu
             # One host sync per log interval, not per step: .item() stalls a GPU pipeline.
             loss_acc += loss.detach().float()
             loss_n += 1
@@ -325,15 +329,19 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
                 record = {"step": state.step, "epoch": state.epoch, "loss": round(last_loss, 6), "lr": lr,
                           "grad_norm": round(float(grad_norm), 4),
                           "mol_per_s": round(window_mols / max(now - window_start, 1e-9), 1),
-                          "time": round(state.elapsed, 2)}
+                          "time": round(state.elapsed, 2), "cpu_time": round(state.cpu_time, 2)}
                 log.write(record)
                 if is_main and on_progress is not None:
                     on_progress(record | {"total_steps": total_steps, "max_time": cfg.max_time})
                 window_mols, window_start, loss_n = 0, now, 0
             if cfg.eval_every and cfg.eval_samples and state.step % cfg.eval_every == 0 and is_main:
-                log.write({"event": "eval", "step": state.step, "time": round(state.elapsed, 2),
+                wall0, cpu0 = time.perf_counter(), time.process_time()
+                log.write({"event": "eval", "step": state.step, "epoch": state.epoch,
+                           "time": round(state.elapsed, 2), "cpu_time": round(state.cpu_time, 2),
                            **evaluate_samples(ema, model_cfg, histogram, cfg.eval_samples, cfg.eval_steps,
                                               cfg.seed + state.step, device)})
+                eval_wall += time.perf_counter() - wall0
+                eval_cpu += time.process_time() - cpu0
             if time.perf_counter() - last_ckpt >= cfg.checkpoint_every:
                 save_checkpoint()
                 last_ckpt = time.perf_counter()
@@ -361,3 +369,30 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
     log.write({"event": "end", **{k: v for k, v in summary.items() if k != "eval"}})
     log.close()
     return summary
+
+
+def largest_fitting_batch(model_cfg: ModelConfig, device: torch.device, cap: int = 2048, start: int = 64) -> int:
+    """The largest power-of-two batch (<= cap) of max-size molecules whose training step fits in memory.
+
+    On CPU memory is rarely the limit and big batches only slow learning per second: returns start.
+    """
+    if device.type != "cuda":
+        return start
+    model = SymmetrisedDenoiser(model_cfg).to(device)
+    diffusion = VPDiffusion(NoiseSchedule(model_cfg.timesteps, model_cfg.noise_precision))
+    best, b = start, start
+    while b <= cap:
+        try:
+            x = torch.randn(b, model_cfg.max_atoms, 3, device=device)
+            h = torch.randn(b, model_cfg.max_atoms, model_cfg.feature_dim, device=device)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = diffusion.loss(model, Batch(x - x.mean(1, keepdim=True), h, None))
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+            best = b
+            b *= 2
+        except torch.cuda.OutOfMemoryError:
+            break
+        finally:
+            torch.cuda.empty_cache()
+    return best
