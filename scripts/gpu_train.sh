@@ -58,7 +58,7 @@ echo "gpu_train: device $("$PY" -c 'import torch; print(torch.cuda.get_device_na
 RESUME=()
 if [ -f "$OUT/run/checkpoint.pt" ]; then RESUME=(--resume); else RESUME=(--init-from "$INIT_MODEL"); fi
 "$PY" -m symdiff_cli train --out "$OUT/run" "${RESUME[@]}" "${DATA_ARGS[@]}" --batch-size "$BATCH_SIZE" \
-  --max-time "$DURATION" --checkpoint-every 2m --ema-decay 0.999 --warmup-steps 0 --log-every 50 --quiet "$@" \
+  --max-time "$DURATION" --checkpoint-every 2m --ema-decay 0.999 --warmup-steps 200 --log-every 50 --quiet "$@" \
   2>&1 | tee -a "$OUT/train_stdout.log"
 "$PY" -m symdiff_cli convert "$OUT/run/checkpoint.pt" "$OUT/model" 2>&1 | tee -a "$OUT/train_stdout.log"
 cp "$OUT/run/metrics.jsonl" "$OUT/train_log.jsonl"

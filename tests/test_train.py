@@ -155,3 +155,27 @@ def test_existing_run_needs_resume(tmp_path, small_npz):
     assert subprocess.run(base, capture_output=True, timeout=120).returncode == 0
     again = subprocess.run(base, capture_output=True, text=True, timeout=120)
     assert again.returncode != 0 and "--resume" in again.stderr
+
+
+def test_gpu_train_script_smoke_run_on_cpu(tmp_path, small_npz):
+    """scripts/gpu_train.sh continues a release for a time budget and exports a loadable model."""
+    from symdiff_cli.engine.release import load_release, load_release_state_dict, save_release
+    from symdiff_cli.model.dit import SymmetrisedDenoiser
+
+    cfg = model_config_from_preset("tiny")
+    init = tmp_path / "init"
+    save_release(init, cfg, SymmetrisedDenoiser(cfg).state_dict(), {5: 1, 9: 2}, "qm9", {"step": 0})
+    out = tmp_path / "out"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_train.sh"
+    env = dict(os.environ, PYTHON=sys.executable, INIT_MODEL=str(init), TRAIN_DATA=str(small_npz),
+               BATCH_SIZE="8")
+    res = subprocess.run(["bash", str(script), "4s", str(out), "--threads", "1"], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["event"] == "end" and log[-1]["stop_reason"] == "max_time" and log[-1]["step"] > 0
+    released = load_release(str(out / "model"))
+    assert released.cfg.to_dict() == cfg.to_dict()
+    _, before = load_release_state_dict(str(init))
+    changed = any(not torch.equal(before[k], v) for k, v in released.model.state_dict().items())
+    assert changed, "the exported weights are the initial ones: nothing was trained"

@@ -1,4 +1,4 @@
-"""RDKit molecules from our Molecule plus a perceived bond-order matrix."""
+"""RDKit molecules from our Molecule plus bond rows or a perceived bond-order matrix."""
 
 from __future__ import annotations
 
@@ -6,32 +6,54 @@ import numpy as np
 from rdkit import Chem
 from rdkit.Geometry import Point3D
 
+from symdiff_cli.chem.bonds import bonds_from_matrix
+from symdiff_cli.errors import SymdiffError
 from symdiff_cli.io.molecule import Molecule
 
-BOND_TYPES = {1: Chem.BondType.SINGLE, 2: Chem.BondType.DOUBLE, 3: Chem.BondType.TRIPLE}
+# Bond-row orders -> RDKit bond types; 4 is aromatic (the SDF bond code).
+BOND_TYPES = {
+    1: Chem.BondType.SINGLE,
+    2: Chem.BondType.DOUBLE,
+    3: Chem.BondType.TRIPLE,
+    4: Chem.BondType.AROMATIC,
+}
 
 
-def to_rdkit_mol(mol: Molecule, orders: np.ndarray) -> Chem.Mol:
-    """An unsanitised RDKit molecule with the atoms, the bonds of `orders` and a 3D conformer.
+def rdkit_mol_from_bonds(mol: Molecule, bonds: np.ndarray) -> Chem.Mol:
+    """An unsanitised RDKit molecule with our atoms, the (M, 3) bond rows (i, j, order) and a
+    3D conformer.
 
     Atoms keep RDKit's default implicit-hydrogen handling, as in EDM's validity code
     (`build_molecule`): sanitisation may add implicit hydrogens to under-bonded atoms, while
-    over-bonded atoms (pentavalent carbon) make sanitisation fail.
+    over-bonded atoms (pentavalent carbon) make sanitisation fail. Nothing is sanitised here,
+    so molecules with impossible valences still build; the property cache is updated
+    non-strictly because writers need implicit-hydrogen counts. An aromatic bond (order 4)
+    marks its atoms aromatic, or sanitisation could not kekulise it.
     """
-    rw = Chem.RWMol()
-    for z in mol.atomic_numbers:
-        rw.AddAtom(Chem.Atom(int(z)))
-    i_idx, j_idx = np.nonzero(np.triu(np.asarray(orders), k=1))
-    for i, j in zip(i_idx.tolist(), j_idx.tolist()):
-        order = int(orders[i, j])
-        rw.AddBond(i, j, BOND_TYPES[order])
+    editable = Chem.RWMol()
+    for z in mol.atomic_numbers.tolist():
+        editable.AddAtom(Chem.Atom(int(z)))
+    for i, j, order in np.asarray(bonds, dtype=np.int64).reshape(-1, 3).tolist():
+        if order not in BOND_TYPES:
+            raise SymdiffError(f"bond {i}-{j} has unsupported order {order} (use 1, 2, 3 or 4)")
+        editable.AddBond(i, j, BOND_TYPES[order])
+        if order == 4:
+            editable.GetBondBetweenAtoms(i, j).SetIsAromatic(True)
+            editable.GetAtomWithIdx(i).SetIsAromatic(True)
+            editable.GetAtomWithIdx(j).SetIsAromatic(True)
     conformer = Chem.Conformer(mol.num_atoms)
     for k, (x, y, z) in enumerate(mol.positions.tolist()):
         conformer.SetAtomPosition(k, Point3D(x, y, z))
     conformer.Set3D(True)
-    out = rw.GetMol()
-    out.AddConformer(conformer, assignId=True)
-    return out
+    rd_mol = editable.GetMol()
+    rd_mol.AddConformer(conformer, assignId=True)
+    rd_mol.UpdatePropertyCache(strict=False)
+    return rd_mol
+
+
+def to_rdkit_mol(mol: Molecule, orders: np.ndarray) -> Chem.Mol:
+    """`rdkit_mol_from_bonds` for a symmetric (N, N) bond-order matrix, as the metrics perceive it."""
+    return rdkit_mol_from_bonds(mol, bonds_from_matrix(orders))
 
 
 def canonical_smiles(mol: Chem.Mol) -> str | None:

@@ -33,36 +33,34 @@ def _convert_molecules(
 ) -> None:
     """Read every molecule of IN and write them to OUT; a summary goes to stderr."""
     # Imported here so that `symdiff --help` does not load RDKit.
-    from symdiff_cli.io.formats import MoleculeWriter, read_molecules, resolve_format
+    from symdiff_cli.io.formats import read_molecules, resolve_format, write_molecules
 
     # Check the output format before reading anything: a typo should fail fast.
     output_format = resolve_format(output_path, to_format)
     molecules, unreadable = read_molecules(input_path, fmt=from_format, strict=strict)
-    writer = MoleculeWriter(output_path, fmt=output_format, bonds=bonds)
-    try:
-        writer.write(molecules)
-    except BaseException:
-        writer.abort(keep=False)
-        raise
-    writer.close()
+    # Atomic: on any error, Ctrl-C included, no output file is created or changed.
+    left_out = write_molecules(output_path, molecules, fmt=output_format, bonds=bonds)
+    written = len(molecules) - left_out
 
     source = "standard input" if input_path == "-" else input_path
     target = "standard output" if output_path == "-" else output_path
-    summary = f"Converted {_plural(writer.written, 'molecule')} from {source} to {target} ({output_format})"
+    summary = f"Converted {_plural(written, 'molecule')} from {source} to {target} ({output_format})"
     notes = []
     if unreadable:
         notes.append(f"skipped {_plural(unreadable, 'unreadable record')} (use --strict to stop at the first)")
-    if writer.skipped:
-        notes.append(f"left out {_plural(writer.skipped, 'molecule')} that RDKit cannot sanitise (no valid SMILES)")
+    if left_out:
+        notes.append(f"left out {_plural(left_out, 'molecule')} that RDKit cannot sanitise (no valid SMILES)")
     typer.echo(summary + ("; " + "; ".join(notes) if notes else "") + ".", err=True)
 
 
 def convert_command(
     input_path: str = typer.Argument(
-        ..., metavar="IN", help="Input file (.sdf/.mol, .xyz, .smi/.smiles, .npz), or '-' for standard input."
+        ..., metavar="IN",
+        help="Input file (.sdf/.mol, .xyz, .smi/.smiles, .npz), '-' for standard input, or a training checkpoint (.pt).",
     ),
     output_path: str = typer.Argument(
-        ..., metavar="OUT", help="Output file (.sdf, .xyz, .smi, .npz), or '-' for standard output."
+        ..., metavar="OUT",
+        help="Output file (.sdf, .xyz, .smi, .npz), '-' for standard output, or a release directory for a checkpoint.",
     ),
     from_format: Optional[str] = typer.Option(
         None,
@@ -92,7 +90,10 @@ def convert_command(
         "skipping and counting it.",
     ),
 ) -> None:
-    """Convert molecule files between XYZ, SDF, SMILES and npz.
+    """Convert molecule files between XYZ, SDF, SMILES and npz, or a training checkpoint to a release.
+
+    A training checkpoint (IN ending in .pt) is exported to the release format in the
+    directory OUT: model.safetensors (EMA weights), config.json and a model card README.md.
 
     Writing is atomic: after an error no output file is left behind.
 
@@ -103,6 +104,10 @@ def convert_command(
 
     Example: symdiff generate --n 100 --out - | symdiff convert - mols.xyz --from sdf
     """
-    # Checkpoint conversion (.pt -> release directory) dispatches here, before the
-    # molecule path, once it exists: `if input_path.endswith(".pt"): ...; return`.
+    if input_path.endswith(".pt"):
+        from symdiff_cli.engine.release import convert_checkpoint_to_release
+
+        out = convert_checkpoint_to_release(input_path, output_path)
+        typer.echo(f"Exported the EMA weights of {input_path} to the release {out}.", err=True)
+        return
     _convert_molecules(input_path, output_path, from_format, to_format, bonds.value, strict)

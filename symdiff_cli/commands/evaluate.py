@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -14,6 +12,7 @@ from typing import Optional
 import typer
 
 from symdiff_cli.errors import SymdiffError, UsageError
+from symdiff_cli.io.atomic import atomic_output
 
 
 class DatasetChoice(str, Enum):
@@ -33,25 +32,14 @@ PER_MOLECULE_COLUMNS = ("index", "source", "num_atoms", "stable_atoms", "stable"
 
 def _write_text_atomic(path: str, text: str) -> None:
     """Write a file via a temp file in its folder and os.replace: never a half-written file."""
-    target = Path(path)
-    folder = target.parent
+    folder = Path(path).parent
     if not folder.is_dir():
         raise SymdiffError(f"cannot write {path}: folder {folder} does not exist")
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
-    except OSError as err:
-        raise SymdiffError(f"cannot write {path}: {err.strerror}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+        with atomic_output(path, "w") as handle:
             handle.write(text)
-        # mkstemp creates 0600; give the file the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except OSError as err:
+        raise SymdiffError(f"cannot write {path}: {err.strerror or err}") from None
 
 
 def _read_inputs(files: list[str], strict: bool):

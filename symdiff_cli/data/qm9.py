@@ -11,7 +11,6 @@ import csv
 import importlib.util
 import os
 import sys
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
@@ -21,6 +20,7 @@ import numpy as np
 
 from symdiff_cli.chem.elements import SYMBOL_TO_Z
 from symdiff_cli.errors import SymdiffError
+from symdiff_cli.io.atomic import atomic_output
 from symdiff_cli.io.molecule import PackedMolecules
 
 NUM_MOLECULES = 130_831
@@ -164,18 +164,8 @@ def _parse_csvs(show_progress: bool = True) -> QM9Data:
 def _atomic_write(path: Path, write) -> None:
     """Write via a temp file in the same folder and os.replace, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        # mkstemp creates 0600; give the file the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path, "wb") as handle:
+        write(handle)
 
 
 def _save_cache(data: QM9Data, path: Path) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from symdiff_cli.errors import SymdiffError
+from symdiff_cli.io.atomic import current_umask
 from symdiff_cli.model.config import ModelConfig
 
 RELEASE_FORMAT = "symdiff-release"
@@ -338,7 +339,7 @@ def save_release(
         (staging / CARD_FILE).write_text(card_text if card_text.endswith("\n") else card_text + "\n", encoding="utf-8")
         for name in RELEASE_FILES:
             _fsync_file(staging / name)
-        os.chmod(staging, 0o777 & ~_current_umask())
+        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it 0700; use what mkdir would
         if out_dir.exists():
             # POSIX cannot swap two directories atomically: move the old one aside first, so
             # at every moment out_dir is either the complete old or the complete new release.
@@ -356,12 +357,6 @@ def save_release(
     if retired is not None:
         shutil.rmtree(retired, ignore_errors=True)
     return out_dir
-
-
-def _current_umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
 
 
 # --------------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ import io
 import os
 import re
 import sys
-import tempfile
 from contextlib import contextmanager
 from typing import IO, Iterable, Iterator
 
@@ -28,6 +27,7 @@ import numpy as np
 
 from symdiff_cli.chem.elements import atomic_number, element_symbol
 from symdiff_cli.errors import SymdiffError
+from symdiff_cli.io.atomic import commit_temp_file, discard_temp_file, open_temp_file
 from symdiff_cli.io.molecule import Molecule, PackedMolecules
 
 STDIO_PATH = "-"
@@ -157,44 +157,6 @@ def _bonds_from_rdkit(rd_mol) -> np.ndarray:
     return np.array(rows, dtype=np.int64).reshape(-1, 3)
 
 
-def _rdkit_molecule(mol: Molecule, bonds: np.ndarray):
-    """An unsanitised RDKit molecule with our atoms, the given bond rows and a 3D conformer.
-
-    Hydrogens follow RDKit's default implicit-hydrogen handling (as the validity metric
-    does); nothing is sanitised here, so molecules with impossible valences still build.
-    """
-    from rdkit import Chem
-    from rdkit.Geometry import Point3D
-
-    bond_types = {
-        1: Chem.BondType.SINGLE,
-        2: Chem.BondType.DOUBLE,
-        3: Chem.BondType.TRIPLE,
-        4: Chem.BondType.AROMATIC,
-    }
-    editable = Chem.RWMol()
-    for z in mol.atomic_numbers.tolist():
-        editable.AddAtom(Chem.Atom(int(z)))
-    for i, j, order in np.asarray(bonds, dtype=np.int64).reshape(-1, 3).tolist():
-        if order not in bond_types:
-            raise SymdiffError(f"bond {i}-{j} has unsupported order {order} (use 1, 2, 3 or 4)")
-        editable.AddBond(int(i), int(j), bond_types[order])
-        if order == 4:
-            # An aromatic bond needs aromatic atoms, or sanitisation cannot kekulise it.
-            editable.GetBondBetweenAtoms(int(i), int(j)).SetIsAromatic(True)
-            editable.GetAtomWithIdx(int(i)).SetIsAromatic(True)
-            editable.GetAtomWithIdx(int(j)).SetIsAromatic(True)
-    conformer = Chem.Conformer(mol.num_atoms)
-    for k, (x, y, z) in enumerate(mol.positions.tolist()):
-        conformer.SetAtomPosition(k, Point3D(x, y, z))
-    conformer.Set3D(True)
-    rd_mol = editable.GetMol()
-    rd_mol.AddConformer(conformer, assignId=True)
-    # Writers need implicit-hydrogen counts; strict=False so odd valences do not raise.
-    rd_mol.UpdatePropertyCache(strict=False)
-    return rd_mol
-
-
 # --------------------------------------------------------------------------------------
 # Bond perception
 
@@ -214,11 +176,13 @@ def _rdkit_perceived_bonds(mol: Molecule) -> np.ndarray | None:
     """
     from rdkit import Chem
 
+    from symdiff_cli.chem.rdkit_mol import rdkit_mol_from_bonds
+
     try:
         from rdkit.Chem import rdDetermineBonds
     except ImportError:
         return None
-    connected = Chem.RWMol(_rdkit_molecule(mol, np.zeros((0, 3), dtype=np.int64)))
+    connected = Chem.RWMol(rdkit_mol_from_bonds(mol, np.zeros((0, 3), dtype=np.int64)))
     try:
         with _captured_rdkit_errors():
             rdDetermineBonds.DetermineConnectivity(connected)
@@ -624,7 +588,9 @@ def sdf_block(mol: Molecule, bonds: str = "benchmark") -> str:
     """
     from rdkit import Chem
 
-    rd_mol = _rdkit_molecule(mol, perceive_bonds(mol, bonds))
+    from symdiff_cli.chem.rdkit_mol import rdkit_mol_from_bonds
+
+    rd_mol = rdkit_mol_from_bonds(mol, perceive_bonds(mol, bonds))
     rd_mol.SetProp("_Name", _single_line(mol.props.get("name", "")))
     for key, value in mol.props.items():
         if key != "name":
@@ -645,7 +611,9 @@ def smiles_line(mol: Molecule, bonds: str = "benchmark") -> str | None:
     """
     from rdkit import Chem
 
-    rd_mol = _rdkit_molecule(mol, perceive_bonds(mol, bonds))
+    from symdiff_cli.chem.rdkit_mol import rdkit_mol_from_bonds
+
+    rd_mol = rdkit_mol_from_bonds(mol, perceive_bonds(mol, bonds))
     try:
         with _captured_rdkit_errors():
             Chem.SanitizeMol(rd_mol)
@@ -672,13 +640,6 @@ def _write_npz(stream: IO[bytes], mols: list[Molecule]) -> None:
 
 # --------------------------------------------------------------------------------------
 # Writing: files
-
-
-def _file_mode_from_umask() -> int:
-    # mkstemp creates 0600 files; a finished output should get the usual permissions.
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 class MoleculeWriter:
@@ -719,12 +680,9 @@ class MoleculeWriter:
         if not os.path.isdir(directory):
             raise SymdiffError(f"cannot write {path}: directory {directory} does not exist")
         try:
-            handle, self._temp_path = tempfile.mkstemp(
-                dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".partial"
-            )
+            self._stream, self._temp_path = open_temp_file(path, "wb", suffix=".partial")
         except OSError as err:
             raise SymdiffError(f"cannot write {path}: {err.strerror or err}") from None
-        self._stream = os.fdopen(handle, "wb")
 
     # Rendering ------------------------------------------------------------------------
 
@@ -800,11 +758,7 @@ class MoleculeWriter:
                 else:
                     _write_npz(self._stream, self._npz_molecules)
             if self._stream is not None:
-                self._stream.flush()
-                os.fsync(self._stream.fileno())
-                self._stream.close()
-                os.chmod(self._temp_path, _file_mode_from_umask())
-                os.replace(self._temp_path, self.path)
+                commit_temp_file(self._stream, self._temp_path, self.path)
                 self._temp_path = None
         except BaseException:
             self._discard()
@@ -827,14 +781,8 @@ class MoleculeWriter:
 
     def _discard(self) -> None:
         self._finished = True
-        if self._stream is not None and not self._stream.closed:
-            self._stream.close()
-        if self._temp_path is not None:
-            try:
-                os.unlink(self._temp_path)
-            except FileNotFoundError:
-                pass
-            self._temp_path = None
+        discard_temp_file(self._stream, self._temp_path)
+        self._temp_path = None
 
     def __enter__(self) -> "MoleculeWriter":
         return self
