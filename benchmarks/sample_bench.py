@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--steps", default=None, help="comma list (default CPU 10,50; CUDA 100,1000)")
     parser.add_argument("--num-atoms", type=int, default=18)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the network (CUDA, or a CPU with AMX / AVX-512 BF16)")
     args = parser.parse_args()
 
     from rich.console import Console

@@ -179,3 +179,26 @@ def test_gpu_train_script_smoke_run_on_cpu(tmp_path, small_npz):
     _, before = load_release_state_dict(str(init))
     changed = any(not torch.equal(before[k], v) for k, v in released.model.state_dict().items())
     assert changed, "the exported weights are the initial ones: nothing was trained"
+
+
+def test_geom_configuration_trains_on_processed_geom_file(tmp_path):
+    """GEOM-Drugs layout: (atoms x 5) rows of conformer id, Z, x, y, z, with GEOM-only elements."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for conf, elements in enumerate([[6, 16, 17, 1, 1], [6, 6, 35, 8, 1, 1, 1], [7, 15, 9, 53, 1, 1]]):
+        for z in elements:
+            rows.append([conf, z, *rng.normal(size=3)])
+    path = tmp_path / "geom_conformers.npy"
+    np.save(path, np.array(rows))
+    run = tmp_path / "geom"
+    out = subprocess.run(CLI + ["train", "--dataset", "geom", "--data-format", "geom", "--data", str(path),
+                                "--preset", "tiny", "--out", str(run), "--batch-size", "2", "--max-steps", "3",
+                                "--quiet", "--threads", "1"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert ckpt["model_config"]["atom_types"][:3] == ["H", "B", "C"] and len(ckpt["model_config"]["atom_types"]) == 16
+    assert ckpt["model_config"]["max_atoms"] == 181
+    assert ckpt["atom_count_histogram"] == {5: 1, 6: 1, 7: 1}
+    assert ckpt["state"]["step"] == 3

@@ -39,6 +39,11 @@ def generate_command(
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary on stderr."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for PyTorch (default: PyTorch's choice)."),
+    precision: str = typer.Option(
+        "auto", "--precision",
+        help="auto|fp32|bf16: the network in bf16 autocast (the update maths stays float32). auto uses bf16 "
+             "on CUDA and on CPUs with native bf16 matrix units (AMX, AVX-512 BF16), else fp32.",
+    ),
 ) -> None:
     """Sample 3D molecules from a SymDiff model.
 
@@ -51,6 +56,7 @@ def generate_command(
     result = generate(GenerateOptions(
         n=n, out=out, fmt=fmt, batch_size=batch_size, steps=steps, seed=seed, device=device,
         num_atoms=num_atoms, model=model, offline=offline, shard=shard, quiet=quiet, threads=threads,
+        precision=precision,
     ))
     if result.interrupted:
         raise typer.Exit(INTERRUPTED_EXIT_CODE)

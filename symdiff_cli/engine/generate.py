@@ -24,6 +24,7 @@ import numpy as np
 from symdiff_cli.errors import SymdiffError, UsageError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+PRECISION_CHOICES = ("auto", "fp32", "bf16")
 DEFAULT_BATCH_SIZE_CPU = 256
 DEFAULT_BATCH_SIZE_CUDA = 1024
 INTERRUPTED_EXIT_CODE = 130
@@ -46,6 +47,7 @@ class GenerateOptions:
     shard: str | None = None
     quiet: bool = False
     threads: int | None = None
+    precision: str = "auto"
 
 
 @dataclass
@@ -157,6 +159,8 @@ def _check_options(opts: GenerateOptions) -> None:
         raise UsageError(f"--threads must be at least 1, not {opts.threads}")
     if opts.seed < 0:
         raise UsageError(f"--seed must not be negative, not {opts.seed}")
+    if opts.precision not in PRECISION_CHOICES:
+        raise UsageError(f"--precision must be one of {', '.join(PRECISION_CHOICES)}, not {opts.precision!r}")
 
 
 def _tag_molecules(mols: list, first_index: int, name_prefix: str, with_metrics: bool) -> list:
@@ -259,7 +263,7 @@ def generate(opts: GenerateOptions) -> GenerateResult:
 
     from symdiff_cli.chem.metrics import summarise
     from symdiff_cli.engine.release import load_release
-    from symdiff_cli.engine.sampling import Sampler
+    from symdiff_cli.engine.sampling import Sampler, bf16_is_fast
     from symdiff_cli.io.formats import STDIO_PATH, MoleculeWriter, resolve_format
 
     _check_options(opts)
@@ -289,7 +293,8 @@ def generate(opts: GenerateOptions) -> GenerateResult:
             raise UsageError(f"--steps {steps} is above the model's {cfg.timesteps} diffusion steps")
         batch_size = opts.batch_size or (DEFAULT_BATCH_SIZE_CUDA if device.type == "cuda" else DEFAULT_BATCH_SIZE_CPU)
         plan = plan_for_shard(release.histogram, n_shard, opts.num_atoms, batch_size, opts.seed, shard)
-        sampler = Sampler(release.model, cfg, device)
+        use_bf16 = opts.precision == "bf16" or (opts.precision == "auto" and bf16_is_fast(device))
+        sampler = Sampler(release.model, cfg, device, autocast_bf16=use_bf16)
         # Metrics feed the SDF tags and the summary; skip them when neither is wanted.
         with_metrics = fmt == "sdf" or not opts.quiet
         name_prefix = f"symdiff-seed{opts.seed}-" + (f"shard{shard[0]}of{shard[1]}-" if shard[1] > 1 else "")

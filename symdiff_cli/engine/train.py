@@ -104,6 +104,12 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
     return cfg.lr
 
 
+def ema_decay_at(step: int, decay: float) -> float:
+    """EMA decay warmed up as (1 + step) / (10 + step): early in a run the weights move fast, and an
+    average still dominated by the random initialisation samples far worse than the model."""
+    return min(decay, (1.0 + step) / (10.0 + step))
+
+
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     for e, p in zip(ema.parameters(), model.parameters()):
@@ -310,7 +316,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
-            update_ema(ema, model, cfg.ema_decay)
+            update_ema(ema, model, ema_decay_at(state.step, cfg.ema_decay))
 
             state.step += 1
             state.batch_in_epoch += 1
