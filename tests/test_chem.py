@@ -226,3 +226,11 @@ def test_real_molecules_are_stable(small_packed):
     result = evaluate_molecules(small_packed)
     assert result.validity == 1.0
     assert result.molecule_stability >= 0.9
+
+
+def test_heavy_atom_smiles_is_the_readable_form_of_the_metric_smiles():
+    from symdiff_cli.chem.rdkit_mol import heavy_atom_smiles
+
+    assert heavy_atom_smiles("[H]OC([H])(C([H])([H])[H])C([H])([H])[H]") == "CC(C)O"
+    assert heavy_atom_smiles("[H]C(=O)C([H])([H])[H]") == "CC=O"
+    assert heavy_atom_smiles(None) is None and heavy_atom_smiles("") is None

@@ -86,6 +86,7 @@ def test_sdf_with_tags_and_summary(env, tmp_path, capsys):
     assert all(4 <= m.num_atoms <= 7 for m in mols)
     assert all({"symdiff_stable", "symdiff_valid", "smiles"} <= m.props.keys() for m in mols)
     assert all(m.props["symdiff_stable"] in ("0", "1") for m in mols)
+    assert not any("[H]" in m.props["smiles"] for m in mols)  # the readable, hydrogen-implicit form
     assert all(m.bonds is not None for m in mols)  # the perceived bonds are in the records
     assert "Wrote 10 molecules" in stderr and "molecules/s" in stderr and "atom stability" in stderr
     assert [p.name for p in tmp_path.iterdir()] == ["mols.sdf"]
@@ -98,6 +99,18 @@ def test_same_seed_same_bytes_and_other_seed_differs(env, tmp_path, capsys):
         assert code == 0 and stderr == ""  # --quiet: nothing on stderr
     assert (tmp_path / "a.sdf").read_bytes() == (tmp_path / "b.sdf").read_bytes()
     assert (tmp_path / "a.sdf").read_bytes() != (tmp_path / "c.sdf").read_bytes()
+
+
+def test_bf16_and_fp32_sampling_are_each_reproducible(env, tmp_path, capsys):
+    files = {}
+    for precision in ("fp32", "bf16", "bf16"):
+        out = tmp_path / f"{precision}-{len(files)}.xyz"
+        code, _, stderr = run_cli(capsys, "generate", "--n", "6", "--out", str(out), "--model", "tiny",
+                                  "--precision", precision, "--quiet", *FAST)
+        assert code == 0, stderr
+        files[out.name] = out.read_bytes()
+    _, bf16_a, bf16_b = files.values()
+    assert bf16_a == bf16_b
 
 
 def test_fixed_num_atoms_and_other_formats(env, tmp_path, capsys):
@@ -192,6 +205,7 @@ BAD_INPUTS = {
     "bad format": (["--n", "2", "--format", "pdb"], "unsupported format"),
     "bad device": (["--n", "2", "--device", "tpu"], "--device"),
     "zero steps": (["--n", "2", "--steps", "0"], "--steps"),
+    "bad precision": (["--n", "2", "--precision", "fp8"], "--precision"),
 }
 
 

@@ -165,3 +165,17 @@ def test_sampling_returns_finite_com_free_positions():
     x, h = d.sample(model, 3, 8, 6, steps=10, generator=torch.Generator().manual_seed(0))
     assert x.shape == (3, 8, 3) and h.shape == (3, 8, 6)
     assert torch.isfinite(x).all() and x.sum(1).abs().max() < 1e-5 * x.abs().max()
+
+
+def test_bf16_sampler_runs_the_network_in_bf16_and_stays_close_to_fp32():
+    from symdiff_cli.engine.sampling import Sampler
+
+    model = perturbed_model("learned", dtype=torch.float32)
+    cfg = model.cfg
+    x, h, t = random_inputs(b=2, n=6, dtype=torch.float32)
+    g = torch.Generator().manual_seed(0)
+    exact = Sampler(model, cfg)._denoise(x, h, t, None, generator=torch.Generator().manual_seed(0))[0]
+    rounded = Sampler(model, cfg, autocast_bf16=True)._denoise(x, h, t, None, generator=g)[0]
+    assert rounded.dtype == torch.float32
+    diff = (rounded - exact).abs().max() / exact.abs().max()
+    assert 0 < diff < 0.1

@@ -64,3 +64,15 @@ def canonical_smiles(mol: Chem.Mol) -> str | None:
     except Exception:  # RDKit raises several unrelated classes (valence, kekulisation, ...)
         return None
     return Chem.MolToSmiles(copy)
+
+
+def heavy_atom_smiles(smiles: str | None) -> str | None:
+    """The usual hydrogen-implicit canonical SMILES ("CC=O") of a metric SMILES ("[H]C(=O)C([H])([H])[H]").
+
+    The metrics keep every hydrogen explicit, as the benchmark protocol does; files and people
+    read the implicit form. Parsing a SMILES removes explicit hydrogens by default.
+    """
+    if not smiles:
+        return None
+    parsed = Chem.MolFromSmiles(smiles)
+    return Chem.MolToSmiles(parsed) if parsed is not None else None

@@ -169,6 +169,7 @@ def _tag_molecules(mols: list, first_index: int, name_prefix: str, with_metrics:
     Returns the metric reports (empty when not computed).
     """
     from symdiff_cli.chem.metrics import evaluate_molecule
+    from symdiff_cli.chem.rdkit_mol import heavy_atom_smiles
 
     reports = []
     for k, mol in enumerate(mols):
@@ -178,7 +179,7 @@ def _tag_molecules(mols: list, first_index: int, name_prefix: str, with_metrics:
             reports.append(report)
             mol.props["symdiff_stable"] = "1" if report.stable else "0"
             mol.props["symdiff_valid"] = "1" if report.valid else "0"
-            mol.props["smiles"] = report.smiles or ""
+            mol.props["smiles"] = heavy_atom_smiles(report.smiles) or ""
     return reports
 
 
