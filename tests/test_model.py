@@ -30,6 +30,13 @@ def random_inputs(b=4, n=9, f=6, seed=1, dtype=torch.float64):
     return x, h, t
 
 
+def fixed_draws(b: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Haar frame g per molecule and gamma's noise channels, fixed so calls can be coupled."""
+    g = sample_haar_orthogonal(b, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    noise = torch.randn(b, n, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    return g, noise
+
+
 def reflection_and_rotation(b: int) -> torch.Tensor:
     """Half proper rotations, half improper (det -1) orthogonal matrices."""
     q = sample_haar_orthogonal(b, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
@@ -45,8 +52,7 @@ def test_coupled_draws_make_output_rotate_exactly(gamma):
     model = perturbed_model(gamma)
     x, h, t = random_inputs()
     b, n = x.shape[:2]
-    g = sample_haar_orthogonal(b, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    noise = torch.randn(b, n, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    g, noise = fixed_draws(b, n)
     q = reflection_and_rotation(b)
     assert torch.allclose(torch.det(q), torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=torch.float64))
     eps_x, eps_h = model(x, h, t, None, haar=g, gamma_noise=noise)
@@ -96,8 +102,7 @@ def test_permuting_atoms_permutes_outputs(gamma):
     model = perturbed_model(gamma)
     x, h, t = random_inputs()
     b, n = x.shape[:2]
-    g = sample_haar_orthogonal(b, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    noise = torch.randn(b, n, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    g, noise = fixed_draws(b, n)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(5))
     eps_x, eps_h = model(x, h, t, None, haar=g, gamma_noise=noise)
     eps_x_p, eps_h_p = model(x[:, perm], h[:, perm], t, None, haar=g, gamma_noise=noise[:, perm])
@@ -110,8 +115,7 @@ def test_padding_does_not_change_real_atoms_and_outputs_are_com_free(gamma):
     model = perturbed_model(gamma)
     x, h, t = random_inputs(b=2, n=7)
     b, n = x.shape[:2]
-    g = sample_haar_orthogonal(b, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    noise = torch.randn(b, n, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    g, noise = fixed_draws(b, n)
     eps_x, eps_h = model(x, h, t, None, haar=g, gamma_noise=noise)
     pad = 4
     xp = torch.cat([x, 100 * torch.randn(b, pad, 3, dtype=x.dtype)], 1)
