@@ -122,7 +122,8 @@ def test_torchrun_two_processes_keep_identical_parameters(tmp_path, small_npz):
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "symdiff_cli", "train", "--data", str(small_npz), "--preset", "tiny", "--out", str(run),
-           "--batch-size", "4", "--max-steps", "12", "--log-every", "4", "--quiet", "--device", "cpu"]
+           "--batch-size", "4", "--max-time", "4s", "--checkpoint-every", "1s", "--log-every", "4", "--quiet",
+           "--device", "cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -131,6 +132,11 @@ def test_torchrun_two_processes_keep_identical_parameters(tmp_path, small_npz):
     assert sync and sync[0]["value"] is True and len(sync[0]["checksums"]) == 2
     assert [r for r in log if r.get("event") == "start"][0]["world_size"] == 2
     assert (run / "checkpoint.pt").exists()
+    # Both ranks stopped on the wall-clock budget at the same step and checkpointed together
+    # (a rank deciding alone would hang the other in a collective).
+    end = [r for r in log if r.get("event") == "end"][0]
+    assert end["stop_reason"] == "max_time"
+    assert sum(r.get("event") == "checkpoint" for r in log) >= 2
 
 
 @pytest.mark.parametrize("args, message", [

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import math
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,7 +212,6 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
 
     # ---- model, EMA, optimiser ----
     torch.manual_seed(cfg.seed + rank)
-    random.seed(cfg.seed + rank)
     model = SymmetrisedDenoiser(model_cfg).to(device)
     if cfg.init_from and resume_ckpt is None:
         from symdiff_cli.engine.release import load_release_state_dict
@@ -297,9 +295,22 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
             return "max_steps"
         if cfg.epochs is not None and state.epoch >= cfg.epochs:
             return "epochs"
-        if cfg.max_time is not None and state.elapsed >= cfg.max_time:
+        if time_up:
             return "max_time"
         return None
+
+    def agree_with_rank0(*flags: bool) -> list[bool]:
+        """Rank 0's decisions for all ranks: wall clocks differ, and a rank that stops or
+        checkpoints alone would leave the others waiting in a collective forever."""
+        if not distributed:
+            return list(flags)
+        t = torch.tensor([int(f) for f in flags], device=device)
+        dist.broadcast(t, src=0)
+        return [bool(v) for v in t.tolist()]
+
+    # Wall-clock decisions are synchronised every few steps under DDP (a broadcast is a host sync).
+    sync_every = 10 if distributed else 1
+    time_up = cfg.max_time is not None and state.elapsed >= cfg.max_time
 
     while (stop_reason := budget_reached()) is None:
         epoch_batches = batches.epoch(state.epoch)
@@ -348,9 +359,13 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
                                               cfg.seed + state.step, device)})
                 eval_wall += time.perf_counter() - wall0
                 eval_cpu += time.process_time() - cpu0
-            if time.perf_counter() - last_ckpt >= cfg.checkpoint_every:
-                save_checkpoint()
-                last_ckpt = time.perf_counter()
+            if state.step % sync_every == 0 or state.batch_in_epoch == len(epoch_batches):
+                checkpoint_due, time_up = agree_with_rank0(
+                    time.perf_counter() - last_ckpt >= cfg.checkpoint_every,
+                    cfg.max_time is not None and state.elapsed >= cfg.max_time)
+                if checkpoint_due:
+                    save_checkpoint()
+                    last_ckpt = time.perf_counter()
             if budget_reached() in ("max_steps", "max_time"):
                 break
         if state.batch_in_epoch >= len(epoch_batches):
