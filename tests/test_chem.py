@@ -234,3 +234,14 @@ def test_heavy_atom_smiles_is_the_readable_form_of_the_metric_smiles():
     assert heavy_atom_smiles("[H]OC([H])(C([H])([H])[H])C([H])([H])[H]") == "CC(C)O"
     assert heavy_atom_smiles("[H]C(=O)C([H])([H])[H]") == "CC=O"
     assert heavy_atom_smiles(None) is None and heavy_atom_smiles("") is None
+
+
+def test_invalid_molecules_do_not_make_rdkit_log_to_stderr(capfd):
+    """Generated molecules are often invalid: the metrics must not spam RDKit's valence errors."""
+    from symdiff_cli.chem.metrics import evaluate_molecule
+    from symdiff_cli.io.molecule import Molecule
+
+    pentavalent = Molecule([6, 1, 1, 1, 1, 1], [[0, 0, 0], [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1]])
+    report = evaluate_molecule(pentavalent)
+    assert not report.valid
+    assert "valence" not in capfd.readouterr().err

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
 import numpy as np
-from rdkit import Chem, RDLogger
+from rdkit import Chem, rdBase
 
 from symdiff_cli.chem.bonds import bond_order_matrix, load_bond_rules
 from symdiff_cli.chem.rdkit_mol import to_rdkit_mol
@@ -74,7 +74,9 @@ def rdkit_validity(rdmol: Chem.Mol) -> tuple[bool, str | None, int]:
     fragments = len(Chem.GetMolFrags(rdmol))
     mol = Chem.Mol(rdmol)
     try:
-        Chem.SanitizeMol(mol)
+        # Invalid molecules are expected here; RDKit would log every sanitisation failure.
+        with rdBase.BlockLogs():
+            Chem.SanitizeMol(mol)
     except Exception:  # RDKit raises several unrelated classes (valence, kekulisation, ...)
         return False, None, fragments
     largest = max(Chem.GetMolFrags(mol, asMols=True), key=lambda m: m.GetNumAtoms(), default=mol)
@@ -218,22 +220,17 @@ def evaluate_molecules(
     """
     if isinstance(mols, PackedMolecules):
         mols = mols.to_molecules()
-    # Invalid molecules are expected here; RDKit would log every sanitisation failure.
-    RDLogger.DisableLog("rdApp.*")
-    try:
-        if progress:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    if progress:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            columns = (TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-            with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-                task = bar.add_task(description, total=len(mols))
-                reports = []
-                for mol in mols:
-                    reports.append(evaluate_molecule(mol))
-                    bar.advance(task)
-        else:
-            reports = [evaluate_molecule(mol) for mol in mols]
-    finally:
-        RDLogger.EnableLog("rdApp.*")
+        columns = (TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task(description, total=len(mols))
+            reports = []
+            for mol in mols:
+                reports.append(evaluate_molecule(mol))
+                bar.advance(task)
+    else:
+        reports = [evaluate_molecule(mol) for mol in mols]
     return summarise(reports, reference_smiles)
