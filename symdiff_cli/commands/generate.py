@@ -41,8 +41,8 @@ def generate_command(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for PyTorch (default: PyTorch's choice)."),
     precision: str = typer.Option(
         "auto", "--precision",
-        help="auto|fp32|bf16: the network in bf16 autocast (the update maths stays float32). auto uses bf16 "
-             "on CUDA and on CPUs with native bf16 matrix units (AMX, AVX-512 BF16), else fp32.",
+        help="auto|fp32|bf16: run the network in bf16 autocast (the update maths stays float32). "
+             "auto: bf16 on CUDA, fp32 on CPU (bf16 measured no faster there).",
     ),
 ) -> None:
     """Sample 3D molecules from a SymDiff model.

@@ -243,8 +243,9 @@ def model_card(config: dict[str, Any], num_parameters: int | None = None,
             text = f"{100 * value:.2f} %" if isinstance(value, float) and 0 <= value <= 1 else str(value)
             lines.append(f"| {key.replace('_', ' ')} | {text} |")
     else:
-        lines.append("Not measured yet: `symdiff evaluate --model <this release>` computes the QM9 "
-                     "benchmark metrics (atom/molecule stability, validity, uniqueness).")
+        lines.append("Not measured yet: `symdiff generate --model <this release> --n 1000 --out mols.sdf`, then "
+                     "`symdiff evaluate mols.sdf` computes the QM9 benchmark metrics (atom/molecule stability, "
+                     "validity, uniqueness, novelty).")
     lines += [
         "",
         "## Usage",
@@ -339,6 +340,7 @@ def save_release(
         (staging / CARD_FILE).write_text(card_text if card_text.endswith("\n") else card_text + "\n", encoding="utf-8")
         for name in RELEASE_FILES:
             _fsync_file(staging / name)
+            os.chmod(staging / name, 0o666 & ~current_umask())  # safetensors writes 0600
         os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it 0700; use what mkdir would
         if out_dir.exists():
             # POSIX cannot swap two directories atomically: move the old one aside first, so

@@ -45,16 +45,6 @@ def plan_batches(atom_counts: Sequence[int], batch_size: int, seed: int) -> Samp
     return SamplePlan([(n, b, int(s) & 0x7FFFFFFFFFFFFFFF) for (n, b), s in zip(batches, seeds)])
 
 
-def bf16_is_fast(device: torch.device) -> bool:
-    """Whether bf16 matrix products are native here: CUDA, or a CPU with AMX / AVX-512 BF16."""
-    if device.type == "cuda":
-        return True
-    try:
-        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
-    except AttributeError:  # older torch without these probes
-        return False
-
-
 def decode(x: torch.Tensor, h: torch.Tensor, cfg: ModelConfig) -> list[Molecule]:
     """Model units to molecules: atom type = argmax of the one-hot part, positions in Angstrom."""
     types = h[..., : cfg.num_atom_types].argmax(dim=-1).cpu().numpy()
