@@ -80,6 +80,9 @@ class PackedMolecules:
         )
 
     def subset(self, indices: np.ndarray) -> "PackedMolecules":
-        offsets = self.offsets
-        rows = np.concatenate([np.arange(offsets[k], offsets[k] + self.num_atoms[k]) for k in indices]) if len(indices) else np.zeros(0, np.int64)
+        indices = np.asarray(indices, dtype=np.int64)
+        counts = self.num_atoms[indices]
+        new_starts = np.cumsum(counts) - counts
+        # Row r of the subset, inside its molecule j, comes from offsets[j] + (r - new_starts[j]).
+        rows = np.arange(int(counts.sum())) + np.repeat(self.offsets[indices] - new_starts, counts)
         return PackedMolecules(self.positions[rows], self.atomic_numbers[rows], self.num_atoms[indices])
