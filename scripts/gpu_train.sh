@@ -46,7 +46,8 @@ if [ -z "${BATCH_SIZE:-}" ]; then
   BATCH_SIZE=$("$PY" - "$INIT_MODEL" <<'PY'
 import sys, torch
 from symdiff_cli.engine.release import load_release_state_dict
-from symdiff_cli.engine.train import largest_fitting_batch, resolve_device
+from symdiff_cli.engine.device import resolve_device
+from symdiff_cli.engine.train import largest_fitting_batch
 cfg, _ = load_release_state_dict(sys.argv[1])
 print(largest_fitting_batch(cfg, resolve_device("auto")))
 PY

@@ -146,6 +146,7 @@ def test_torchrun_two_processes_keep_identical_parameters(tmp_path, small_npz):
     (["--max-time", "soon"], "cannot read duration"),
     (["--set", "model.hiddn=3"], "unknown setting"),
     (["--data", "/nonexistent/file.xyz"], "nonexistent"),
+    (["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N"),
 ])
 def test_bad_train_options_give_one_line_errors(tmp_path, args, message):
     out = subprocess.run(CLI + ["train", "--out", str(tmp_path / "r"), "--max-steps", "1", "--quiet"] + args,

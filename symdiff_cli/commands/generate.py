@@ -22,7 +22,7 @@ def generate_command(
         None, "--steps", help="Denoising steps (default: the model's CPU default on CPU, 1000 on CUDA)."
     ),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed and options give the same file."),
-    device: str = typer.Option("auto", "--device", help="auto|cpu|cuda."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA if available), cpu, cuda or cuda:N."),
     num_atoms: Optional[int] = typer.Option(
         None, "--num-atoms", help="Atoms per molecule (default: drawn from the training-set size histogram)."
     ),

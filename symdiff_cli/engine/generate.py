@@ -23,7 +23,6 @@ import numpy as np
 
 from symdiff_cli.errors import SymdiffError, UsageError
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
 PRECISION_CHOICES = ("auto", "fp32", "bf16")
 DEFAULT_BATCH_SIZE_CPU = 256
 DEFAULT_BATCH_SIZE_CUDA = 1024
@@ -131,18 +130,6 @@ def plan_for_shard(histogram: dict[int, int], n: int, num_atoms: int | None, bat
 
 # --------------------------------------------------------------------------------------
 # Options
-
-
-def pick_device(choice: str):
-    import torch
-
-    if choice not in DEVICE_CHOICES:
-        raise UsageError(f"--device must be one of {', '.join(DEVICE_CHOICES)}, not {choice!r}")
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise SymdiffError("--device cuda: no CUDA device is available (PyTorch sees none)")
-    return torch.device(choice)
 
 
 def _check_options(opts: GenerateOptions) -> None:
@@ -263,6 +250,7 @@ def generate(opts: GenerateOptions) -> GenerateResult:
     import torch
 
     from symdiff_cli.chem.metrics import summarise
+    from symdiff_cli.engine.device import resolve_device
     from symdiff_cli.engine.release import load_release
     from symdiff_cli.engine.sampling import Sampler
     from symdiff_cli.io.formats import STDIO_PATH, MoleculeWriter, resolve_format
@@ -274,7 +262,7 @@ def generate(opts: GenerateOptions) -> GenerateResult:
         raise UsageError(f"shard {shard[0]}/{shard[1]} gets no molecules: --n {opts.n} is less than the {shard[1]} shards")
     fmt = opts.fmt or ("sdf" if opts.out == STDIO_PATH else None)
     fmt = resolve_format(opts.out, fmt)
-    device = pick_device(opts.device)
+    device = resolve_device(opts.device)
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
 
@@ -332,4 +320,4 @@ def generate(opts: GenerateOptions) -> GenerateResult:
 
 
 __all__ = ["GenerateOptions", "GenerateResult", "generate", "parse_shard", "shard_share", "shard_seed_sequence",
-           "plan_for_shard", "pick_device", "DEVICE_CHOICES", "INTERRUPTED_EXIT_CODE"]
+           "plan_for_shard", "INTERRUPTED_EXIT_CODE"]

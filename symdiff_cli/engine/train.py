@@ -24,6 +24,7 @@ import torch.distributed as dist
 from symdiff_cli.chem.elements import DatasetInfo, dataset_info
 from symdiff_cli.data.batching import MoleculeTensors, SizeGroupedBatches
 from symdiff_cli.engine.checkpoint import CHECKPOINT_NAME, atomic_torch_save, load_checkpoint
+from symdiff_cli.engine.device import resolve_device
 from symdiff_cli.errors import SymdiffError
 from symdiff_cli.io.molecule import PackedMolecules
 from symdiff_cli.model.config import ModelConfig
@@ -62,16 +63,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SymdiffError("--device cuda was asked for but no CUDA device is available")
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise SymdiffError(f"unknown device {name!r} (auto, cpu, cuda, cuda:N)")
-    return torch.device(name)
 
 
 def load_training_data(cfg: TrainConfig, info: DatasetInfo) -> tuple[PackedMolecules, str]:
