@@ -139,12 +139,43 @@ def test_sign_fixed_qr_is_orthogonal_and_equivariant():
     assert torch.allclose(orthogonalise(a @ m), a @ q, atol=1e-10)
 
 
+def test_gram_schmidt_orthogonalise_equals_sign_fixed_qr_in_value_and_gradient():
+    """orthogonalise is written as Gram-Schmidt for speed; it must be the sign-fixed QR it replaces."""
+    def sign_fixed_qr(m):
+        q, r = torch.linalg.qr(m)
+        return q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
+
+    gen = torch.Generator().manual_seed(0)
+    m = torch.randn(256, 3, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    weights = torch.randn(256, 3, 3, dtype=torch.float64, generator=gen)
+    ours, reference = orthogonalise(m), sign_fixed_qr(m)
+    assert torch.allclose(ours, reference, atol=1e-10)
+    grad_ours, = torch.autograd.grad((ours * weights).sum(), m)
+    grad_reference, = torch.autograd.grad((reference * weights).sum(), m)
+    assert torch.allclose(grad_ours, grad_reference, atol=1e-8)
+    # float32 input (the network's output) comes back float32 and orthogonal to float32 precision
+    q32 = orthogonalise(torch.randn(64, 3, 3, generator=gen))
+    assert q32.dtype == torch.float32
+    assert torch.allclose(q32.transpose(-1, -2) @ q32, torch.eye(3).expand(64, 3, 3), atol=1e-5)
+
+
 def test_haar_draws_cover_both_components_and_are_unbiased():
     q = sample_haar_orthogonal(20000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     det = torch.det(q)
     assert torch.allclose(det.abs(), torch.ones_like(det))
     assert abs(float((det > 0).double().mean()) - 0.5) < 0.02
     assert q.mean(0).abs().max() < 0.03  # E[Q] = 0 under Haar
+
+
+def test_training_timesteps_uniform_by_default_and_biased_to_low_noise_on_request():
+    diffusion = VPDiffusion(NoiseSchedule(1000))
+    uniform = diffusion.training_timesteps(200_000, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert int(uniform.min()) == 0 and int(uniform.max()) == 1000
+    assert abs(float((uniform <= 100).double().mean()) - 101 / 1001) < 0.005
+    biased = diffusion.training_timesteps(200_000, torch.device("cpu"), torch.Generator().manual_seed(0), 0.5)
+    # half from {0..100}, half uniform on {0..1000} (of which 101/1001 also land there)
+    assert abs(float((biased <= 100).double().mean()) - (0.5 + 0.5 * 101 / 1001)) < 0.005
+    assert int(biased.max()) == 1000
 
 
 def test_polynomial_2_schedule_properties():
