@@ -16,6 +16,7 @@ import torch
 
 from symdiff_cli.chem.elements import QM9
 from symdiff_cli.data.batching import MoleculeTensors, SizeGroupedBatches
+from symdiff_cli.engine.train import make_optimizer
 from symdiff_cli.io.molecule import PackedMolecules
 from symdiff_cli.model.config import model_config_from_preset
 from symdiff_cli.model.diffusion import Batch, NoiseSchedule, VPDiffusion
@@ -46,7 +47,7 @@ def bench(preset: str, gamma: str, packed: PackedMolecules, batch_size: int, ste
     torch.manual_seed(0)
     cfg = model_config_from_preset(preset, gamma=gamma)
     model = SymmetrisedDenoiser(cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, amsgrad=True)
+    opt = make_optimizer(model, lr=1e-4)
     diffusion = VPDiffusion(NoiseSchedule(cfg.timesteps, cfg.noise_precision))
     data = MoleculeTensors(packed, QM9)
     batches = SizeGroupedBatches(packed.num_atoms, batch_size, seed=0).epoch(0)

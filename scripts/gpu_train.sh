@@ -58,9 +58,19 @@ echo "gpu_train: device $("$PY" -c 'import torch; print(torch.cuda.get_device_na
 # 3. Train (resume if OUT_DIR already holds a run), 4. export the EMA weights.
 RESUME=()
 if [ -f "$OUT/run/checkpoint.pt" ]; then RESUME=(--resume); else RESUME=(--init-from "$INIT_MODEL"); fi
+# A run that fails part-way (a diverged loss, a killed process) still has its last periodic
+# checkpoint: export that, so GPU minutes already spent are not lost, and report the failure.
+set +e
 "$PY" -m symdiff_cli train --out "$OUT/run" "${RESUME[@]}" "${DATA_ARGS[@]}" --batch-size "$BATCH_SIZE" \
   --max-time "$DURATION" --checkpoint-every 2m --ema-decay 0.999 --warmup-steps 200 --log-every 50 --quiet "$@" \
   2>&1 | tee -a "$OUT/train_stdout.log"
+TRAIN_STATUS=${PIPESTATUS[0]}
+set -e
+if [ ! -f "$OUT/run/checkpoint.pt" ]; then
+  echo "gpu_train: training failed before its first checkpoint (exit $TRAIN_STATUS)" | tee -a "$OUT/train_stdout.log"
+  exit "$TRAIN_STATUS"
+fi
 "$PY" -m symdiff_cli convert "$OUT/run/checkpoint.pt" "$OUT/model" 2>&1 | tee -a "$OUT/train_stdout.log"
 cp "$OUT/run/metrics.jsonl" "$OUT/train_log.jsonl"
-echo "gpu_train: exported $OUT/model" | tee -a "$OUT/train_stdout.log"
+echo "gpu_train: exported $OUT/model (training exit $TRAIN_STATUS)" | tee -a "$OUT/train_stdout.log"
+exit "$TRAIN_STATUS"

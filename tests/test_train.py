@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -147,6 +148,9 @@ def test_torchrun_two_processes_keep_identical_parameters(tmp_path, small_npz):
     (["--set", "model.hiddn=3"], "unknown setting"),
     (["--data", "/nonexistent/file.xyz"], "nonexistent"),
     (["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N"),
+    (["--lr-schedule", "linear"], "--lr-schedule must be constant or cosine"),
+    (["--lr", "1e-4", "--min-lr", "1e-3"], "--min-lr must lie between 0 and --lr"),
+    (["--low-noise-fraction", "1.5"], "--low-noise-fraction must lie between 0 and 1"),
 ])
 def test_bad_train_options_give_one_line_errors(tmp_path, args, message):
     out = subprocess.run(CLI + ["train", "--out", str(tmp_path / "r"), "--max-steps", "1", "--quiet"] + args,
@@ -154,6 +158,40 @@ def test_bad_train_options_give_one_line_errors(tmp_path, args, message):
     assert out.returncode != 0
     assert message in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+def test_cosine_schedule_needs_a_budget(tmp_path):
+    out = subprocess.run(CLI + ["train", "--out", str(tmp_path / "r"), "--lr-schedule", "cosine", "--quiet"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "needs a budget" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_learning_rate_warms_up_then_follows_the_cosine_over_the_budget():
+    from symdiff_cli.engine.train import budget_fraction, learning_rate
+
+    cfg = TrainConfig(lr=1e-3, min_lr=1e-5, warmup_steps=10, lr_schedule="cosine", max_steps=1000, max_time=100.0)
+    # the furthest budget counts: 100 of 1000 steps but 50 of 100 seconds is half way
+    assert budget_fraction(100, 50.0, cfg, steps_per_epoch=10) == pytest.approx(0.5)
+    assert budget_fraction(1000, 1.0, cfg, steps_per_epoch=10) == 1.0
+    assert learning_rate(0, cfg, 0.0) == pytest.approx(1e-4)  # first warm-up step
+    assert learning_rate(500, cfg, 0.0) == pytest.approx(1e-3)
+    assert learning_rate(500, cfg, 0.5) == pytest.approx((1e-3 + 1e-5) / 2)
+    assert learning_rate(900, cfg, 1.0) == pytest.approx(1e-5)
+    rates = [learning_rate(20, cfg, f / 10) for f in range(11)]
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    constant = TrainConfig(lr=1e-3, warmup_steps=0, max_steps=1000)
+    assert learning_rate(999, constant, 0.999) == 1e-3
+    assert budget_fraction(5, 5.0, TrainConfig(), steps_per_epoch=10) is None
+
+
+def test_cosine_run_logs_the_decaying_rate(tmp_path, small_npz):
+    cfg = tiny_config(tmp_path / "r", small_npz, lr=1e-3, min_lr=1e-4, lr_schedule="cosine", max_steps=20,
+                      log_every=1)
+    model_cfg = model_config_from_preset("tiny")
+    train(cfg, model_cfg, console_print=lambda *_: None)
+    rates = [r["lr"] for r in read_log(tmp_path / "r") if "lr" in r]
+    assert rates[0] == pytest.approx(1e-3) and rates[-1] == pytest.approx(1e-4 + 0.9e-3 * 0.5 * (1 + math.cos(math.pi * 19 / 20)))
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
 
 
 def test_existing_run_needs_resume(tmp_path, small_npz):

@@ -39,6 +39,9 @@ def train_command(
     batch_size: Optional[int] = typer.Option(None, help="Molecules per optimiser step and process (default: 256)."),
     lr: Optional[float] = typer.Option(None, help="Learning rate of AMSGrad Adam (default: 2e-4)."),
     warmup_steps: Optional[int] = typer.Option(None, help="Linear learning-rate warm-up steps (default: 500)."),
+    lr_schedule: Optional[str] = typer.Option(None, help="constant, or cosine: decay from --lr to --min-lr over the run's budget (--max-time, --max-steps or --epochs; default: constant)."),
+    min_lr: Optional[float] = typer.Option(None, help="Final learning rate of the cosine schedule (default: 0)."),
+    low_noise_fraction: Optional[float] = typer.Option(None, help="Share of each batch whose timestep is drawn from the lowest tenth of noise levels, where bond lengths are refined (default: 0, uniform timesteps as in the paper)."),
     ema_decay: Optional[float] = typer.Option(None, help="EMA decay of the weights that are evaluated and released (default: 0.9999)."),
     grad_clip: Optional[float] = typer.Option(None, help="Gradient norm clip (default: 2.0)."),
     epochs: Optional[int] = typer.Option(None, help="Stop after this many epochs (counted over the whole run)."),
@@ -89,7 +92,8 @@ def train_command(
         model_over["gamma"] = gamma
 
     given = dict(out=str(out), dataset=dataset, data=list(data or []), data_format=data_format, preset=preset,
-                 batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, ema_decay=ema_decay,
+                 batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, lr_schedule=lr_schedule,
+                 min_lr=min_lr, low_noise_fraction=low_noise_fraction, ema_decay=ema_decay,
                  grad_clip=grad_clip, epochs=epochs, max_steps=max_steps,
                  max_time=parse_duration(max_time) if max_time else None,
                  checkpoint_every=parse_duration(checkpoint_every), eval_every=eval_every,
@@ -101,6 +105,14 @@ def train_command(
         raise UsageError(f"--data-format must be auto or geom, not {cfg.data_format!r}")
     if cfg.precision not in ("auto", "fp32", "bf16"):
         raise UsageError(f"--precision must be auto, fp32 or bf16, not {cfg.precision!r}")
+    if cfg.lr_schedule not in ("constant", "cosine"):
+        raise UsageError(f"--lr-schedule must be constant or cosine, not {cfg.lr_schedule!r}")
+    if cfg.lr_schedule == "cosine" and not (cfg.max_time or cfg.max_steps or cfg.epochs):
+        raise UsageError("--lr-schedule cosine needs a budget to decay over: --max-time, --max-steps or --epochs")
+    if cfg.min_lr < 0 or cfg.min_lr > cfg.lr:
+        raise UsageError("--min-lr must lie between 0 and --lr")
+    if not 0.0 <= cfg.low_noise_fraction <= 1.0:
+        raise UsageError("--low-noise-fraction must lie between 0 and 1")
     if cfg.batch_size < 1 or cfg.lr <= 0 or cfg.log_every < 1:
         raise UsageError("--batch-size, --lr and --log-every must be positive")
 
