@@ -227,6 +227,17 @@ def test_gpu_train_script_smoke_run_on_cpu(tmp_path, small_npz):
     assert changed, "the exported weights are the initial ones: nothing was trained"
 
 
+def test_gpu_train_script_reports_a_failed_start_and_exports_nothing(tmp_path, small_npz):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_train.sh"
+    env = dict(os.environ, PYTHON=sys.executable, TRAIN_DATA=str(small_npz), BATCH_SIZE="8")
+    res = subprocess.run(["bash", str(script), "4s", str(tmp_path / "out"), "--lr-schedule", "sometimes"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode != 0
+    assert "--lr-schedule must be constant or cosine" in res.stdout
+    assert "training failed before its first checkpoint" in res.stdout
+    assert not (tmp_path / "out" / "model").exists()
+
+
 def test_geom_configuration_trains_on_processed_geom_file(tmp_path):
     """GEOM-Drugs layout: (atoms x 5) rows of conformer id, Z, x, y, z, with GEOM-only elements."""
     import numpy as np
