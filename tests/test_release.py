@@ -163,7 +163,8 @@ def test_convert_training_checkpoint(tmp_path):
         "atom_count_histogram": HISTOGRAM,
         "dataset": "qm9",
         "state": {"step": 500, "epoch": 3, "batch_in_epoch": 0, "elapsed": 7200.0},
-        "train_config": {"preset": "tiny", "lr": 2e-4, "batch_size": 256, "ema_decay": 0.9999},
+        "train_config": {"preset": "tiny", "lr": 2e-4, "batch_size": 256, "ema_decay": 0.9999,
+                         "init_from": "qm9", "lr_schedule": "cosine", "min_lr": 1e-5, "low_noise_fraction": 0.0},
     }
     atomic_torch_save(checkpoint, tmp_path / "runs" / "x" / "checkpoint.pt")
     out = convert_checkpoint_to_release(tmp_path / "runs" / "x" / "checkpoint.pt", tmp_path / "weights" / "x")
@@ -172,6 +173,9 @@ def test_convert_training_checkpoint(tmp_path):
         assert torch.equal(tensors[name], tensor), name  # the EMA weights, not the raw model's
     config = json.loads((out / CONFIG_FILE).read_text())
     assert config["provenance"]["step"] == 500 and config["provenance"]["train_seconds"] == 7200.0
+    # a continued run says what it continued; settings left at their defaults are not listed
+    assert config["provenance"]["init_from"] == "qm9" and config["provenance"]["lr_schedule"] == "cosine"
+    assert config["provenance"]["min_lr"] == 1e-5 and "low_noise_fraction" not in config["provenance"]
     assert "2.00 h" in (out / "README.md").read_text()
 
     with pytest.raises(SymdiffError, match="symdiff convert"):

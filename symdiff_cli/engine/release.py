@@ -487,6 +487,12 @@ def convert_checkpoint_to_release(
     for key in ("preset", "batch_size", "lr", "ema_decay", "seed"):
         if key in train_cfg:
             provenance[key] = train_cfg[key]
+    # Settings that only some runs use, recorded when used: above all, that the run continued
+    # an earlier release, whose own training is then part of this model's history.
+    for key, unused in (("init_from", None), ("lr_schedule", "constant"), ("min_lr", 0.0),
+                        ("low_noise_fraction", 0.0)):
+        if train_cfg.get(key, unused) != unused:
+            provenance[key] = train_cfg[key]
     dataset = str(ckpt.get("dataset") or model_cfg.dataset)
     return save_release(out_dir, model_cfg, ckpt["ema"], {int(k): int(v) for k, v in histogram.items()},
                         dataset, provenance, card_text)
