@@ -487,10 +487,14 @@ def convert_checkpoint_to_release(
     for key in ("preset", "batch_size", "lr", "ema_decay", "seed"):
         if key in train_cfg:
             provenance[key] = train_cfg[key]
-    # Settings that only some runs use, recorded when used: above all, that the run continued
-    # an earlier release, whose own training is then part of this model's history.
-    for key, unused in (("init_from", None), ("lr_schedule", "constant"), ("min_lr", 0.0),
-                        ("low_noise_fraction", 0.0)):
+    # Settings that only some runs use, recorded when they differ from TrainConfig's defaults:
+    # above all, that the run continued an earlier release, whose own training is then part of
+    # this model's history.
+    from symdiff_cli.engine.train import TrainConfig
+
+    defaults = TrainConfig()
+    for key in ("init_from", "lr_schedule", "min_lr", "low_noise_fraction"):
+        unused = getattr(defaults, key)
         if train_cfg.get(key, unused) != unused:
             provenance[key] = train_cfg[key]
     dataset = str(ckpt.get("dataset") or model_cfg.dataset)
