@@ -4,6 +4,7 @@ Runs the real commands (`symdiff generate`, then `symdiff evaluate --json`) so t
 what a user sees, metrics and file writing included.
 
     python benchmarks/steps_tradeoff.py --model qm9 --n 1000 --steps 50 100 250 500 1000
+    python benchmarks/steps_tradeoff.py --n 500 --steps 100 --spacing quadratic uniform
 """
 
 from __future__ import annotations
@@ -17,17 +18,17 @@ import time
 from pathlib import Path
 
 
-def run_one(model: str, n: int, steps: int, seed: int, precision: str, workdir: Path) -> dict:
-    out = workdir / f"steps{steps}.sdf"
+def run_one(model: str, n: int, steps: int, spacing: str, seed: int, precision: str, workdir: Path) -> dict:
+    out = workdir / f"steps{steps}-{spacing}.sdf"
     cmd = [sys.executable, "-m", "symdiff_cli", "generate", "--model", model, "--n", str(n), "--steps", str(steps),
-           "--seed", str(seed), "--precision", precision, "--out", str(out), "--quiet"]
+           "--spacing", spacing, "--seed", str(seed), "--precision", precision, "--out", str(out), "--quiet"]
     start = time.perf_counter()
     subprocess.run(cmd, check=True)
     seconds = time.perf_counter() - start
     res = subprocess.run([sys.executable, "-m", "symdiff_cli", "evaluate", str(out), "--dataset", "qm9", "--json", "-"],
                          check=True, capture_output=True, text=True)
     fractions = json.loads(res.stdout)["fractions"]
-    return {"steps": steps, "n": n, "precision": precision, "seconds": round(seconds, 1),
+    return {"steps": steps, "spacing": spacing, "n": n, "precision": precision, "seconds": round(seconds, 1),
             "seconds_per_1000": round(seconds * 1000 / n, 1), **fractions}
 
 
@@ -36,19 +37,21 @@ def main() -> None:
     ap.add_argument("--model", default="qm9")
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--steps", type=int, nargs="+", default=[50, 100, 250, 500, 1000])
+    ap.add_argument("--spacing", nargs="+", default=["quadratic"], help="quadratic and/or uniform")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        print(f"{'steps':>6} {'s/1000 mol':>11} {'atom st.':>9} {'mol st.':>8} {'valid':>7} {'V&U':>7}", flush=True)
-        for steps in args.steps:
-            r = run_one(args.model, args.n, steps, args.seed, args.precision, Path(tmp))
-            rows.append(r)
-            print(f"{steps:>6} {r['seconds_per_1000']:>11.1f} {100 * r['atom_stability']:>8.1f}% "
-                  f"{100 * r['molecule_stability']:>7.1f}% {100 * r['validity']:>6.1f}% "
-                  f"{100 * r['valid_and_unique']:>6.1f}%", flush=True)
+        print(f"{'spacing':>9} {'steps':>6} {'s/1000 mol':>11} {'atom st.':>9} {'mol st.':>8} {'valid':>7} {'V&U':>7}", flush=True)
+        for spacing in args.spacing:
+            for steps in args.steps:
+                r = run_one(args.model, args.n, steps, spacing, args.seed, args.precision, Path(tmp))
+                rows.append(r)
+                print(f"{spacing:>9} {steps:>6} {r['seconds_per_1000']:>11.1f} {100 * r['atom_stability']:>8.1f}% "
+                      f"{100 * r['molecule_stability']:>7.1f}% {100 * r['validity']:>6.1f}% "
+                      f"{100 * r['valid_and_unique']:>6.1f}%", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -113,6 +113,22 @@ def test_bf16_and_fp32_sampling_are_each_reproducible(env, tmp_path, capsys):
     assert bf16_a == bf16_b
 
 
+def test_spacing_changes_the_molecules_and_each_is_reproducible(env, tmp_path, capsys):
+    files = []
+    for spacing in ("quadratic", "uniform", "uniform"):
+        out = tmp_path / f"{spacing}-{len(files)}.xyz"
+        code, _, stderr = run_cli(capsys, "generate", "--n", "6", "--out", str(out), "--model", "tiny",
+                                  "--spacing", spacing, "--quiet", "--steps", "10", "--batch-size", "4")
+        assert code == 0, stderr
+        files.append(out.read_bytes())
+    assert files[1] == files[2] and files[0] != files[1]
+    # quadratic is the default
+    code, _, stderr = run_cli(capsys, "generate", "--n", "6", "--out", str(tmp_path / "default.xyz"),
+                              "--model", "tiny", "--quiet", "--steps", "10", "--batch-size", "4")
+    assert code == 0, stderr
+    assert (tmp_path / "default.xyz").read_bytes() == files[0]
+
+
 def test_fixed_num_atoms_and_other_formats(env, tmp_path, capsys):
     for name in ("m.xyz", "m.npz"):
         code, _, stderr = run_cli(capsys, "generate", "--n", "5", "--num-atoms", "8", "--out", str(tmp_path / name),
@@ -204,6 +220,7 @@ BAD_INPUTS = {
     "bad device": (["--n", "2", "--device", "tpu"], "--device"),
     "zero steps": (["--n", "2", "--steps", "0"], "--steps"),
     "bad precision": (["--n", "2", "--precision", "fp8"], "--precision"),
+    "bad spacing": (["--n", "2", "--spacing", "cubic"], "--spacing must be one of quadratic, uniform"),
 }
 
 

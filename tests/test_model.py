@@ -194,6 +194,28 @@ def test_sampling_timesteps_subsequence():
     assert d.sampling_timesteps(1000) == list(range(1000, -1, -1))
 
 
+@pytest.mark.parametrize("spacing", ["quadratic", "uniform"])
+@pytest.mark.parametrize("steps", [1, 2, 3, 10, 50, 100, 250, 500, 999, 1000])
+def test_sampling_timesteps_are_exactly_steps_distinct_from_T_to_0(spacing, steps):
+    ts = VPDiffusion(NoiseSchedule(1000)).sampling_timesteps(steps, spacing)
+    assert ts[0] == 1000 and ts[-1] == 0 and len(ts) == steps + 1
+    assert all(a > b for a, b in zip(ts, ts[1:]))
+
+
+def test_quadratic_spacing_crowds_low_noise_and_uniform_is_even():
+    d = VPDiffusion(NoiseSchedule(1000))
+    assert d.sampling_timesteps(100, "uniform") == list(range(1000, -1, -10))
+    quad = d.sampling_timesteps(100, "quadratic")
+    assert quad == d.sampling_timesteps(100)  # the default
+    # T (1 - i/S)^2 away from the bottom, where rounding would merge steps
+    assert quad[:3] == [1000, 980, 960] and quad[50] == 250 and quad[90] == 10
+    # one step per timestep at the bottom, 20 timesteps per step at the top
+    assert quad[-4:] == [3, 2, 1, 0]
+    assert sum(t <= 100 for t in quad) == 32  # uniform: 11
+    with pytest.raises(ValueError, match="spacing"):
+        d.sampling_timesteps(100, "cubic")
+
+
 def test_sampling_returns_finite_com_free_positions():
     model = perturbed_model("learned", dtype=torch.float32)
     d = VPDiffusion(NoiseSchedule(1000))

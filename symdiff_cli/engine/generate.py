@@ -1,7 +1,7 @@
 """`symdiff generate`: sample molecules from a release and stream them into a file.
 
 Reproducibility: the molecules depend only on the model, --seed, --shard, --n, --num-atoms,
---batch-size, --steps and the device. Shard I of K derives its own seed from (seed, I, K), so
+--batch-size, --steps, --spacing and the device. Shard I of K derives its own seed from (seed, I, K), so
 shards of a job array never share a random stream, and it generates its own share of n
 (n split as evenly as possible). Every batch of the plan carries its own seed, so the file is
 the same however the run is scheduled.
@@ -24,6 +24,7 @@ import numpy as np
 from symdiff_cli.errors import SymdiffError, UsageError
 
 PRECISION_CHOICES = ("auto", "fp32", "bf16")
+SPACING_CHOICES = ("quadratic", "uniform")  # the model's diffusion.SPACINGS, without importing torch
 DEFAULT_BATCH_SIZE_CPU = 256
 DEFAULT_BATCH_SIZE_CUDA = 1024
 INTERRUPTED_EXIT_CODE = 130
@@ -47,6 +48,7 @@ class GenerateOptions:
     quiet: bool = False
     threads: int | None = None
     precision: str = "auto"
+    spacing: str = SPACING_CHOICES[0]
 
 
 @dataclass
@@ -148,6 +150,8 @@ def _check_options(opts: GenerateOptions) -> None:
         raise UsageError(f"--seed must not be negative, not {opts.seed}")
     if opts.precision not in PRECISION_CHOICES:
         raise UsageError(f"--precision must be one of {', '.join(PRECISION_CHOICES)}, not {opts.precision!r}")
+    if opts.spacing not in SPACING_CHOICES:
+        raise UsageError(f"--spacing must be one of {', '.join(SPACING_CHOICES)}, not {opts.spacing!r}")
 
 
 def _tag_molecules(mols: list, first_index: int, name_prefix: str, with_metrics: bool) -> list:
@@ -285,7 +289,7 @@ def generate(opts: GenerateOptions) -> GenerateResult:
         # On CPUs bf16 measured no faster end to end (elementwise work dominates at this model
         # size; docs/training.md), so auto keeps float32 there.
         use_bf16 = opts.precision == "bf16" or (opts.precision == "auto" and device.type == "cuda")
-        sampler = Sampler(release.model, cfg, device, autocast_bf16=use_bf16)
+        sampler = Sampler(release.model, cfg, device, autocast_bf16=use_bf16, spacing=opts.spacing)
         # Metrics feed the SDF tags and the summary; skip them when neither is wanted.
         with_metrics = fmt == "sdf" or not opts.quiet
         name_prefix = f"symdiff-seed{opts.seed}-" + (f"shard{shard[0]}of{shard[1]}-" if shard[1] > 1 else "")

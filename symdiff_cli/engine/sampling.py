@@ -57,12 +57,13 @@ class Sampler:
     """Runs the reverse diffusion of a SymmetrisedDenoiser batch by batch."""
 
     def __init__(self, model: torch.nn.Module, cfg: ModelConfig, device: torch.device | str = "cpu",
-                 autocast_bf16: bool = False):
+                 autocast_bf16: bool = False, spacing: str = "quadratic"):
         self.model = model.eval()
         self.cfg = cfg
         self.device = torch.device(device)
         self.diffusion = VPDiffusion(NoiseSchedule(cfg.timesteps, cfg.noise_precision))
         self.autocast_bf16 = autocast_bf16
+        self.spacing = spacing
 
     def _denoise(self, x, h, t, mask, generator=None):
         # Only the network runs in bf16; the ancestral update stays in float32, so rounding
@@ -79,7 +80,7 @@ class Sampler:
         generator = torch.Generator(device=self.device).manual_seed(seed)
         x, h = self.diffusion.sample(
             self._denoise, batch_size, num_atoms, self.cfg.feature_dim, steps,
-            generator=generator, device=self.device, progress=on_step,
+            generator=generator, device=self.device, progress=on_step, spacing=self.spacing,
         )
         return decode(x, h, self.cfg)
 

@@ -176,7 +176,7 @@ def evaluate_samples(model: torch.nn.Module, model_cfg: ModelConfig, histogram: 
     result = evaluate_molecules(mols)
     return {"atom_stability": result.atom_stability, "molecule_stability": result.molecule_stability,
             "validity": result.validity, "uniqueness": result.uniqueness, "num_molecules": n,
-            "sampling_steps": steps}
+            "sampling_steps": steps, "sampling_spacing": sampler.spacing}
 
 
 def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
