@@ -1,9 +1,9 @@
 """`symdiff generate`: sample molecules from a release and stream them into a file.
 
 Reproducibility: the molecules depend only on the model, --seed, --shard, --n, --num-atoms,
---batch-size, --steps, --spacing and the device. Shard I of K derives its own seed from (seed, I, K), so
-shards of a job array never share a random stream, and it generates its own share of n
-(n split as evenly as possible). Every batch of the plan carries its own seed, so the file is
+--batch-size, --steps, --spacing and the device. Shard I of K derives its own seed from
+(seed, I, K), so shards of a job array never share a random stream, and it generates its own
+share of n (n split as evenly as possible). Every batch of the plan carries its own seed, so the file is
 the same however the run is scheduled.
 
 Output is streamed batch by batch through MoleculeWriter, which writes a temporary file and
