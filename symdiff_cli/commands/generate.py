@@ -6,6 +6,8 @@ from typing import Optional
 
 import typer
 
+from symdiff_cli.model.config import DEFAULT_SPACING, SPACING_CHOICES
+
 _FORMATS = ("sdf", "xyz", "smi", "npz")
 
 
@@ -22,8 +24,8 @@ def generate_command(
         None, "--steps", help="Denoising steps (default: the model's CPU default on CPU, 1000 on CUDA)."
     ),
     spacing: str = typer.Option(
-        "quadratic", "--spacing",
-        help="quadratic|uniform: where the --steps fall among the model's noise levels. "
+        DEFAULT_SPACING, "--spacing",
+        help=f"{'|'.join(SPACING_CHOICES)}: where the --steps fall among the model's noise levels. "
              "quadratic crowds them at low noise, where bond lengths are set (more stable molecules "
              "at the same cost); uniform spaces them evenly.",
     ),

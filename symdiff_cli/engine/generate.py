@@ -3,8 +3,8 @@
 Reproducibility: the molecules depend only on the model, --seed, --shard, --n, --num-atoms,
 --batch-size, --steps, --spacing and the device. Shard I of K derives its own seed from
 (seed, I, K), so shards of a job array never share a random stream, and it generates its own
-share of n (n split as evenly as possible). Every batch of the plan carries its own seed, so the file is
-the same however the run is scheduled.
+share of n (n split as evenly as possible). Every batch of the plan carries its own seed, so the
+file is the same however the run is scheduled.
 
 Output is streamed batch by batch through MoleculeWriter, which writes a temporary file and
 renames it into place: an error leaves no file; Ctrl-C leaves a complete file holding the
@@ -22,9 +22,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from symdiff_cli.errors import SymdiffError, UsageError
+from symdiff_cli.model.config import DEFAULT_SPACING, SPACING_CHOICES
 
 PRECISION_CHOICES = ("auto", "fp32", "bf16")
-SPACING_CHOICES = ("quadratic", "uniform")  # the model's diffusion.SPACINGS, without importing torch
 DEFAULT_BATCH_SIZE_CPU = 256
 DEFAULT_BATCH_SIZE_CUDA = 1024
 INTERRUPTED_EXIT_CODE = 130
@@ -48,7 +48,7 @@ class GenerateOptions:
     quiet: bool = False
     threads: int | None = None
     precision: str = "auto"
-    spacing: str = SPACING_CHOICES[0]
+    spacing: str = DEFAULT_SPACING
 
 
 @dataclass

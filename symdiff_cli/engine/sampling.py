@@ -10,7 +10,7 @@ import torch
 
 from symdiff_cli.chem.elements import SYMBOL_TO_Z
 from symdiff_cli.io.molecule import Molecule
-from symdiff_cli.model.config import ModelConfig
+from symdiff_cli.model.config import DEFAULT_SPACING, ModelConfig
 from symdiff_cli.model.diffusion import NoiseSchedule, VPDiffusion
 
 
@@ -57,7 +57,7 @@ class Sampler:
     """Runs the reverse diffusion of a SymmetrisedDenoiser batch by batch."""
 
     def __init__(self, model: torch.nn.Module, cfg: ModelConfig, device: torch.device | str = "cpu",
-                 autocast_bf16: bool = False, spacing: str = "quadratic"):
+                 autocast_bf16: bool = False, spacing: str = DEFAULT_SPACING):
         self.model = model.eval()
         self.cfg = cfg
         self.device = torch.device(device)

@@ -10,6 +10,10 @@ from typing import Any
 from symdiff_cli.errors import SymdiffError
 
 GAMMA_CHOICES = ("learned", "haar", "none")
+# Grids of sampling timesteps (VPDiffusion.sampling_timesteps). A sampler setting, not part of a
+# ModelConfig: any grid runs any model. The first is the default.
+SPACING_CHOICES = ("quadratic", "uniform")
+DEFAULT_SPACING = SPACING_CHOICES[0]
 
 
 @dataclass

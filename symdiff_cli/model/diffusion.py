@@ -14,10 +14,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from symdiff_cli.model.config import DEFAULT_SPACING, SPACING_CHOICES
 from symdiff_cli.model.geometry import remove_mean, sample_com_free_noise
 
 Denoiser = Callable[..., tuple[torch.Tensor, torch.Tensor]]
-SPACINGS = ("quadratic", "uniform")  # sampling timestep grids; the first is the default
 
 
 def polynomial_2_alphas2(timesteps: int, precision: float = 1e-5, clip_value: float = 1e-3) -> np.ndarray:
@@ -119,7 +119,7 @@ class VPDiffusion:
         m = batch.mask.to(sq.dtype)
         return (sq * m).sum() / (m.sum() * dims)
 
-    def sampling_timesteps(self, steps: int, spacing: str = "quadratic") -> list[int]:
+    def sampling_timesteps(self, steps: int, spacing: str = DEFAULT_SPACING) -> list[int]:
         """Decreasing timesteps T = t_0 > ... > t_S = 0, S = steps of them after T.
 
         "uniform" spaces them evenly. "quadratic" puts t_i = T (1 - i/S)^2, the quadratic
@@ -127,8 +127,8 @@ class VPDiffusion:
         bond lengths are set (sigma_t is about 1.4 t/T Å near t = 0), and thin out at high noise,
         where the molecule is still a cloud. With S = 100 the last step is 1 -> 0, not 10 -> 0.
         """
-        if spacing not in SPACINGS:
-            raise ValueError(f"spacing must be one of {SPACINGS}, not {spacing!r}")
+        if spacing not in SPACING_CHOICES:
+            raise ValueError(f"spacing must be one of {SPACING_CHOICES}, not {spacing!r}")
         steps = max(1, min(int(steps), self.T))
         if spacing == "uniform":
             ts = np.round(np.linspace(self.T, 0, steps + 1)).astype(int)
@@ -192,7 +192,7 @@ class VPDiffusion:
         self, denoiser: Denoiser, batch_size: int, num_atoms: int, feature_dim: int, steps: int,
         generator: torch.Generator | None = None, device: torch.device | str = "cpu",
         mask: torch.Tensor | None = None, progress: Callable[[], None] | None = None,
-        spacing: str = "quadratic",
+        spacing: str = DEFAULT_SPACING,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the reverse chain from z_T ~ N(0, I) (CoM-free x) and return (x, h) in model units."""
         x = sample_com_free_noise((batch_size, num_atoms, 3), mask, generator, device)
