@@ -92,6 +92,31 @@ def test_sdf_with_tags_and_summary(env, tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["mols.sdf"]
 
 
+def test_tags_agree_with_the_coordinates_in_the_file(env, tmp_path, capsys, monkeypatch):
+    """A sampled bond length just below a threshold must not be tagged from more digits than
+    the SDF keeps: `symdiff evaluate` on the file has to give the tags' answer."""
+    from symdiff_cli.chem.metrics import evaluate_molecule
+    from symdiff_cli.engine.sampling import Sampler
+    from symdiff_cli.io.molecule import Molecule
+
+    # Methanimine with C=N at 1.33996 Å: stable as sampled (C=N needs < 1.34 Å), not at 1.3400.
+    imine = [[0.0, 0.0, 0.0], [1.33996, 0.0, 0.0], [-0.545, 0.944, 0.0], [-0.545, -0.944, 0.0],
+             [1.84996, 0.883, 0.0]]
+
+    def sample(self, plan, steps, on_step=None):
+        yield [Molecule([6, 7, 1, 1, 1], imine)]
+
+    monkeypatch.setattr(Sampler, "sample", sample)
+    assert evaluate_molecule(Molecule([6, 7, 1, 1, 1], imine)).stable
+    out = tmp_path / "imine.sdf"
+    code, _, stderr = run_cli(capsys, "generate", "--n", "1", "--out", str(out), "--model", "tiny", *FAST)
+    assert code == 0, stderr
+    (back,), _ = read_molecules(str(out))
+    assert not evaluate_molecule(back).stable
+    assert back.props["symdiff_stable"] == "0"
+    assert "molecule stability 0.0 %" in stderr
+
+
 def test_same_seed_same_bytes_and_other_seed_differs(env, tmp_path, capsys):
     args = ["--n", "9", "--model", "tiny", "--quiet", *FAST]
     for name, seed in (("a.sdf", "5"), ("b.sdf", "5"), ("c.sdf", "6")):

@@ -14,10 +14,12 @@ from symdiff_cli.io.formats import (
     MoleculeWriter,
     perceive_bonds,
     read_molecules,
+    round_to_stored_precision,
     sdf_block,
     smiles_line,
     write_molecules,
 )
+from symdiff_cli.chem.bonds import bond_order_matrix
 from symdiff_cli.io.molecule import Molecule
 
 # Formaldehyde at a realistic geometry (C=O 1.21 A): the benchmark rules see a double bond.
@@ -432,3 +434,27 @@ def test_non_finite_coordinates_are_refused_with_the_molecule_number(tmp_path, f
     with pytest.raises(SymdiffError, match="molecule 2 .*NaN"):
         write_molecules(str(path), [FORMALDEHYDE, diverged])
     assert os.listdir(tmp_path) == []
+
+
+def test_rounding_to_the_stored_precision_makes_bonds_read_back_the_same(tmp_path):
+    # By the benchmark rules C=N needs a distance below 1.34 Å; 1.33996 Å is stored as 1.3400.
+    mol = Molecule([6, 7], [[0.0, 0.0, 0.0], [1.33996, 0.0, 0.0]])
+    assert bond_order_matrix(mol.atomic_numbers, mol.positions)[0, 1] == 2
+    round_to_stored_precision([mol], "sdf")
+    path = str(tmp_path / "m.sdf")
+    write_molecules(path, [mol])
+    (back,), _ = read_molecules(path)
+    np.testing.assert_array_equal(back.positions, mol.positions)
+    assert bond_order_matrix(mol.atomic_numbers, mol.positions)[0, 1] == 1
+    assert bond_order_matrix(back.atomic_numbers, back.positions)[0, 1] == 1
+
+
+def test_rounding_follows_the_format():
+    positions = [[0.0, 0.0, 0.0], [1.123456789, 0.0, 0.0]]
+    sdf, xyz, npz = (Molecule([6, 6], positions) for _ in range(3))
+    round_to_stored_precision([sdf], "sdf")
+    round_to_stored_precision([xyz], "xyz")
+    round_to_stored_precision([npz], "npz")
+    assert sdf.positions[1, 0] == 1.1235
+    assert xyz.positions[1, 0] == 1.12345679
+    assert npz.positions[1, 0] == 1.123456789

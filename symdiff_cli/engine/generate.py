@@ -257,7 +257,7 @@ def generate(opts: GenerateOptions) -> GenerateResult:
     from symdiff_cli.engine.device import resolve_device
     from symdiff_cli.engine.release import load_release
     from symdiff_cli.engine.sampling import Sampler
-    from symdiff_cli.io.formats import STDIO_PATH, MoleculeWriter, resolve_format
+    from symdiff_cli.io.formats import STDIO_PATH, MoleculeWriter, resolve_format, round_to_stored_precision
 
     _check_options(opts)
     shard = parse_shard(opts.shard)
@@ -295,6 +295,9 @@ def generate(opts: GenerateOptions) -> GenerateResult:
         name_prefix = f"symdiff-seed{opts.seed}-" + (f"shard{shard[0]}of{shard[1]}-" if shard[1] > 1 else "")
         with _Progress(n_shard, steps, enabled=not opts.quiet, description="sampling") as progress:
             for mols in sampler.sample(plan, steps, on_step=progress.on_step):
+                # Tags and summary from the coordinates the file will hold, so that `symdiff
+                # evaluate` on the file agrees with them molecule by molecule.
+                round_to_stored_precision(mols, fmt)
                 batch_reports = _tag_molecules(mols, sampled, name_prefix, with_metrics)
                 writer.write(mols)
                 reports += batch_reports

@@ -572,6 +572,24 @@ def _single_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+# Decimal places of the coordinates that each text format stores (RDKit's mol block has 4).
+STORED_COORDINATE_DECIMALS = {"sdf": 4, "xyz": 8}
+
+
+def round_to_stored_precision(mols: Iterable[Molecule], fmt: str) -> None:
+    """Round positions in place to the decimals that `fmt` stores.
+
+    Bonds and metric tags computed before writing then match what any reader of the file
+    computes: a bond length within 5e-5 Å of a bond-order threshold would otherwise read as
+    one order in memory and another from the SDF.
+    """
+    decimals = STORED_COORDINATE_DECIMALS.get(fmt)
+    if decimals is None:
+        return
+    for mol in mols:
+        mol.positions = np.round(mol.positions, decimals)
+
+
 def xyz_block(mol: Molecule) -> str:
     """One XYZ record: count, comment (props["name"]) and atoms with 8 decimals."""
     lines = [str(mol.num_atoms), _single_line(mol.props.get("name", ""))]
