@@ -580,7 +580,7 @@ def round_to_stored_precision(mols: Iterable[Molecule], fmt: str) -> None:
     """Round positions in place to the decimals that `fmt` stores.
 
     Bonds and metric tags computed before writing then match what any reader of the file
-    computes: a bond length within 5e-5 Å of a bond-order threshold would otherwise read as
+    computes: a bond length within 1e-4 Å of a bond-order threshold could otherwise read as
     one order in memory and another from the SDF.
     """
     decimals = STORED_COORDINATE_DECIMALS.get(fmt)
