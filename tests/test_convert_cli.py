@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from symdiff_cli.io.formats import read_molecules, sdf_block, write_molecules
+from symdiff_cli.io.formats import perceive_bonds, read_molecules, sdf_block, write_molecules
 from symdiff_cli.io.molecule import Molecule
 
 FORMALDEHYDE_XYZ = (
@@ -48,6 +48,20 @@ def test_xyz_to_sdf_with_perceived_bonds_and_summary(tmp_path, xyz_file):
     assert [m.props["name"] for m in molecules] == ["formaldehyde", "water"]
     assert [0, 1, 2] in molecules[0].bonds.tolist()  # the C=O double bond
     np.testing.assert_allclose(molecules[0].positions[1], [1.20501234, 0, 0], atol=1e-4)
+
+
+def test_bonds_are_perceived_from_the_coordinates_the_sdf_keeps(tmp_path):
+    # Methanimine with C=N at 1.33996 Å: a double bond by the benchmark rules (< 1.34 Å) at 8
+    # decimals, a single one at the SDF's 4; the bond block must say what a reader perceives.
+    xyz = tmp_path / "imine.xyz"
+    xyz.write_text("5\nimine\nC 0 0 0\nN 1.33996 0 0\nH -0.545 0.944 0\nH -0.545 -0.944 0\n"
+                   "H 1.84996 0.883 0\n")
+    out = tmp_path / "imine.sdf"
+    result = run_symdiff("convert", str(xyz), str(out))
+    assert result.returncode == 0, result.stderr
+    (mol,), _ = read_molecules(str(out))
+    assert [0, 1, 1] in mol.bonds.tolist()
+    np.testing.assert_array_equal(perceive_bonds(Molecule(mol.atomic_numbers, mol.positions)), mol.bonds)
 
 
 def test_pipeline_from_stdout_to_stdin(tmp_path, xyz_file):

@@ -601,14 +601,17 @@ def xyz_block(mol: Molecule) -> str:
 def sdf_block(mol: Molecule, bonds: str = "benchmark") -> str:
     """One SDF record (RDKit's mol block, not kekulised, never sanitised) with data tags.
 
-    The molecule's own bonds are written if it has them, else perceived with `bonds`;
+    The molecule's own bonds are written if it has them, else perceived with `bonds` from the
+    coordinates as the record stores them (4 decimals), so a reader perceives the same bonds;
     props["name"] is the title line and every other prop a tag.
     """
     from rdkit import Chem
 
     from symdiff_cli.chem.rdkit_mol import rdkit_mol_from_bonds
 
-    rd_mol = rdkit_mol_from_bonds(mol, perceive_bonds(mol, bonds))
+    stored = Molecule(mol.atomic_numbers, np.round(mol.positions, STORED_COORDINATE_DECIMALS["sdf"]),
+                      mol.bonds, mol.props)
+    rd_mol = rdkit_mol_from_bonds(stored, perceive_bonds(stored, bonds))
     rd_mol.SetProp("_Name", _single_line(mol.props.get("name", "")))
     for key, value in mol.props.items():
         if key != "name":
