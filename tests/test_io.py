@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from symdiff_cli.chem.bonds import bond_order_matrix
 from symdiff_cli.errors import SymdiffError
 from symdiff_cli.io.formats import (
     MoleculeWriter,
@@ -19,7 +20,6 @@ from symdiff_cli.io.formats import (
     smiles_line,
     write_molecules,
 )
-from symdiff_cli.chem.bonds import bond_order_matrix
 from symdiff_cli.io.molecule import Molecule
 
 # Formaldehyde at a realistic geometry (C=O 1.21 A): the benchmark rules see a double bond.

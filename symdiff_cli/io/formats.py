@@ -576,6 +576,12 @@ def _single_line(text: str) -> str:
 STORED_COORDINATE_DECIMALS = {"sdf": 4, "xyz": 8}
 
 
+def stored_positions(positions: np.ndarray, fmt: str) -> np.ndarray:
+    """`positions` rounded to the decimals that `fmt` stores (as they are for other formats)."""
+    decimals = STORED_COORDINATE_DECIMALS.get(fmt)
+    return positions if decimals is None else np.round(positions, decimals)
+
+
 def round_to_stored_precision(mols: Iterable[Molecule], fmt: str) -> None:
     """Round positions in place to the decimals that `fmt` stores.
 
@@ -583,18 +589,16 @@ def round_to_stored_precision(mols: Iterable[Molecule], fmt: str) -> None:
     computes: a bond length within 1e-4 Å of a bond-order threshold could otherwise read as
     one order in memory and another from the SDF.
     """
-    decimals = STORED_COORDINATE_DECIMALS.get(fmt)
-    if decimals is None:
-        return
     for mol in mols:
-        mol.positions = np.round(mol.positions, decimals)
+        mol.positions = stored_positions(mol.positions, fmt)
 
 
 def xyz_block(mol: Molecule) -> str:
     """One XYZ record: count, comment (props["name"]) and atoms with 8 decimals."""
+    d = STORED_COORDINATE_DECIMALS["xyz"]
     lines = [str(mol.num_atoms), _single_line(mol.props.get("name", ""))]
     for z, (x, y, zc) in zip(mol.atomic_numbers.tolist(), mol.positions.tolist()):
-        lines.append(f"{element_symbol(z):<2} {x:16.8f} {y:16.8f} {zc:16.8f}")
+        lines.append(f"{element_symbol(z):<2} {x:16.{d}f} {y:16.{d}f} {zc:16.{d}f}")
     return "\n".join(lines) + "\n"
 
 
@@ -609,8 +613,7 @@ def sdf_block(mol: Molecule, bonds: str = "benchmark") -> str:
 
     from symdiff_cli.chem.rdkit_mol import rdkit_mol_from_bonds
 
-    stored = Molecule(mol.atomic_numbers, np.round(mol.positions, STORED_COORDINATE_DECIMALS["sdf"]),
-                      mol.bonds, mol.props)
+    stored = Molecule(mol.atomic_numbers, stored_positions(mol.positions, "sdf"), mol.bonds, mol.props)
     rd_mol = rdkit_mol_from_bonds(stored, perceive_bonds(stored, bonds))
     rd_mol.SetProp("_Name", _single_line(mol.props.get("name", "")))
     for key, value in mol.props.items():
