@@ -203,6 +203,71 @@ def test_existing_run_needs_resume(tmp_path, small_npz):
     assert again.returncode != 0 and "--resume" in again.stderr
 
 
+def trained_looking_release(path: Path):
+    """A tiny release whose every tensor, gates included, is non-zero: at initialisation the
+    adaLN-Zero gates are zero and every block is the identity, which would hide a wrong load."""
+    from symdiff_cli.engine.release import save_release
+    from symdiff_cli.model.dit import SymmetrisedDenoiser
+
+    cfg = model_config_from_preset("tiny")
+    torch.manual_seed(0)
+    model = SymmetrisedDenoiser(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_release(path, cfg, model.state_dict(), {5: 1, 9: 2}, "qm9", {"step": 0})
+    return cfg, model
+
+
+def test_init_from_grows_a_release_into_a_deeper_model_that_starts_as_the_same_function(tmp_path):
+    import dataclasses
+
+    from symdiff_cli.engine.release import load_release_state_dict
+    from symdiff_cli.engine.train import load_release_weights, model_config_from_release
+    from symdiff_cli.model.dit import SymmetrisedDenoiser
+
+    cfg, release_model = trained_looking_release(tmp_path / "rel")
+    release_cfg, state = load_release_state_dict(str(tmp_path / "rel"))
+    grown_cfg = model_config_from_release(release_cfg, dataclasses.replace(cfg, depth=5, gamma_depth=2))
+    assert (grown_cfg.depth, grown_cfg.gamma_depth, grown_cfg.hidden) == (5, 2, cfg.hidden)
+    torch.manual_seed(1)
+    grown = SymmetrisedDenoiser(grown_cfg)
+    new_keys = load_release_weights(grown, state)
+    assert new_keys and all(".blocks.3." in k or ".blocks.4." in k or "orientation.transformer.blocks.1." in k
+                            for k in new_keys)
+
+    x = torch.randn(3, 7, 3)
+    x = x - x.mean(1, keepdim=True)
+    h, t = torch.randn(3, 7, cfg.feature_dim), torch.tensor([0, 400, 1000])
+    haar, noise = torch.linalg.qr(torch.randn(3, 3, 3))[0], torch.randn(3, 7, cfg.gamma_noise_channels)
+    with torch.no_grad():
+        want = release_model(x, h, t, None, haar=haar, gamma_noise=noise)
+        got = grown(x, h, t, None, haar=haar, gamma_noise=noise)
+    assert torch.allclose(want[0], got[0], atol=1e-6) and torch.allclose(want[1], got[1], atol=1e-6)
+    # another preset is not a growth of these weights: the release's own configuration is kept
+    assert model_config_from_preset("small").depth != 5
+    assert model_config_from_release(release_cfg, model_config_from_preset("small")) == release_cfg
+
+
+def test_train_cli_grows_a_release_and_refuses_to_shrink_it(tmp_path, small_npz):
+    trained_looking_release(tmp_path / "rel")
+    base = CLI + ["train", "--data", str(small_npz), "--preset", "tiny", "--init-from", str(tmp_path / "rel"),
+                  "--max-steps", "2", "--batch-size", "8", "--quiet", "--threads", "1"]
+    grown = subprocess.run(base + ["--out", str(tmp_path / "deep"), "--set", "model.depth=4"],
+                           capture_output=True, text=True, timeout=120)
+    assert grown.returncode == 0, grown.stderr
+    run_config = json.loads((tmp_path / "deep" / "config.json").read_text())
+    assert run_config["model"]["depth"] == 4 and run_config["train"]["init_from"] == str(tmp_path / "rel")
+    ckpt = torch.load(tmp_path / "deep" / "checkpoint.pt", weights_only=False)
+    assert "backbone.transformer.blocks.3.attn.qkv.weight" in ckpt["ema"]
+
+    shrunk = subprocess.run(base + ["--out", str(tmp_path / "shallow"), "--set", "model.depth=2"],
+                            capture_output=True, text=True, timeout=120)
+    assert shrunk.returncode != 0
+    assert "can add blocks, not remove them" in shrunk.stderr and "Traceback" not in shrunk.stderr
+    assert not (tmp_path / "shallow" / "checkpoint.pt").exists()
+
+
 def test_gpu_train_script_smoke_run_on_cpu(tmp_path, small_npz):
     """scripts/gpu_train.sh continues a release for a time budget and exports a loadable model."""
     from symdiff_cli.engine.release import load_release, load_release_state_dict, save_release

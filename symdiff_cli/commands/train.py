@@ -56,7 +56,7 @@ def train_command(
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N (under torchrun each process takes its LOCAL_RANK GPU)."),
     precision: str = typer.Option("auto", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
-    init_from: Optional[str] = typer.Option(None, help="Start from the weights of a released model (name in weights/, directory, or hub id)."),
+    init_from: Optional[str] = typer.Option(None, help="Start from the weights of a released model (name in weights/, directory, or hub id). With --set model.depth=N (or model.gamma_depth=N) above the release's, the model grows: extra blocks are appended, starting as the identity."),
     config: Optional[Path] = typer.Option(None, help='JSON file {"model": {...}, "train": {...}} of settings; options given here win.'),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override any setting: model.hidden=256, train.weight_decay=0 (repeatable)."),
     threads: int = typer.Option(0, help="CPU threads per process (0: torch's default)."),

@@ -120,6 +120,44 @@ def ema_decay_at(step: int, decay: float) -> float:
     return min(decay, (1.0 + step) / (10.0 + step))
 
 
+GROWABLE_DEPTHS = ("depth", "gamma_depth")
+
+
+def model_config_from_release(release_cfg: ModelConfig, requested: ModelConfig) -> ModelConfig:
+    """The model a run started from a release trains: the release's own, or a deeper one.
+
+    A request that differs from the release only in `depth` / `gamma_depth`, and only upwards,
+    grows the release: its blocks keep their weights and the extra blocks are appended. Any
+    other difference (another preset, say) is not a model these weights fit, so the release's
+    configuration wins, as it always has for --init-from.
+    """
+    release, wanted = release_cfg.to_dict(), requested.to_dict()
+    differing = {k for k in release if release[k] != wanted.get(k)}
+    if not differing or not differing <= set(GROWABLE_DEPTHS):
+        return release_cfg
+    for key in sorted(differing):
+        if wanted[key] < release[key]:
+            raise SymdiffError(
+                f"--init-from can add blocks, not remove them: model.{key}={wanted[key]} is below "
+                f"the release's {release[key]}")
+    return dataclasses.replace(release_cfg, **{k: wanted[k] for k in differing})
+
+
+def load_release_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load a release into `model`, which may have more transformer blocks; returns new keys.
+
+    Blocks are adaLN-Zero: a fresh block's gates are zero, so it adds nothing to the residual
+    stream, and the grown model starts as exactly the function the release computed.
+    """
+    result = model.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise SymdiffError(f"release weights do not fit the model: {result.unexpected_keys[:3]}")
+    not_block = [k for k in result.missing_keys if ".transformer.blocks." not in k]
+    if not_block:
+        raise SymdiffError(f"release weights lack tensors of the model: {not_block[:3]}")
+    return list(result.missing_keys)
+
+
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """AMSGrad Adam, as in the paper. foreach: one multi-tensor kernel per update rather than several
     per parameter tensor; it is the default on CUDA but not on CPUs, where the per-tensor updates
@@ -235,10 +273,9 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
         from symdiff_cli.engine.release import load_release_state_dict
 
         init_cfg, state = load_release_state_dict(cfg.init_from)
-        if init_cfg.to_dict() != model_cfg.to_dict():
-            model_cfg = init_cfg
-            model = SymmetrisedDenoiser(model_cfg).to(device)
-        model.load_state_dict(state)
+        model_cfg = model_config_from_release(init_cfg, model_cfg)
+        model = SymmetrisedDenoiser(model_cfg).to(device)
+        load_release_weights(model, state)
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
