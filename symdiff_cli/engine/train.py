@@ -268,14 +268,15 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
 
     # ---- model, EMA, optimiser ----
     torch.manual_seed(cfg.seed + rank)
-    model = SymmetrisedDenoiser(model_cfg).to(device)
+    release_state = None
     if cfg.init_from and resume_ckpt is None:
         from symdiff_cli.engine.release import load_release_state_dict
 
-        init_cfg, state = load_release_state_dict(cfg.init_from)
+        init_cfg, release_state = load_release_state_dict(cfg.init_from)
         model_cfg = model_config_from_release(init_cfg, model_cfg)
-        model = SymmetrisedDenoiser(model_cfg).to(device)
-        load_release_weights(model, state)
+    model = SymmetrisedDenoiser(model_cfg).to(device)
+    if release_state is not None:
+        load_release_weights(model, release_state)
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
