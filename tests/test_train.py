@@ -247,6 +247,12 @@ def test_init_from_grows_a_release_into_a_deeper_model_that_starts_as_the_same_f
     # another preset is not a growth of these weights: the release's own configuration is kept
     assert model_config_from_preset("small").depth != 5
     assert model_config_from_release(release_cfg, model_config_from_preset("small")) == release_cfg
+    # a depth the user did not set is the release's, whichever way the preset's default differs
+    for depth in (1, 5):
+        requested = dataclasses.replace(cfg, depth=depth)
+        assert model_config_from_release(release_cfg, requested, explicit=set()) == release_cfg
+        assert model_config_from_release(release_cfg, requested, explicit={"hidden"}) == release_cfg
+    assert model_config_from_release(release_cfg, dataclasses.replace(cfg, depth=5), explicit={"depth"}).depth == 5
 
 
 def test_train_cli_grows_a_release_and_refuses_to_shrink_it(tmp_path, small_npz):
@@ -260,6 +266,16 @@ def test_train_cli_grows_a_release_and_refuses_to_shrink_it(tmp_path, small_npz)
     assert run_config["model"]["depth"] == 4 and run_config["train"]["init_from"] == str(tmp_path / "rel")
     ckpt = torch.load(tmp_path / "deep" / "checkpoint.pt", weights_only=False)
     assert "backbone.transformer.blocks.3.attn.qkv.weight" in ckpt["ema"]
+
+    # the grown model, released, continues as it is: the preset's shallower default is not a request
+    exported = subprocess.run(CLI + ["convert", str(tmp_path / "deep" / "checkpoint.pt"), str(tmp_path / "deep-rel")],
+                              capture_output=True, text=True, timeout=120)
+    assert exported.returncode == 0, exported.stderr
+    again = subprocess.run(base[:base.index("--init-from") + 1] + [str(tmp_path / "deep-rel")]
+                           + base[base.index("--init-from") + 2:] + ["--out", str(tmp_path / "again")],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["model"]["depth"] == 4
 
     shrunk = subprocess.run(base + ["--out", str(tmp_path / "shallow"), "--set", "model.depth=2"],
                             capture_output=True, text=True, timeout=120)

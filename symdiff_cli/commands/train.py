@@ -56,7 +56,7 @@ def train_command(
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N (under torchrun each process takes its LOCAL_RANK GPU)."),
     precision: str = typer.Option("auto", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
-    init_from: Optional[str] = typer.Option(None, help="Start from the weights of a released model (name in weights/, directory, or hub id). With --set model.depth=N (or model.gamma_depth=N) above the release's, the model grows: extra blocks are appended, starting as the identity."),
+    init_from: Optional[str] = typer.Option(None, help="Start from the weights of a released model (name in weights/, directory, or hub id). With --set model.depth=N (or model.gamma_depth=N) above the release's, the model grows: extra blocks are appended, starting as the identity. Other model settings, and depths not set, are the release's."),
     config: Optional[Path] = typer.Option(None, help='JSON file {"model": {...}, "train": {...}} of settings; options given here win.'),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override any setting: model.hidden=256, train.weight_decay=0 (repeatable)."),
     threads: int = typer.Option(0, help="CPU threads per process (0: torch's default)."),
@@ -131,7 +131,7 @@ def train_command(
 
     console = Console(stderr=True, quiet=quiet or not is_main)
     if quiet or not is_main:
-        summary = train(cfg, model_cfg, console_print=console.print)
+        summary = train(cfg, model_cfg, console_print=console.print, explicit_model_keys=set(model_over))
     else:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -150,7 +150,8 @@ def train_command(
                 progress.update(task, completed=done, step=rec["step"], loss=f"{rec['loss']:.4f}",
                                 speed=f"{rec['mol_per_s']:.0f}")
 
-            summary = train(cfg, model_cfg, on_progress=on_progress, console_print=console.print)
+            summary = train(cfg, model_cfg, on_progress=on_progress, console_print=console.print,
+                            explicit_model_keys=set(model_over))
     if is_main:
         line = (f"Stopped ({summary['stop_reason']}) at step {summary['step']}, epoch {summary['epoch']}, "
                 f"{summary['time']:.0f} s of training; checkpoint in {summary['out']}/checkpoint.pt")

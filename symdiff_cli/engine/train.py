@@ -15,7 +15,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import numpy as np
 import torch
@@ -123,24 +123,28 @@ def ema_decay_at(step: int, decay: float) -> float:
 GROWABLE_DEPTHS = ("depth", "gamma_depth")
 
 
-def model_config_from_release(release_cfg: ModelConfig, requested: ModelConfig) -> ModelConfig:
+def model_config_from_release(release_cfg: ModelConfig, requested: ModelConfig,
+                              explicit: Collection[str] | None = None) -> ModelConfig:
     """The model a run started from a release trains: the release's own, or a deeper one.
 
-    A request that differs from the release only in `depth` / `gamma_depth`, and only upwards,
-    grows the release: its blocks keep their weights and the extra blocks are appended. Any
-    other difference (another preset, say) is not a model these weights fit, so the release's
-    configuration wins, as it always has for --init-from.
+    `explicit` names the model settings the user set (`--set model.depth=8`). Only those of
+    `depth` / `gamma_depth` can change the model, and only upwards: the release's blocks keep
+    their weights and the extra blocks are appended. Everything else, the preset's defaults
+    included, is the release's, so continuing a depth-8 release needs no --set. Without
+    `explicit` (library callers), a request that differs from the release only in depths is
+    taken as the growth it asks for.
     """
     release, wanted = release_cfg.to_dict(), requested.to_dict()
     differing = {k for k in release if release[k] != wanted.get(k)}
-    if not differing or not differing <= set(GROWABLE_DEPTHS):
-        return release_cfg
-    for key in sorted(differing):
+    if explicit is None:
+        explicit = differing if differing <= set(GROWABLE_DEPTHS) else set()
+    grow = sorted(k for k in GROWABLE_DEPTHS if k in explicit and k in differing)
+    for key in grow:
         if wanted[key] < release[key]:
             raise SymdiffError(
                 f"--init-from can add blocks, not remove them: model.{key}={wanted[key]} is below "
                 f"the release's {release[key]}")
-    return dataclasses.replace(release_cfg, **{k: wanted[k] for k in differing})
+    return dataclasses.replace(release_cfg, **{k: wanted[k] for k in grow})
 
 
 def load_release_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
@@ -219,11 +223,13 @@ def evaluate_samples(model: torch.nn.Module, model_cfg: ModelConfig, histogram: 
 
 def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
           on_progress: Callable[[dict[str, Any]], None] | None = None,
-          console_print: Callable[[str], None] = print) -> dict[str, Any]:
+          console_print: Callable[[str], None] = print,
+          explicit_model_keys: Collection[str] | None = None) -> dict[str, Any]:
     """Train (or resume) a run in cfg.out. Returns a summary dict.
 
     model_cfg is required for a new run; a resumed run takes its model configuration from the
     checkpoint. `on_progress` is called with a dict after every optimiser step (rank 0 only).
+    `explicit_model_keys`: the model settings the user set, which decide what --init-from grows.
     """
     # ---- distributed setup (torchrun sets RANK/WORLD_SIZE/LOCAL_RANK) ----
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -273,7 +279,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
         from symdiff_cli.engine.release import load_release_state_dict
 
         init_cfg, release_state = load_release_state_dict(cfg.init_from)
-        model_cfg = model_config_from_release(init_cfg, model_cfg)
+        model_cfg = model_config_from_release(init_cfg, model_cfg, explicit_model_keys)
     model = SymmetrisedDenoiser(model_cfg).to(device)
     if release_state is not None:
         load_release_weights(model, release_state)
