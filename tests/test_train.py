@@ -257,10 +257,13 @@ def test_init_from_grows_a_release_into_a_deeper_model_that_starts_as_the_same_f
 
 def test_train_cli_grows_a_release_and_refuses_to_shrink_it(tmp_path, small_npz):
     trained_looking_release(tmp_path / "rel")
-    base = CLI + ["train", "--data", str(small_npz), "--preset", "tiny", "--init-from", str(tmp_path / "rel"),
-                  "--max-steps", "2", "--batch-size", "8", "--quiet", "--threads", "1"]
-    grown = subprocess.run(base + ["--out", str(tmp_path / "deep"), "--set", "model.depth=4"],
-                           capture_output=True, text=True, timeout=120)
+
+    def train_from(release: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(CLI + ["train", "--data", str(small_npz), "--preset", "tiny", "--init-from", str(release),
+                                     "--max-steps", "2", "--batch-size", "8", "--quiet", "--threads", "1",
+                                     "--out", str(out), *extra], capture_output=True, text=True, timeout=120)
+
+    grown = train_from(tmp_path / "rel", tmp_path / "deep", "--set", "model.depth=4")
     assert grown.returncode == 0, grown.stderr
     run_config = json.loads((tmp_path / "deep" / "config.json").read_text())
     assert run_config["model"]["depth"] == 4 and run_config["train"]["init_from"] == str(tmp_path / "rel")
@@ -271,14 +274,11 @@ def test_train_cli_grows_a_release_and_refuses_to_shrink_it(tmp_path, small_npz)
     exported = subprocess.run(CLI + ["convert", str(tmp_path / "deep" / "checkpoint.pt"), str(tmp_path / "deep-rel")],
                               capture_output=True, text=True, timeout=120)
     assert exported.returncode == 0, exported.stderr
-    again = subprocess.run(base[:base.index("--init-from") + 1] + [str(tmp_path / "deep-rel")]
-                           + base[base.index("--init-from") + 2:] + ["--out", str(tmp_path / "again")],
-                           capture_output=True, text=True, timeout=120)
+    again = train_from(tmp_path / "deep-rel", tmp_path / "again")
     assert again.returncode == 0, again.stderr
     assert json.loads((tmp_path / "again" / "config.json").read_text())["model"]["depth"] == 4
 
-    shrunk = subprocess.run(base + ["--out", str(tmp_path / "shallow"), "--set", "model.depth=2"],
-                            capture_output=True, text=True, timeout=120)
+    shrunk = train_from(tmp_path / "rel", tmp_path / "shallow", "--set", "model.depth=2")
     assert shrunk.returncode != 0
     assert "can add blocks, not remove them" in shrunk.stderr and "Traceback" not in shrunk.stderr
     assert not (tmp_path / "shallow" / "checkpoint.pt").exists()

@@ -130,8 +130,9 @@ def train_command(
     from rich.console import Console
 
     console = Console(stderr=True, quiet=quiet or not is_main)
+    explicit_model_keys = set(model_over)  # what --init-from may grow: only depths the user asked for
     if quiet or not is_main:
-        summary = train(cfg, model_cfg, console_print=console.print, explicit_model_keys=set(model_over))
+        summary = train(cfg, model_cfg, console_print=console.print, explicit_model_keys=explicit_model_keys)
     else:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -151,7 +152,7 @@ def train_command(
                                 speed=f"{rec['mol_per_s']:.0f}")
 
             summary = train(cfg, model_cfg, on_progress=on_progress, console_print=console.print,
-                            explicit_model_keys=set(model_over))
+                            explicit_model_keys=explicit_model_keys)
     if is_main:
         line = (f"Stopped ({summary['stop_reason']}) at step {summary['step']}, epoch {summary['epoch']}, "
                 f"{summary['time']:.0f} s of training; checkpoint in {summary['out']}/checkpoint.pt")
