@@ -125,13 +125,15 @@ def test_torchrun_two_processes_keep_identical_parameters(tmp_path, small_npz):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "symdiff_cli", "train", "--data", str(small_npz), "--preset", "tiny", "--out", str(run),
            "--batch-size", "4", "--max-time", "4s", "--checkpoint-every", "1s", "--log-every", "4", "--quiet",
-           "--device", "cpu"]
+           "--device", "cpu", "--lr-schedule", "cosine", "--warmup-steps", "0"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     log = read_log(run)
     sync = [r for r in log if r.get("event") == "ranks_in_sync"]
     assert sync and sync[0]["value"] is True and len(sync[0]["checksums"]) == 2
+    # The cosine learning rate follows rank 0's clock on every rank, so the weights stay bit-identical.
+    assert sync[0]["checksums"][0] == sync[0]["checksums"][1]
     assert [r for r in log if r.get("event") == "start"][0]["world_size"] == 2
     assert (run / "checkpoint.pt").exists()
     # Both ranks stopped on the wall-clock budget at the same step and checkpointed together
