@@ -141,6 +141,12 @@ def test_torchrun_two_processes_keep_identical_parameters(tmp_path, small_npz):
     end = [r for r in log if r.get("event") == "end"][0]
     assert end["stop_reason"] == "max_time"
     assert sum(r.get("event") == "checkpoint" for r in log) >= 2
+    # The release records the process count: its batch size is per process.
+    out = subprocess.run(CLI + ["convert", str(run / "checkpoint.pt"), str(tmp_path / "release")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    provenance = json.loads((tmp_path / "release" / "config.json").read_text())["provenance"]
+    assert provenance["world_size"] == 2 and provenance["batch_size"] == 4
 
 
 @pytest.mark.parametrize("args, message", [
@@ -203,6 +209,22 @@ def test_existing_run_needs_resume(tmp_path, small_npz):
     assert subprocess.run(base, capture_output=True, timeout=120).returncode == 0
     again = subprocess.run(base, capture_output=True, text=True, timeout=120)
     assert again.returncode != 0 and "--resume" in again.stderr
+
+
+def test_resume_with_budget_spent_makes_no_step_and_logs_strict_json(tmp_path, small_npz):
+    run = tmp_path / "r"
+    base = CLI + ["train", "--out", str(run), "--data", str(small_npz), "--preset", "tiny", "--max-steps", "2",
+                  "--quiet", "--threads", "1"]
+    assert subprocess.run(base, capture_output=True, timeout=120).returncode == 0
+    again = subprocess.run(base + ["--resume"], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+
+    def no_nan(name: str):
+        raise AssertionError(f"metrics.jsonl holds {name}, which is not JSON")
+
+    lines = [json.loads(line, parse_constant=no_nan) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    ends = [r for r in lines if r.get("event") == "end"]
+    assert [e["step"] for e in ends] == [2, 2] and ends[-1]["loss"] is None
 
 
 def trained_looking_release(path: Path):

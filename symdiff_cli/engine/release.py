@@ -487,6 +487,10 @@ def convert_checkpoint_to_release(
     for key in ("preset", "batch_size", "lr", "ema_decay", "seed"):
         if key in train_cfg:
             provenance[key] = train_cfg[key]
+    # Under torchrun batch_size is per process and the CPU time is rank 0's: the process count
+    # is what turns them into the run's totals.
+    if int(ckpt.get("world_size", 1)) > 1:
+        provenance["world_size"] = int(ckpt["world_size"])
     # Settings that only some runs use, recorded when they differ from TrainConfig's defaults:
     # above all, that the run continued an earlier release, whose own training is then part of
     # this model's history.

@@ -332,7 +332,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
                 "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
                 "state": dataclasses.asdict(state), "rng_per_rank": rng, "cuda_rng_per_rank": cuda_rng,
                 "model_config": model_cfg.to_dict(), "train_config": cfg.to_dict(),
-                "atom_count_histogram": histogram, "dataset": info.name,
+                "atom_count_histogram": histogram, "dataset": info.name, "world_size": world_size,
             }, ckpt_path)
             log.write({"event": "checkpoint", "step": state.step, "time": round(state.elapsed, 2)})
 
@@ -441,7 +441,9 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
 
     save_checkpoint()
     summary: dict[str, Any] = {"stop_reason": stop_reason, "step": state.step, "epoch": state.epoch,
-                               "time": round(state.elapsed, 2), "loss": last_loss, "out": str(out)}
+                               "time": round(state.elapsed, 2),
+                               # a resume whose budget is already spent makes no step: no loss
+                               "loss": last_loss if math.isfinite(last_loss) else None, "out": str(out)}
     if cfg.eval_samples and is_main:
         summary["eval"] = evaluate_samples(ema, model_cfg, histogram, cfg.eval_samples, cfg.eval_steps,
                                            cfg.seed + state.step, device)
