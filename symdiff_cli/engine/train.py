@@ -361,21 +361,21 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
             return "max_time"
         return None
 
-    def agree_with_rank0(checkpoint_due: bool, time_up: bool, elapsed: float) -> tuple[bool, bool, float]:
-        """Rank 0's decisions and clock for all ranks: wall clocks differ, a rank that stops or
-        checkpoints alone would leave the others waiting in a collective forever, and a cosine
-        learning rate read from each rank's own clock would let the ranks' weights drift apart."""
+    def agree_with_rank0(checkpoint_due: bool, elapsed: float) -> tuple[bool, float]:
+        """Rank 0's checkpoint decision and clock for all ranks: wall clocks differ, a rank that
+        stops or checkpoints alone would leave the others waiting in a collective forever, and a
+        cosine learning rate read from each rank's own clock would let the ranks' weights drift apart."""
         if not distributed:
-            return checkpoint_due, time_up, elapsed
-        t = torch.tensor([float(checkpoint_due), float(time_up), elapsed], dtype=torch.float64, device=device)
+            return checkpoint_due, elapsed
+        t = torch.tensor([float(checkpoint_due), elapsed], dtype=torch.float64, device=device)
         dist.broadcast(t, src=0)
-        due, up, agreed_elapsed = t.tolist()
-        return bool(due), bool(up), agreed_elapsed
+        due, rank0_elapsed = t.tolist()
+        return bool(due), rank0_elapsed
 
     # Wall-clock decisions are synchronised every few steps under DDP (a broadcast is a host sync).
     sync_every = 10 if distributed else 1
-    time_up = cfg.max_time is not None and state.elapsed >= cfg.max_time
-    lr_elapsed = state.elapsed  # the clock the learning rate follows: under DDP, rank 0's as last agreed
+    agreed_elapsed = state.elapsed  # the clock the time budget and learning rate follow: rank 0's
+    time_up = cfg.max_time is not None and agreed_elapsed >= cfg.max_time
 
     while (stop_reason := budget_reached()) is None:
         epoch_batches = batches.epoch(state.epoch)
@@ -385,7 +385,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
             if device.type == "cuda":  # only a copy from pinned memory leaves the host free to go on
                 x, h = x.pin_memory(), h.pin_memory()
             batch = Batch(x.to(device, non_blocking=True), h.to(device, non_blocking=True), None)
-            lr = learning_rate(state.step, cfg, budget_fraction(state.step, lr_elapsed, cfg, len(batches)))
+            lr = learning_rate(state.step, cfg, budget_fraction(state.step, agreed_elapsed, cfg, len(batches)))
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -427,9 +427,9 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
                 eval_wall += time.perf_counter() - wall0
                 eval_cpu += time.process_time() - cpu0
             if state.step % sync_every == 0 or state.batch_in_epoch == len(epoch_batches):
-                checkpoint_due, time_up, lr_elapsed = agree_with_rank0(
-                    time.perf_counter() - last_ckpt >= cfg.checkpoint_every,
-                    cfg.max_time is not None and state.elapsed >= cfg.max_time, state.elapsed)
+                checkpoint_due, agreed_elapsed = agree_with_rank0(
+                    time.perf_counter() - last_ckpt >= cfg.checkpoint_every, state.elapsed)
+                time_up = cfg.max_time is not None and agreed_elapsed >= cfg.max_time
                 if checkpoint_due:
                     save_checkpoint()
                     last_ckpt = time.perf_counter()
