@@ -349,7 +349,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
     if cfg.epochs is not None:
         by_epochs = cfg.epochs * len(batches)
         total_steps = by_epochs if total_steps is None else min(total_steps, by_epochs)
-    last_loss = float("nan")
+    last_loss: float | None = None  # None until a log interval ends: a spent budget makes no step
     train_model.train()
 
     def budget_reached() -> str | None:
@@ -357,7 +357,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
             return "max_steps"
         if cfg.epochs is not None and state.epoch >= cfg.epochs:
             return "epochs"
-        if time_up:
+        if cfg.max_time is not None and agreed_elapsed >= cfg.max_time:
             return "max_time"
         return None
 
@@ -375,7 +375,6 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
     # Wall-clock decisions are synchronised every few steps under DDP (a broadcast is a host sync).
     sync_every = 10 if distributed else 1
     agreed_elapsed = state.elapsed  # the clock the time budget and learning rate follow: rank 0's
-    time_up = cfg.max_time is not None and agreed_elapsed >= cfg.max_time
 
     while (stop_reason := budget_reached()) is None:
         epoch_batches = batches.epoch(state.epoch)
@@ -429,7 +428,6 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
             if state.step % sync_every == 0 or state.batch_in_epoch == len(epoch_batches):
                 checkpoint_due, agreed_elapsed = agree_with_rank0(
                     time.perf_counter() - last_ckpt >= cfg.checkpoint_every, state.elapsed)
-                time_up = cfg.max_time is not None and agreed_elapsed >= cfg.max_time
                 if checkpoint_due:
                     save_checkpoint()
                     last_ckpt = time.perf_counter()
@@ -441,9 +439,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
 
     save_checkpoint()
     summary: dict[str, Any] = {"stop_reason": stop_reason, "step": state.step, "epoch": state.epoch,
-                               "time": round(state.elapsed, 2),
-                               # a resume whose budget is already spent makes no step: no loss
-                               "loss": last_loss if math.isfinite(last_loss) else None, "out": str(out)}
+                               "time": round(state.elapsed, 2), "loss": last_loss, "out": str(out)}
     if cfg.eval_samples and is_main:
         summary["eval"] = evaluate_samples(ema, model_cfg, histogram, cfg.eval_samples, cfg.eval_steps,
                                            cfg.seed + state.step, device)
