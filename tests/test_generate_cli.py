@@ -272,6 +272,12 @@ def test_unwritable_output_directory(env, tmp_path, capsys):
     assert not (tmp_path / "missing").exists()
 
 
+def _restore_default_sigint() -> None:
+    # A shell starts background jobs (`make test &`, nohup) with SIGINT ignored, and children
+    # inherit that; Ctrl-C reaches a foreground process, whose SIGINT is the default.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_keeps_the_finished_batches(env, tmp_path):
     """SIGINT after the first batch: a complete, shorter SDF and exit code 130."""
     out = tmp_path / "mols.sdf"
@@ -279,6 +285,7 @@ def test_ctrl_c_keeps_the_finished_batches(env, tmp_path):
         [sys.executable, "-m", "symdiff_cli", "generate", "--n", "400", "--batch-size", "2", "--steps", "20",
          "--num-atoms", "5", "--model", "tiny", "--out", str(out), "--threads", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env(env), cwd=tmp_path,
+        preexec_fn=_restore_default_sigint,
     )
     deadline = time.monotonic() + 120
     # MoleculeWriter streams into a hidden temporary file next to the output until it closes.
