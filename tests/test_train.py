@@ -21,7 +21,10 @@ CLI = [sys.executable, "-m", "symdiff_cli"]
 
 
 def read_log(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    text = (run / "metrics.jsonl").read_text()
+    # Polled while the trainer appends: a last line without its newline may be half-written.
+    complete = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in complete.splitlines()]
 
 
 def losses(run: Path) -> dict[int, float]:
