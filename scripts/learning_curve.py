@@ -14,7 +14,10 @@ from pathlib import Path
 
 
 def evaluations(run: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    text = (run / "metrics.jsonl").read_text()
+    # A live run may be mid-append: a last line without its newline is not a record yet.
+    complete = text[: text.rfind("\n") + 1]
+    rows = [json.loads(line) for line in complete.splitlines() if line.strip()]
     seen, out = set(), []
     for r in rows:
         if r.get("event") == "eval" and r["step"] not in seen:
