@@ -8,16 +8,14 @@ step, and the sample-based metrics the run logged.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
+from symdiff_cli.engine.metrics_log import read_metrics
+
 
 def evaluations(run: Path) -> list[dict]:
-    text = (run / "metrics.jsonl").read_text()
-    # A live run may be mid-append: a last line without its newline is not a record yet.
-    complete = text[: text.rfind("\n") + 1]
-    rows = [json.loads(line) for line in complete.splitlines() if line.strip()]
+    rows = read_metrics(run / "metrics.jsonl")
     seen, out = set(), []
     for r in rows:
         if r.get("event") == "eval" and r["step"] not in seen:

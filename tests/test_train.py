@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from symdiff_cli.engine.metrics_log import read_metrics
 from symdiff_cli.engine.train import TrainConfig, train
 from symdiff_cli.model.config import model_config_from_preset
 
@@ -21,10 +22,8 @@ CLI = [sys.executable, "-m", "symdiff_cli"]
 
 
 def read_log(run: Path) -> list[dict]:
-    text = (run / "metrics.jsonl").read_text()
-    # Polled while the trainer appends: a last line without its newline may be half-written.
-    complete = text[: text.rfind("\n") + 1]
-    return [json.loads(line) for line in complete.splitlines()]
+    # Some tests poll a live run, whose last line may be half-written.
+    return read_metrics(run / "metrics.jsonl")
 
 
 def losses(run: Path) -> dict[int, float]:

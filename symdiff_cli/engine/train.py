@@ -25,6 +25,7 @@ from symdiff_cli.chem.elements import DatasetInfo, dataset_info
 from symdiff_cli.data.batching import MoleculeTensors, SizeGroupedBatches
 from symdiff_cli.engine.checkpoint import CHECKPOINT_NAME, atomic_torch_save, load_checkpoint
 from symdiff_cli.engine.device import resolve_device
+from symdiff_cli.engine.metrics_log import MetricsLog
 from symdiff_cli.errors import SymdiffError
 from symdiff_cli.io.molecule import PackedMolecules
 from symdiff_cli.model.config import ModelConfig
@@ -177,23 +178,6 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 def parameter_checksum(model: torch.nn.Module) -> float:
     return float(sum(p.detach().double().sum().item() * (i + 1) for i, p in enumerate(model.parameters())))
-
-
-class MetricsLog:
-    """Append-only JSON lines, flushed per record so a killed run keeps its history."""
-
-    def __init__(self, path: Path, enabled: bool):
-        self.enabled = enabled
-        self.file = open(path, "a", encoding="utf-8") if enabled else None
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.file is not None:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
 
 
 @dataclass
