@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -435,6 +436,11 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
         log.write({"event": "ranks_in_sync", "value": in_sync, "checksums": sums})
         summary["ranks_in_sync"] = in_sync
         dist.barrier()
+        # DDP's reducer holds the process group: freed here, destroy_process_group joins the gloo
+        # threads while Python is alive. Left to interpreter shutdown, a thread outliving it aborted
+        # a finished run (exit code -6) in about one torchrun launch in twelve.
+        del train_model
+        gc.collect()
         dist.destroy_process_group()
     log.write({"event": "end", **{k: v for k, v in summary.items() if k != "eval"}})
     log.close()
