@@ -151,6 +151,26 @@ def test_torchrun_two_processes_keep_identical_parameters(tmp_path, small_npz):
     assert provenance["world_size"] == 2 and provenance["batch_size"] == 4
 
 
+@pytest.mark.parametrize("processes", [1, 2])
+def test_diverged_run_stops_with_a_message_and_no_checkpoint(tmp_path, small_npz, processes):
+    # A learning rate of 1e6 without clipping turns the loss into NaN within a few steps.
+    run = tmp_path / "diverged"
+    launch = CLI if processes == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                         "--nproc_per_node", str(processes), "-m", "symdiff_cli"]
+    cmd = launch + ["train", "--data", str(small_npz), "--preset", "tiny", "--out", str(run),
+                    "--batch-size", "4", "--max-steps", "40", "--log-every", "2", "--quiet", "--device", "cpu",
+                    "--threads", "1", "--lr", "1e6", "--grad-clip", "1e9", "--warmup-steps", "0"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert out.returncode != 0
+    assert "training diverged at step" in out.stderr, out.stderr[-3000:]
+    # No rank crashes on its way out (the DDP teardown abort: "terminate called ...", exit code -6).
+    assert "terminate called" not in out.stderr and "exitcode  : -6" not in out.stderr
+    if processes == 1:
+        assert "Traceback" not in out.stderr
+    assert not (run / "checkpoint.pt").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--preset", "huge"], "unknown preset"),
     (["--gamma", "sometimes"], "gamma must be one of"),
