@@ -19,6 +19,9 @@ from symdiff_cli.engine.train import TrainConfig, train
 from symdiff_cli.model.config import model_config_from_preset
 
 CLI = [sys.executable, "-m", "symdiff_cli"]
+# Two processes on this machine's CPU, as a user launches a DDP run.
+TORCHRUN_CLI = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "symdiff_cli"]
 
 
 def read_log(run: Path) -> list[dict]:
@@ -124,10 +127,10 @@ def test_sigkill_loses_at_most_one_checkpoint_interval(tmp_path, small_npz):
 
 def test_torchrun_two_processes_keep_identical_parameters(tmp_path, small_npz):
     run = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "symdiff_cli", "train", "--data", str(small_npz), "--preset", "tiny", "--out", str(run),
-           "--batch-size", "4", "--max-time", "4s", "--checkpoint-every", "1s", "--log-every", "4", "--quiet",
-           "--device", "cpu", "--lr-schedule", "cosine", "--warmup-steps", "0"]
+    cmd = TORCHRUN_CLI + ["train", "--data", str(small_npz), "--preset", "tiny", "--out", str(run),
+                          "--batch-size", "4", "--max-time", "4s", "--checkpoint-every", "1s",
+                          "--log-every", "4", "--quiet", "--device", "cpu", "--lr-schedule", "cosine",
+                          "--warmup-steps", "0"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -151,12 +154,10 @@ def test_torchrun_two_processes_keep_identical_parameters(tmp_path, small_npz):
     assert provenance["world_size"] == 2 and provenance["batch_size"] == 4
 
 
-@pytest.mark.parametrize("processes", [1, 2])
-def test_diverged_run_stops_with_a_message_and_no_checkpoint(tmp_path, small_npz, processes):
+@pytest.mark.parametrize("launch", [CLI, TORCHRUN_CLI], ids=["one-process", "torchrun"])
+def test_diverged_run_stops_with_a_message_and_no_checkpoint(tmp_path, small_npz, launch):
     # A learning rate of 1e6 without clipping turns the loss into NaN within a few steps.
     run = tmp_path / "diverged"
-    launch = CLI if processes == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                         "--nproc_per_node", str(processes), "-m", "symdiff_cli"]
     cmd = launch + ["train", "--data", str(small_npz), "--preset", "tiny", "--out", str(run),
                     "--batch-size", "4", "--max-steps", "40", "--log-every", "2", "--quiet", "--device", "cpu",
                     "--threads", "1", "--lr", "1e6", "--grad-clip", "1e9", "--warmup-steps", "0"]
@@ -166,7 +167,7 @@ def test_diverged_run_stops_with_a_message_and_no_checkpoint(tmp_path, small_npz
     assert "training diverged at step" in out.stderr, out.stderr[-3000:]
     # No rank crashes on its way out (the DDP teardown abort: "terminate called ...", exit code -6).
     assert "terminate called" not in out.stderr and "exitcode  : -6" not in out.stderr
-    if processes == 1:
+    if launch is CLI:
         assert "Traceback" not in out.stderr
     assert not (run / "checkpoint.pt").exists()
 
