@@ -158,7 +158,9 @@ def test_torchrun_two_processes_keep_identical_parameters(tmp_path, small_npz):
 def test_diverged_run_stops_with_a_message_and_no_checkpoint(tmp_path, small_npz, launch):
     # A learning rate of 1e6 without clipping turns the loss into NaN within a few steps.
     run = tmp_path / "diverged"
-    cmd = launch + ["train", "--data", str(small_npz), "--preset", "tiny", "--out", str(run),
+    # One process: under torchrun, checkpoints are decided every 10 steps and this small an epoch
+    # ends (and reads the loss) first.
+    cmd = CLI + ["train", "--data", str(small_npz), "--preset", "tiny", "--out", str(run),
                     "--batch-size", "4", "--max-steps", "40", "--log-every", "2", "--quiet", "--device", "cpu",
                     "--threads", "1", "--lr", "1e6", "--grad-clip", "1e9", "--warmup-steps", "0"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
@@ -170,6 +172,28 @@ def test_diverged_run_stops_with_a_message_and_no_checkpoint(tmp_path, small_npz
     if launch is CLI:
         assert "Traceback" not in out.stderr
     assert not (run / "checkpoint.pt").exists()
+
+
+def test_divergence_between_loss_reads_keeps_the_last_finite_checkpoint(tmp_path, small_npz):
+    # A checkpoint after every step, the loss read only at the end of the first epoch: the weights
+    # go NaN before any loss is read, and no checkpoint may hold them.
+    run = tmp_path / "diverged"
+    # One process: under torchrun, checkpoints are decided every 10 steps and this small an epoch
+    # ends (and reads the loss) first.
+    cmd = CLI + ["train", "--data", str(small_npz), "--preset", "tiny", "--out", str(run),
+                 "--batch-size", "4", "--max-steps", "40", "--log-every", "1000", "--quiet", "--device", "cpu",
+                 "--threads", "1", "--lr", "1e6", "--grad-clip", "1e9", "--warmup-steps", "0",
+                 "--checkpoint-every", "0.001"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert out.returncode != 0
+    assert "training diverged at step" in out.stderr and "weights are no longer finite" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert ckpt["state"]["step"] > 0 and f"at step {ckpt['state']['step'] + 1} " in out.stderr
+    assert "is kept" in out.stderr
+    for weights in (ckpt["model"], ckpt["ema"]):
+        assert all(torch.isfinite(t).all() for t in weights.values())
 
 
 @pytest.mark.parametrize("args, message", [

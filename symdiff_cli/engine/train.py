@@ -304,7 +304,16 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
             + (f" x {world_size} processes" if distributed else "")
             + (f", from step {state.step}" if resume_ckpt else ""))
 
+    def diverged(why: str) -> SymdiffError:
+        kept = f"; {ckpt_path} from an earlier step is kept" if ckpt_path.exists() else ""
+        return SymdiffError(f"training diverged at step {state.step} ({why}){kept}")
+
     def save_checkpoint() -> None:
+        # The loss is read once per log interval, so weights can turn NaN between two reads; a
+        # checkpoint written then would overwrite the last good one with weights nobody can use.
+        # Ranks hold identical weights, so under DDP every rank stops here together.
+        if not all(bool(torch.isfinite(p).all()) for p in [*model.parameters(), *ema.parameters()]):
+            raise diverged("the weights are no longer finite")
         rng = [torch.get_rng_state()]
         cuda_rng = [torch.cuda.get_rng_state(device)] if device.type == "cuda" else []
         if distributed:
@@ -392,7 +401,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
                 last_loss = float(loss_acc) / loss_n
                 loss_acc.zero_()
                 if not math.isfinite(last_loss):
-                    raise SymdiffError(f"training diverged at step {state.step} (loss {last_loss})")
+                    raise diverged(f"loss {last_loss}")
                 now = time.perf_counter()
                 record = {"step": state.step, "epoch": state.epoch, "loss": round(last_loss, 6), "lr": lr,
                           "grad_norm": round(float(grad_norm), 4),
