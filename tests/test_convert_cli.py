@@ -167,10 +167,15 @@ def test_stdout_needs_a_format(tmp_path, xyz_file):
     _assert_clean_failure(result, tmp_path, "format")
 
 
+def test_weights_choice_needs_a_training_checkpoint(tmp_path, xyz_file):
+    result = run_symdiff("convert", str(xyz_file), str(tmp_path / "out.sdf"), "--weights", "raw")
+    _assert_clean_failure(result, tmp_path, "--weights applies only to a training checkpoint")
+
+
 def test_help_describes_every_option():
     result = run_symdiff("convert", "--help")
     text = result.stdout.decode()
     assert result.returncode == 0
-    for option in ("--from", "--to", "--bonds", "--strict"):
+    for option in ("--from", "--to", "--bonds", "--strict", "--weights"):
         assert option in text
     assert "benchmark" in text and "rdkit" in text

@@ -177,6 +177,19 @@ def test_convert_training_checkpoint(tmp_path):
     assert config["provenance"]["init_from"] == "qm9" and config["provenance"]["lr_schedule"] == "cosine"
     assert config["provenance"]["min_lr"] == 1e-5 and "low_noise_fraction" not in config["provenance"]
     assert "2.00 h" in (out / "README.md").read_text()
+    assert "weights" not in config["provenance"] and "(EMA weights)" in (out / "README.md").read_text()
+
+    # --weights raw: the last step's weights, and the release says so
+    raw = convert_checkpoint_to_release(tmp_path / "runs" / "x" / "checkpoint.pt", tmp_path / "weights" / "raw",
+                                        weights="raw")
+    _, tensors = load_release_state_dict(str(raw))
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensors[name], tensor), name
+    assert json.loads((raw / CONFIG_FILE).read_text())["provenance"]["weights"] == "raw"
+    assert "(raw last-step weights)" in (raw / "README.md").read_text()
+    with pytest.raises(SymdiffError, match="weights must be ema or raw"):
+        convert_checkpoint_to_release(tmp_path / "runs" / "x" / "checkpoint.pt", tmp_path / "weights" / "y",
+                                      weights="best")
 
     with pytest.raises(SymdiffError, match="symdiff convert"):
         resolve_model(str(tmp_path / "runs" / "x"))

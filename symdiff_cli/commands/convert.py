@@ -11,6 +11,15 @@ from typing import Optional
 
 import typer
 
+from symdiff_cli.errors import UsageError
+
+
+class CheckpointWeights(str, Enum):
+    """Which of a training checkpoint's two sets of weights a release gets."""
+
+    ema = "ema"
+    raw = "raw"
+
 
 class BondPerception(str, Enum):
     """How bonds are found for inputs that carry none (XYZ, npz)."""
@@ -83,6 +92,14 @@ def convert_command(
         "'benchmark' uses the distance rules of the QM9 stability metric, 'rdkit' RDKit's "
         "rdDetermineBonds. Bonds present in the input are always kept.",
     ),
+    weights: CheckpointWeights = typer.Option(
+        CheckpointWeights.ema,
+        "--weights",
+        case_sensitive=False,
+        help="For a training checkpoint: export its EMA weights (the default), or 'raw', the "
+        "weights of its last step. At the end of a cosine decay to a small rate the two are close "
+        "and either can be the better model; compare both with symdiff evaluate.",
+    ),
     strict: bool = typer.Option(
         False,
         "--strict",
@@ -93,7 +110,8 @@ def convert_command(
     """Convert molecule files between XYZ, SDF, SMILES and npz, or a training checkpoint to a release.
 
     A training checkpoint (IN ending in .pt) is exported to the release format in the
-    directory OUT: model.safetensors (EMA weights), config.json and a model card README.md.
+    directory OUT: model.safetensors (EMA weights, or the last step's with --weights raw),
+    config.json and a model card README.md.
 
     Writing is atomic: after an error no output file is left behind.
 
@@ -107,7 +125,10 @@ def convert_command(
     if input_path.endswith(".pt"):
         from symdiff_cli.engine.release import convert_checkpoint_to_release
 
-        out = convert_checkpoint_to_release(input_path, output_path)
-        typer.echo(f"Exported the EMA weights of {input_path} to the release {out}.", err=True)
+        out = convert_checkpoint_to_release(input_path, output_path, weights=weights.value)
+        kind = "EMA" if weights is CheckpointWeights.ema else "raw (last-step)"
+        typer.echo(f"Exported the {kind} weights of {input_path} to the release {out}.", err=True)
         return
+    if weights is not CheckpointWeights.ema:
+        raise UsageError("--weights applies only to a training checkpoint (IN ending in .pt)")
     _convert_molecules(input_path, output_path, from_format, to_format, bonds.value, strict)

@@ -257,7 +257,8 @@ def model_card(config: dict[str, Any], num_parameters: int | None = None,
         f"Default sampling steps: {sampling.get('default_steps_cpu', DEFAULT_STEPS_CPU)} on CPU, "
         f"{sampling.get('default_steps_cuda', DEFAULT_STEPS_CUDA)} on GPU (`--steps` overrides).",
         "",
-        "Files: `model.safetensors` (EMA weights), `config.json` (architecture, atom types, schedule,",
+        f"Files: `model.safetensors` ({'raw last-step' if prov.get('weights') == 'raw' else 'EMA'} weights), "
+        "`config.json` (architecture, atom types, schedule,",
         "normalisation, atom-count histogram, provenance).",
         "",
     ]
@@ -460,10 +461,13 @@ def load_release(
 
 
 def convert_checkpoint_to_release(
-    checkpoint_path: str | os.PathLike, out_dir: str | os.PathLike, card_text: str | None = None
+    checkpoint_path: str | os.PathLike, out_dir: str | os.PathLike, card_text: str | None = None,
+    weights: str = "ema",
 ) -> Path:
-    """Export the EMA weights of a training checkpoint (runs/NAME/checkpoint.pt or its
-    directory) as a release directory; returns its path."""
+    """Export the EMA weights (or with weights="raw" the last step's own) of a training
+    checkpoint (runs/NAME/checkpoint.pt or its directory) as a release directory; returns its path."""
+    if weights not in ("ema", "raw"):
+        raise SymdiffError(f"weights must be ema or raw, not {weights!r}")
     from symdiff_cli.engine.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint_path)
@@ -501,8 +505,11 @@ def convert_checkpoint_to_release(
         unused = getattr(defaults, key)
         if train_cfg.get(key, unused) != unused:
             provenance[key] = train_cfg[key]
+    # Recorded only for raw weights, so that every earlier release reads as what it is: EMA.
+    if weights == "raw":
+        provenance["weights"] = "raw"
     dataset = str(ckpt.get("dataset") or model_cfg.dataset)
-    return save_release(out_dir, model_cfg, ckpt["ema"], {int(k): int(v) for k, v in histogram.items()},
+    return save_release(out_dir, model_cfg, ckpt["ema" if weights == "ema" else "model"], {int(k): int(v) for k, v in histogram.items()},
                         dataset, provenance, card_text)
 
 
