@@ -509,7 +509,8 @@ def convert_checkpoint_to_release(
     if weights == "raw":
         provenance["weights"] = "raw"
     dataset = str(ckpt.get("dataset") or model_cfg.dataset)
-    return save_release(out_dir, model_cfg, ckpt["ema" if weights == "ema" else "model"], {int(k): int(v) for k, v in histogram.items()},
+    state_dict = ckpt["ema"] if weights == "ema" else ckpt["model"]
+    return save_release(out_dir, model_cfg, state_dict, {int(k): int(v) for k, v in histogram.items()},
                         dataset, provenance, card_text)
 
 
