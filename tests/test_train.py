@@ -154,17 +154,18 @@ def test_torchrun_two_processes_keep_identical_parameters(tmp_path, small_npz):
     assert provenance["world_size"] == 2 and provenance["batch_size"] == 4
 
 
+def run_diverging_training(launch: list[str], run: Path, data: Path, *options: str) -> subprocess.CompletedProcess:
+    """A learning rate of 1e6 without clipping turns the loss into NaN within a few steps."""
+    cmd = launch + ["train", "--data", str(data), "--preset", "tiny", "--out", str(run), "--batch-size", "4",
+                    "--max-steps", "40", "--quiet", "--device", "cpu", "--threads", "1", "--lr", "1e6",
+                    "--grad-clip", "1e9", "--warmup-steps", "0", *options]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
 @pytest.mark.parametrize("launch", [CLI, TORCHRUN_CLI], ids=["one-process", "torchrun"])
 def test_diverged_run_stops_with_a_message_and_no_checkpoint(tmp_path, small_npz, launch):
-    # A learning rate of 1e6 without clipping turns the loss into NaN within a few steps.
     run = tmp_path / "diverged"
-    # One process: under torchrun, checkpoints are decided every 10 steps and this small an epoch
-    # ends (and reads the loss) first.
-    cmd = CLI + ["train", "--data", str(small_npz), "--preset", "tiny", "--out", str(run),
-                    "--batch-size", "4", "--max-steps", "40", "--log-every", "2", "--quiet", "--device", "cpu",
-                    "--threads", "1", "--lr", "1e6", "--grad-clip", "1e9", "--warmup-steps", "0"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    out = run_diverging_training(launch, run, small_npz, "--log-every", "2")
     assert out.returncode != 0
     assert "training diverged at step" in out.stderr, out.stderr[-3000:]
     # No rank crashes on its way out (the DDP teardown abort: "terminate called ...", exit code -6).
@@ -180,12 +181,7 @@ def test_divergence_between_loss_reads_keeps_the_last_finite_checkpoint(tmp_path
     run = tmp_path / "diverged"
     # One process: under torchrun, checkpoints are decided every 10 steps and this small an epoch
     # ends (and reads the loss) first.
-    cmd = CLI + ["train", "--data", str(small_npz), "--preset", "tiny", "--out", str(run),
-                 "--batch-size", "4", "--max-steps", "40", "--log-every", "1000", "--quiet", "--device", "cpu",
-                 "--threads", "1", "--lr", "1e6", "--grad-clip", "1e9", "--warmup-steps", "0",
-                 "--checkpoint-every", "0.001"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    out = run_diverging_training(CLI, run, small_npz, "--log-every", "1000", "--checkpoint-every", "0.001")
     assert out.returncode != 0
     assert "training diverged at step" in out.stderr and "weights are no longer finite" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
