@@ -4,7 +4,7 @@ Runs the real commands (`symdiff generate`, then `symdiff evaluate --json`) so t
 what a user sees, metrics and file writing included.
 
     python benchmarks/steps_tradeoff.py --model qm9 --n 1000 --steps 50 100 250 500 1000
-    python benchmarks/steps_tradeoff.py --n 500 --steps 100 --spacing quadratic uniform
+    python benchmarks/steps_tradeoff.py --n 500 --steps 100 --spacing quadratic cubic uniform
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from symdiff_cli.model.config import DEFAULT_SPACING, SPACING_CHOICES
 
 
 def run_one(model: str, n: int, steps: int, spacing: str, seed: int, precision: str, workdir: Path) -> dict:
@@ -37,7 +39,8 @@ def main() -> None:
     ap.add_argument("--model", default="qm9")
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--steps", type=int, nargs="+", default=[50, 100, 250, 500, 1000])
-    ap.add_argument("--spacing", nargs="+", default=["quadratic"], help="quadratic and/or uniform")
+    ap.add_argument("--spacing", nargs="+", default=[DEFAULT_SPACING], choices=SPACING_CHOICES,
+                    help=f"one or more of {', '.join(SPACING_CHOICES)} (default: {DEFAULT_SPACING}, generate's default)")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")

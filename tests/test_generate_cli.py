@@ -140,14 +140,14 @@ def test_bf16_and_fp32_sampling_are_each_reproducible(env, tmp_path, capsys):
 
 def test_spacing_changes_the_molecules_and_each_is_reproducible(env, tmp_path, capsys):
     files = []
-    for spacing in ("quadratic", "uniform", "uniform"):
+    for spacing in ("cubic", "uniform", "uniform", "quadratic"):
         out = tmp_path / f"{spacing}-{len(files)}.xyz"
         code, _, stderr = run_cli(capsys, "generate", "--n", "6", "--out", str(out), "--model", "tiny",
                                   "--spacing", spacing, "--quiet", "--steps", "10", "--batch-size", "4")
         assert code == 0, stderr
         files.append(out.read_bytes())
-    assert files[1] == files[2] and files[0] != files[1]
-    # quadratic is the default
+    assert files[1] == files[2] and len({files[0], files[1], files[3]}) == 3
+    # cubic is the default
     code, _, stderr = run_cli(capsys, "generate", "--n", "6", "--out", str(tmp_path / "default.xyz"),
                               "--model", "tiny", "--quiet", "--steps", "10", "--batch-size", "4")
     assert code == 0, stderr
@@ -245,7 +245,7 @@ BAD_INPUTS = {
     "bad device": (["--n", "2", "--device", "tpu"], "--device"),
     "zero steps": (["--n", "2", "--steps", "0"], "--steps"),
     "bad precision": (["--n", "2", "--precision", "fp8"], "--precision"),
-    "bad spacing": (["--n", "2", "--spacing", "cubic"], "--spacing must be one of quadratic, uniform"),
+    "bad spacing": (["--n", "2", "--spacing", "cosine"], "--spacing must be one of cubic, quadratic, uniform"),
 }
 
 

@@ -194,7 +194,7 @@ def test_sampling_timesteps_subsequence():
     assert d.sampling_timesteps(1000) == list(range(1000, -1, -1))
 
 
-@pytest.mark.parametrize("spacing", ["quadratic", "uniform"])
+@pytest.mark.parametrize("spacing", ["quadratic", "cubic", "uniform"])
 @pytest.mark.parametrize("steps", [1, 2, 3, 10, 50, 100, 250, 500, 999, 1000])
 def test_sampling_timesteps_are_exactly_steps_distinct_from_T_to_0(spacing, steps):
     ts = VPDiffusion(NoiseSchedule(1000)).sampling_timesteps(steps, spacing)
@@ -205,15 +205,29 @@ def test_sampling_timesteps_are_exactly_steps_distinct_from_T_to_0(spacing, step
 def test_quadratic_spacing_crowds_low_noise_and_uniform_is_even():
     d = VPDiffusion(NoiseSchedule(1000))
     assert d.sampling_timesteps(100, "uniform") == list(range(1000, -1, -10))
+    # the timesteps of earlier versions: 1000 * 3/80 = 37.5 rounds to even, 38, not to 37
+    assert d.sampling_timesteps(80, "uniform")[-6:] == [62, 50, 38, 25, 12, 0]
     quad = d.sampling_timesteps(100, "quadratic")
-    assert quad == d.sampling_timesteps(100)  # the default
     # T (1 - i/S)^2 away from the bottom, where rounding would merge steps
     assert quad[:3] == [1000, 980, 960] and quad[50] == 250 and quad[90] == 10
     # one step per timestep at the bottom, 20 timesteps per step at the top
     assert quad[-4:] == [3, 2, 1, 0]
     assert sum(t <= 100 for t in quad) == 32  # uniform: 11
     with pytest.raises(ValueError, match="spacing"):
-        d.sampling_timesteps(100, "cubic")
+        d.sampling_timesteps(100, "cosine")
+
+
+def test_cubic_spacing_crowds_low_noise_more_than_quadratic():
+    d = VPDiffusion(NoiseSchedule(1000))
+    cubic = d.sampling_timesteps(100, "cubic")
+    assert cubic == d.sampling_timesteps(100)  # the default
+    # T (1 - i/S)^3 away from the bottom: 1000 * 0.97^3 = 912.7, 1000 * 0.5^3 = 125
+    assert cubic[:4] == [1000, 970, 941, 913] and cubic[50] == 125 and cubic[60] == 64
+    # lifted at the bottom (1000 * 0.3^3 = 27 < 30): the last 32 steps are every timestep from 31
+    assert cubic[-33:] == [33] + list(range(31, -1, -1))
+    assert sum(t <= 100 for t in cubic) == 47  # quadratic: 32, uniform: 11
+    # every grid at --steps 1000 is every timestep
+    assert d.sampling_timesteps(1000, "cubic") == list(range(1000, -1, -1))
 
 
 def test_sampling_returns_finite_com_free_positions():

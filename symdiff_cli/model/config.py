@@ -11,8 +11,10 @@ from symdiff_cli.errors import SymdiffError
 
 GAMMA_CHOICES = ("learned", "haar", "none")
 # Grids of sampling timesteps (VPDiffusion.sampling_timesteps). A sampler setting, not part of a
-# ModelConfig: any grid runs any model. The first is the default.
-SPACING_CHOICES = ("quadratic", "uniform")
+# ModelConfig: any grid runs any model. Each name is the power p of t_i = T (1 - i/S)^p; the first
+# is the default.
+SPACING_POWERS = {"cubic": 3, "quadratic": 2, "uniform": 1}
+SPACING_CHOICES = tuple(SPACING_POWERS)
 DEFAULT_SPACING = SPACING_CHOICES[0]
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from symdiff_cli.model.config import DEFAULT_SPACING, SPACING_CHOICES
+from symdiff_cli.model.config import DEFAULT_SPACING, SPACING_CHOICES, SPACING_POWERS
 from symdiff_cli.model.geometry import remove_mean, sample_com_free_noise
 
 Denoiser = Callable[..., tuple[torch.Tensor, torch.Tensor]]
@@ -122,21 +122,26 @@ class VPDiffusion:
     def sampling_timesteps(self, steps: int, spacing: str = DEFAULT_SPACING) -> list[int]:
         """Decreasing timesteps T = t_0 > ... > t_S = 0, S = steps of them after T.
 
-        "uniform" spaces them evenly. "quadratic" puts t_i = T (1 - i/S)^2, the quadratic
-        subsequence of DDIM (Song et al. 2021): steps crowd where noise is low, which is where
-        bond lengths are set (sigma_t is about 1.4 t/T Å near t = 0), and thin out at high noise,
-        where the molecule is still a cloud. With S = 100 the last step is 1 -> 0, not 10 -> 0.
+        Step i sits at t_i = T (1 - i/S)^p with p = SPACING_POWERS[spacing]: p = 1 ("uniform")
+        spaces them evenly; p = 2 ("quadratic") is the quadratic subsequence of DDIM (Song et al.
+        2021); p = 3 ("cubic") goes further the same way. The higher p, the more steps crowd where
+        noise is low, which is where bond lengths are set (sigma_t is about 1.4 t/T Å near t = 0),
+        and the fewer remain at high noise, where the molecule is still a cloud. With S = 100 the
+        last quadratic step is 1 -> 0, not 10 -> 0.
         """
         if spacing not in SPACING_CHOICES:
             raise ValueError(f"spacing must be one of {SPACING_CHOICES}, not {spacing!r}")
         steps = max(1, min(int(steps), self.T))
-        if spacing == "uniform":
+        power = SPACING_POWERS[spacing]
+        if power == 1:
+            # T * linspace(1, 0) would round a few x.5 timesteps differently (--steps 80: 37 for 38).
             ts = np.round(np.linspace(self.T, 0, steps + 1)).astype(int)
         else:
-            ts = np.round(self.T * np.linspace(1.0, 0.0, steps + 1) ** 2).astype(int)
-        # Rounding merges the lowest quadratic timesteps (0, 0, 0, 1, 2, ...); lifting each to one
-        # above its predecessor keeps exactly `steps` steps. T (1 - i/S)^2 - (S - i) is convex in
-        # i and at most T - S at both ends, so the lift never pushes the top past T.
+            ts = np.round(self.T * np.linspace(1.0, 0.0, steps + 1) ** power).astype(int)
+        # Rounding merges the lowest timesteps of a power grid (0, 0, 0, 1, 2, ...); lifting each to
+        # one above its predecessor keeps exactly `steps` steps. With u = 1 - i/S, T u^p - S u is
+        # convex in u for p >= 1 and at most T - S at both ends (u = 0, 1), so t_i - (S - i) never
+        # exceeds T - S and the lift never pushes the top past T.
         ascending = ts[::-1].copy()
         for i in range(1, len(ascending)):
             ascending[i] = max(ascending[i], ascending[i - 1] + 1)
