@@ -8,13 +8,16 @@
 # cosine decay to 1e-5 over DURATION (1e-3 undid a trained model's progress), half of each
 # batch's timesteps from the lowest tenth of noise levels, EMA 0.999.
 #
-# Writes OUT_DIR/model/ (release format: model.safetensors, config.json, README.md),
+# Writes OUT_DIR/model/ (release format: model.safetensors, config.json, README.md, and when
+# INIT_MODEL samples with autoguidance its guide: guide.safetensors, the same guide and weight),
 # OUT_DIR/train_log.jsonl and OUT_DIR/train_stdout.log. The training checkpoint stays in
 # OUT_DIR/run/ so the same command with the same OUT_DIR can be resumed by hand.
 #
 # Environment:
 #   PYTHON        interpreter that has (or gets) the dependencies [python3 with torch, else make install]
 #   INIT_MODEL    release model to start from [weights/qm9]
+#   GUIDE_MODEL   release whose network the export is guided by, with INIT_MODEL's guidance
+#                 weight, when INIT_MODEL has a guide [weights/qm9-guide, the shipped model's guide]
 #   TRAIN_DATA    training data file (npz of positions/atomic_numbers/num_atoms), for machines
 #                 without the qm9pack package; default: the QM9 train split
 #   BATCH_SIZE    fixed batch size; default: the largest power of two that fits (capped at 2048)
@@ -75,7 +78,12 @@ if [ ! -f "$OUT/run/checkpoint.pt" ]; then
   echo "gpu_train: training failed before its first checkpoint (exit $TRAIN_STATUS)" | tee -a "$OUT/train_stdout.log"
   exit "$TRAIN_STATUS"
 fi
-"$PY" -m symdiff_cli convert "$OUT/run/checkpoint.pt" "$OUT/model" 2>&1 | tee -a "$OUT/train_stdout.log"
+# The export samples the way INIT_MODEL does: with its guidance weight and GUIDE_MODEL as guide.
+GUIDE_ARGS=()
+WEIGHT=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1])).get("guidance", {}).get("weight", ""))' \
+  "$INIT_MODEL/config.json")
+if [ -n "$WEIGHT" ]; then GUIDE_ARGS=(--guide "${GUIDE_MODEL:-$ROOT/weights/qm9-guide}" --guidance "$WEIGHT"); fi
+"$PY" -m symdiff_cli convert "$OUT/run/checkpoint.pt" "$OUT/model" "${GUIDE_ARGS[@]}" 2>&1 | tee -a "$OUT/train_stdout.log"
 cp "$OUT/run/metrics.jsonl" "$OUT/train_log.jsonl"
 echo "gpu_train: exported $OUT/model (training exit $TRAIN_STATUS)" | tee -a "$OUT/train_stdout.log"
 exit "$TRAIN_STATUS"

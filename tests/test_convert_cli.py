@@ -176,6 +176,53 @@ def test_help_describes_every_option():
     result = run_symdiff("convert", "--help")
     text = result.stdout.decode()
     assert result.returncode == 0
-    for option in ("--from", "--to", "--bonds", "--strict", "--weights"):
+    for option in ("--from", "--to", "--bonds", "--strict", "--weights", "--guide", "--guidance"):
         assert option in text
     assert "benchmark" in text and "rdkit" in text
+
+
+def _tiny_release(path, seed: int):
+    import torch
+
+    from symdiff_cli.engine.release import save_release
+    from symdiff_cli.model.config import model_config_from_preset
+    from symdiff_cli.model.dit import SymmetrisedDenoiser
+
+    torch.manual_seed(seed)
+    cfg = model_config_from_preset("tiny")
+    return save_release(path, cfg, SymmetrisedDenoiser(cfg).state_dict(), {5: 1}, "qm9", {"step": seed})
+
+
+def test_a_release_gets_a_guide_and_a_new_weight(tmp_path):
+    import json
+
+    main, old = _tiny_release(tmp_path / "main", 0), _tiny_release(tmp_path / "old", 1)
+    result = run_symdiff("convert", str(main), str(tmp_path / "guided"), "--guide", str(old))
+    assert result.returncode == 0, result.stderr.decode()
+    assert "guidance weight 4" in result.stderr.decode()
+    config = json.loads((tmp_path / "guided" / "config.json").read_text())
+    assert config["guidance"]["weight"] == 4.0 and config["guidance"]["provenance"]["step"] == 1
+    assert config["provenance"] == {"step": 0}
+    assert (tmp_path / "guided" / "guide.safetensors").read_bytes() != (main / "model.safetensors").read_bytes()
+
+    result = run_symdiff("convert", str(tmp_path / "guided"), str(tmp_path / "guided"), "--guidance", "1.5")
+    assert result.returncode == 0, result.stderr.decode()
+    assert json.loads((tmp_path / "guided" / "config.json").read_text())["guidance"]["weight"] == 1.5
+
+
+@pytest.mark.parametrize("args, expected", [
+    ([], "needs --guide MODEL or --guidance W"),
+    (["--guidance", "2"], "ships no guide: pass --guide MODEL"),
+    (["--guide", "no/such/dir"], "no model at"),
+    (["--guide", "@old", "--guidance", "-2"], "guidance weight must be a finite number >= 0"),
+])
+def test_bad_guide_requests_are_one_line_errors(tmp_path, args, expected):
+    main, old = _tiny_release(tmp_path / "main", 0), _tiny_release(tmp_path / "old", 1)
+    args = [str(old) if a == "@old" else a for a in args]
+    result = run_symdiff("convert", str(main), str(tmp_path / "out"), *args)
+    _assert_clean_failure(result, tmp_path, expected)
+
+
+def test_guide_options_need_a_release_or_checkpoint(tmp_path, xyz_file):
+    result = run_symdiff("convert", str(xyz_file), str(tmp_path / "out.sdf"), "--guidance", "2")
+    _assert_clean_failure(result, tmp_path, "--guide and --guidance apply only to")

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from symdiff_cli.engine.generate import parse_shard, shard_share
-from symdiff_cli.engine.release import WEIGHTS_FILE, save_release
+from symdiff_cli.engine.release import WEIGHTS_FILE, Guide, save_release
 from symdiff_cli.errors import UsageError
 from symdiff_cli.io.formats import read_molecules
 from symdiff_cli.model.config import model_config_from_preset
@@ -34,8 +34,19 @@ def weights(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("weights")
     torch.manual_seed(0)
     cfg = model_config_from_preset("tiny")
-    save_release(root / "tiny", cfg, SymmetrisedDenoiser(cfg).state_dict(), {4: 1, 5: 2, 6: 2, 7: 1}, "qm9",
-                 {"step": 0}, default_steps_cpu=3)
+    histogram = {4: 1, 5: 2, 6: 2, 7: 1}
+    main = SymmetrisedDenoiser(cfg)
+    save_release(root / "tiny", cfg, main.state_dict(), histogram, "qm9", {"step": 0}, default_steps_cpu=3)
+    # Guides: another tiny network, shipped inside a copy of "tiny" and as a release of its own.
+    guide = SymmetrisedDenoiser(cfg)
+    with torch.no_grad():
+        for p in guide.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_release(root / "tiny-old", cfg, guide.state_dict(), histogram, "qm9", {"step": 0}, default_steps_cpu=3)
+    save_release(root / "tiny-guided", cfg, main.state_dict(), histogram, "qm9", {"step": 0}, default_steps_cpu=3,
+                 guide=Guide(cfg, guide.state_dict(), 2.0))
+    hcno = model_config_from_preset("tiny", atom_types=("H", "C", "N", "O"))
+    save_release(root / "tiny-hcno", hcno, SymmetrisedDenoiser(hcno).state_dict(), histogram, "qm9", {"step": 0})
     return root
 
 
@@ -154,6 +165,24 @@ def test_spacing_changes_the_molecules_and_each_is_reproducible(env, tmp_path, c
     assert (tmp_path / "default.xyz").read_bytes() == files[0]
 
 
+def test_guidance_from_the_release_or_the_command_line(env, tmp_path, capsys):
+    def sample(name: str, *args: str) -> bytes:
+        out = tmp_path / f"{name}.xyz"
+        code, _, stderr = run_cli(capsys, "generate", "--n", "6", "--out", str(out), "--quiet", *FAST, *args)
+        assert code == 0, stderr
+        return out.read_bytes()
+
+    plain = sample("plain", "--model", "tiny")
+    shipped = sample("shipped", "--model", "tiny-guided")  # its guide, weight 2
+    assert shipped != plain
+    assert sample("explicit", "--model", "tiny", "--guide", "tiny-old", "--guidance", "2") == shipped
+    assert sample("off", "--model", "tiny-guided", "--guidance", "1") == plain
+    assert sample("stronger", "--model", "tiny-guided", "--guidance", "3") not in (plain, shipped)
+    # --guide replaces the shipped guide, with the shipped weight unless --guidance says otherwise
+    assert sample("same-guide", "--model", "tiny-guided", "--guide", "tiny-old") == shipped
+    assert sample("other-guide", "--model", "tiny-guided", "--guide", "tiny") not in (plain, shipped)
+
+
 def test_fixed_num_atoms_and_other_formats(env, tmp_path, capsys):
     for name in ("m.xyz", "m.npz"):
         code, _, stderr = run_cli(capsys, "generate", "--n", "5", "--num-atoms", "8", "--out", str(tmp_path / name),
@@ -246,6 +275,12 @@ BAD_INPUTS = {
     "zero steps": (["--n", "2", "--steps", "0"], "--steps"),
     "bad precision": (["--n", "2", "--precision", "fp8"], "--precision"),
     "bad spacing": (["--n", "2", "--spacing", "cosine"], "--spacing must be one of cubic, quadratic, uniform"),
+    "guidance without a guide": (["--n", "2", "--guidance", "2"], "this release ships none; pass --guide MODEL"),
+    "guide without a weight": (["--n", "2", "--guide", "tiny-old"], "--guide needs --guidance W"),
+    "negative guidance": (["--n", "2", "--model", "tiny-guided", "--guidance", "-1"], "--guidance must be"),
+    "unknown guide": (["--n", "2", "--guide", "no-such-guide", "--guidance", "2"], "unknown model 'no-such-guide'"),
+    "guide of other atom types": (["--n", "2", "--guide", "tiny-hcno", "--guidance", "2"],
+                                  "--guide tiny-hcno: the guide model does not fit the main model (atom_types"),
 }
 
 
@@ -304,3 +339,14 @@ def test_ctrl_c_keeps_the_finished_batches(env, tmp_path):
     assert skipped == 0 and 2 <= len(mols) < 400 and len(mols) % 2 == 0
     assert out.read_text().endswith("$$$$\n")
     assert [p.name for p in tmp_path.iterdir()] == ["mols.sdf"]
+
+
+def test_help_explains_every_option(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    code, stdout, _ = run_cli(capsys, "generate", "--help")
+    assert code == 0
+    for option in ("--n", "--out", "--format", "--batch-size", "--steps", "--spacing", "--guidance", "--guide",
+                   "--seed", "--device", "--num-atoms", "--model", "--offline", "--shard", "--quiet", "--threads",
+                   "--precision"):
+        assert option in stdout, option
+    assert "eps_guide + W (eps_main - eps_guide)" in stdout and "1 samples the main model alone" in stdout

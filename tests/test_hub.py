@@ -30,7 +30,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 import torch
 
-from symdiff_cli.engine.release import save_release
+from symdiff_cli.engine.release import Guide, save_release
 from symdiff_cli.io.formats import read_molecules
 from symdiff_cli.model.config import model_config_from_preset
 from symdiff_cli.model.dit import SymmetrisedDenoiser
@@ -145,20 +145,31 @@ class FakeHub:
         self.server.server_close()
 
 
-@pytest.fixture(scope="module")
-def release_files(tmp_path_factory) -> dict[str, bytes]:
-    root = tmp_path_factory.mktemp("release")
-    torch.manual_seed(0)
+def tiny_release_files(root: Path, seed: int, guided: bool) -> dict[str, bytes]:
+    """The files of a tiny release, as a Hub repo holds them; with a guide network if `guided`."""
+    torch.manual_seed(seed)
     cfg = model_config_from_preset("tiny")
+    guide = Guide(cfg, SymmetrisedDenoiser(cfg).state_dict(), 2.0) if guided else None
     path = save_release(root / "tiny", cfg, SymmetrisedDenoiser(cfg).state_dict(), {4: 1, 5: 1}, "qm9",
-                        {"step": 0}, default_steps_cpu=2)
+                        {"step": 0}, default_steps_cpu=2, guide=guide)
     return {p.name: p.read_bytes() for p in path.iterdir()}
 
 
+@pytest.fixture(scope="module")
+def release_files(tmp_path_factory) -> dict[str, bytes]:
+    return tiny_release_files(tmp_path_factory.mktemp("release"), seed=0, guided=False)
+
+
+@pytest.fixture(scope="module")
+def guided_release_files(tmp_path_factory) -> dict[str, bytes]:
+    return tiny_release_files(tmp_path_factory.mktemp("guided"), seed=1, guided=True)
+
+
 @pytest.fixture()
-def hub(release_files):
+def hub(release_files, guided_release_files):
     repos = {
         "test-org/tiny": {**release_files, ".gitattributes": b"*.safetensors filter=lfs\n"},
+        "test-org/tiny-guided": guided_release_files,
         "test-org/not-a-release": {"README.md": b"# nothing here\n"},
     }
     with FakeHub(repos, refs={"main": COMMIT, "v1": COMMIT}) as server:
@@ -209,6 +220,19 @@ def test_download_generate_then_offline_from_cache(hub, tmp_path):
     assert len(hub.requests) == seen
     online_bytes = (tmp_path / "online.sdf").read_bytes()
     assert (tmp_path / "env.sdf").read_bytes() == online_bytes == (tmp_path / "flag.sdf").read_bytes()
+
+
+def test_a_guided_release_downloads_with_its_guide(hub, tmp_path):
+    hf_home = tmp_path / "hf"
+    guided = symdiff(generate_args("test-org/tiny-guided", "guided.sdf"), hub.url, hf_home, tmp_path)
+    assert guided.returncode == 0, guided.stderr
+    snapshot = hf_home / "hub" / "models--test-org--tiny-guided" / "snapshots" / COMMIT
+    assert sorted(p.name for p in snapshot.iterdir()) == ["README.md", "config.json", "guide.safetensors",
+                                                          "model.safetensors"]
+    unguided = symdiff(generate_args("test-org/tiny-guided", "unguided.sdf", "--guidance", "1", "--offline"),
+                       hub.url, hf_home, tmp_path)
+    assert unguided.returncode == 0, unguided.stderr
+    assert (tmp_path / "guided.sdf").read_bytes() != (tmp_path / "unguided.sdf").read_bytes()
 
 
 def test_missing_repo_revision_and_non_release(hub, tmp_path):

@@ -15,7 +15,8 @@ from safetensors.torch import load_file, save_file
 from symdiff_cli.engine.checkpoint import atomic_torch_save
 from symdiff_cli.engine.registry import resolve_model
 from symdiff_cli.engine.release import (
-    CONFIG_FILE, WEIGHTS_FILE, convert_checkpoint_to_release, load_release, load_release_state_dict, save_release,
+    CONFIG_FILE, GUIDE_WEIGHTS_FILE, WEIGHTS_FILE, Guide, attach_guide, convert_checkpoint_to_release,
+    guide_from_release, load_release, load_release_state_dict, save_release,
 )
 from symdiff_cli.errors import SymdiffError
 from symdiff_cli.model.config import model_config_from_preset
@@ -210,3 +211,81 @@ def test_resolve_names_directories_and_errors(release, tmp_path, monkeypatch):
     (tmp_path / "model.pt").write_bytes(b"")
     with pytest.raises(SymdiffError, match="symdiff convert"):
         resolve_model(str(tmp_path / "model.pt"))
+
+
+def guided_release(tmp_path: Path, weight: float = 3.0, **guide_overrides) -> tuple[Path, SymmetrisedDenoiser,
+                                                                                 SymmetrisedDenoiser]:
+    main = tiny_model(0)
+    guide = tiny_model(1, **guide_overrides)
+    path = save_release(tmp_path / "guided", main.cfg, main.state_dict(), HISTOGRAM, "qm9", {"step": 40},
+                        guide=Guide(guide.cfg, guide.state_dict(), weight, {"step": 10}))
+    return path, main, guide
+
+
+def test_guided_release_round_trip(tmp_path):
+    path, main, guide = guided_release(tmp_path, weight=2.5, depth=1)
+    assert sorted(os.listdir(path)) == ["README.md", CONFIG_FILE, GUIDE_WEIGHTS_FILE, WEIGHTS_FILE]
+    config = json.loads((path / CONFIG_FILE).read_text())
+    assert config["format_version"] == 2  # older readers refuse it instead of sampling without the guide
+    assert config["guidance"]["weight"] == 2.5 and config["guidance"]["model_config"]["depth"] == 1
+    assert config["guidance"]["provenance"] == {"step": 10}
+    card = (path / "README.md").read_text()
+    assert "autoguidance with weight 2.5" in card and "depth 1, trained 10 steps" in card
+
+    loaded = load_release(str(path))
+    assert loaded.guidance_weight == 2.5 and not loaded.guide.training
+    for name, tensor in guide.state_dict().items():
+        assert torch.equal(loaded.guide.state_dict()[name], tensor), name
+    for name, tensor in main.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], tensor), name
+    # What training continues from is the main network alone.
+    cfg, tensors = load_release_state_dict(str(path))
+    assert cfg == main.cfg and tensors.keys() == main.state_dict().keys()
+    assert load_release(str(path), load_guide=False).guide is None
+
+
+def test_guide_must_fit_the_main_model(tmp_path):
+    with pytest.raises(SymdiffError, match=r"guide model does not fit the main model \(atom_types"):
+        guided_release(tmp_path, atom_types=("H", "C", "N", "O"))
+    with pytest.raises(SymdiffError, match="guidance weight must be a finite number"):
+        guided_release(tmp_path, weight=float("nan"))
+    assert not (tmp_path / "guided").exists()
+
+
+def test_damaged_guide_fails_with_one_clear_line(tmp_path):
+    path, _, _ = guided_release(tmp_path)
+    (path / GUIDE_WEIGHTS_FILE).write_bytes(b"not safetensors")
+    with pytest.raises(SymdiffError, match="guide.safetensors is not a readable safetensors file"):
+        load_release(str(path))
+    (path / GUIDE_WEIGHTS_FILE).unlink()
+    with pytest.raises(SymdiffError, match="guide.safetensors is missing"):
+        load_release(str(path))
+
+    path, _, _ = guided_release(tmp_path)
+    config = json.loads((path / CONFIG_FILE).read_text())
+    config["guidance"]["model_config"]["depth"] = 5  # the file holds three blocks
+    (path / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(SymdiffError, match="guide.safetensors do not match"):
+        load_release(str(path))
+    config["guidance"]["weight"] = "strong"
+    (path / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(SymdiffError, match="guidance.weight"):
+        load_release(str(path))
+
+
+def test_attach_guide_keeps_the_main_release(release, tmp_path):
+    path, model = release
+    guide = tiny_model(7)
+    save_release(tmp_path / "old", guide.cfg, guide.state_dict(), HISTOGRAM, "qm9", {"step": 3})
+    out = attach_guide(str(path), tmp_path / "new", guide_from_release(str(tmp_path / "old"), 2.0))
+    loaded = load_release(str(out))
+    assert loaded.guidance_weight == 2.0
+    assert loaded.config["provenance"] == json.loads((path / CONFIG_FILE).read_text())["provenance"]
+    assert loaded.config["guidance"]["provenance"]["step"] == 3
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], tensor), name
+    for name, tensor in guide.state_dict().items():
+        assert torch.equal(loaded.guide.state_dict()[name], tensor), name
+    # in place: the release is rewritten whole, with the guide
+    attach_guide(str(path), path, guide_from_release(str(tmp_path / "old"), 4.0))
+    assert load_release(str(path)).guidance_weight == 4.0

@@ -7,11 +7,13 @@ too; it is dispatched on the input before the molecule path (see `convert_comman
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
 from typing import Optional
 
 import typer
 
 from symdiff_cli.errors import UsageError
+from symdiff_cli.model.config import DEFAULT_GUIDANCE_WEIGHT
 
 
 class CheckpointWeights(str, Enum):
@@ -100,6 +102,21 @@ def convert_command(
         "weights of its last step. At the end of a cosine decay to a small rate the two are close "
         "and either can be the better model; compare both with symdiff evaluate.",
     ),
+    guide: Optional[str] = typer.Option(
+        None,
+        "--guide",
+        metavar="MODEL",
+        help="For a checkpoint or a release directory IN: ship the main network of release MODEL "
+        "(name, directory or Hub id) as the guide that OUT's sampler steers away from "
+        "(autoguidance; a weaker model of the same data, e.g. an earlier release).",
+    ),
+    guidance: Optional[float] = typer.Option(
+        None,
+        "--guidance",
+        metavar="W",
+        help=f"With --guide: the release's default guidance weight (default {DEFAULT_GUIDANCE_WEIGHT:g}). "
+        "For a release IN without --guide: a new default weight for the guide it ships.",
+    ),
     strict: bool = typer.Option(
         False,
         "--strict",
@@ -111,7 +128,10 @@ def convert_command(
 
     A training checkpoint (IN ending in .pt) is exported to the release format in the
     directory OUT: model.safetensors (EMA weights, or the last step's with --weights raw),
-    config.json and a model card README.md.
+    config.json and a model card README.md; with --guide, guide.safetensors too.
+
+    A release directory IN is written again to OUT (which may be IN) with the guide of --guide,
+    or with the new default weight of --guidance; its model card is regenerated.
 
     Writing is atomic: after an error no output file is left behind.
 
@@ -123,12 +143,44 @@ def convert_command(
     Example: symdiff generate --n 100 --out - | symdiff convert - mols.xyz --from sdf
     """
     if input_path.endswith(".pt"):
-        from symdiff_cli.engine.release import convert_checkpoint_to_release
+        from symdiff_cli.engine.release import convert_checkpoint_to_release, guide_from_release
 
-        out = convert_checkpoint_to_release(input_path, output_path, weights=weights.value)
+        if guidance is not None and guide is None:
+            raise UsageError("--guidance needs --guide MODEL for a training checkpoint")
+        guide_model = None if guide is None else guide_from_release(guide, _weight(guidance))
+        out = convert_checkpoint_to_release(input_path, output_path, weights=weights.value, guide=guide_model)
         kind = "EMA" if weights is CheckpointWeights.ema else "raw (last-step)"
-        typer.echo(f"Exported the {kind} weights of {input_path} to the release {out}.", err=True)
+        typer.echo(f"Exported the {kind} weights of {input_path} to the release {out}"
+                   + (f", guided by {guide} with weight {guide_model.weight:g}" if guide_model else "") + ".", err=True)
+        return
+    if Path(input_path).is_dir():
+        if weights is not CheckpointWeights.ema:
+            raise UsageError("--weights applies only to a training checkpoint (IN ending in .pt)")
+        _reguide_release(input_path, output_path, guide, guidance)
         return
     if weights is not CheckpointWeights.ema:
         raise UsageError("--weights applies only to a training checkpoint (IN ending in .pt)")
+    if guide is not None or guidance is not None:
+        raise UsageError("--guide and --guidance apply only to a training checkpoint or a release directory")
     _convert_molecules(input_path, output_path, from_format, to_format, bonds.value, strict)
+
+
+def _weight(guidance: Optional[float]) -> float:
+    return DEFAULT_GUIDANCE_WEIGHT if guidance is None else guidance
+
+
+def _reguide_release(input_path: str, output_path: str, guide: Optional[str], guidance: Optional[float]) -> None:
+    """Write release IN to OUT with a new guide (--guide) or a new default weight (--guidance)."""
+    from symdiff_cli.engine.release import attach_guide, guide_from_release, shipped_guide
+
+    if guide is not None:
+        new_guide = guide_from_release(guide, _weight(guidance))
+    elif guidance is not None:
+        new_guide = shipped_guide(input_path, guidance)
+        if new_guide is None:
+            raise UsageError(f"{input_path} ships no guide: pass --guide MODEL to add one")
+    else:
+        raise UsageError("a release directory IN needs --guide MODEL or --guidance W (there is nothing else to convert)")
+    out = attach_guide(input_path, output_path, new_guide)
+    typer.echo(f"Wrote the release {out} with guidance weight {new_guide.weight:g}"
+               + (f" and the guide {guide}" if guide is not None else "") + ".", err=True)

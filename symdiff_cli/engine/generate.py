@@ -1,9 +1,9 @@
 """`symdiff generate`: sample molecules from a release and stream them into a file.
 
 Reproducibility: the molecules depend only on the model, --seed, --shard, --n, --num-atoms,
---batch-size, --steps, --spacing and the device. Shard I of K derives its own seed from
-(seed, I, K), so shards of a job array never share a random stream, and it generates its own
-share of n (n split as evenly as possible). Every batch of the plan carries its own seed, so the
+--batch-size, --steps, --spacing, --guidance, --guide and the device. Shard I of K derives its
+own seed from (seed, I, K), so shards of a job array never share a random stream, and it
+generates its own share of n (n split as evenly as possible). Every batch of the plan carries its own seed, so the
 file is the same however the run is scheduled.
 
 Output is streamed batch by batch through MoleculeWriter, which writes a temporary file and
@@ -14,15 +14,21 @@ script can tell the output is short.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
 from symdiff_cli.errors import SymdiffError, UsageError
 from symdiff_cli.model.config import DEFAULT_SPACING, SPACING_CHOICES
+
+if TYPE_CHECKING:  # torch is imported only when a command runs, so that --help stays fast
+    import torch
+
+    from symdiff_cli.engine.release import ReleasedModel
 
 PRECISION_CHOICES = ("auto", "fp32", "bf16")
 DEFAULT_BATCH_SIZE_CPU = 256
@@ -49,6 +55,8 @@ class GenerateOptions:
     threads: int | None = None
     precision: str = "auto"
     spacing: str = DEFAULT_SPACING
+    guidance: float | None = None  # autoguidance weight; None: the release's (1 = the main model alone)
+    guide: str | None = None  # another release as the guide, in place of the release's own
 
 
 @dataclass
@@ -152,6 +160,32 @@ def _check_options(opts: GenerateOptions) -> None:
         raise UsageError(f"--precision must be one of {', '.join(PRECISION_CHOICES)}, not {opts.precision!r}")
     if opts.spacing not in SPACING_CHOICES:
         raise UsageError(f"--spacing must be one of {', '.join(SPACING_CHOICES)}, not {opts.spacing!r}")
+    if opts.guidance is not None and not (math.isfinite(opts.guidance) and opts.guidance >= 0):
+        raise UsageError(f"--guidance must be a number >= 0 (1: no guidance), not {opts.guidance}")
+
+
+def guided_denoiser(release: ReleasedModel, guidance: float | None, guide_spec: str | None, offline: bool = False,
+                    show_progress: bool = True) -> tuple[torch.nn.Module, float]:
+    """The network the sampler calls for a loaded release, and the guidance weight it applies.
+
+    The release's own guide and weight unless overridden; with weight 1 the guide is not called
+    (nor loaded, for --guide), so the main model alone sets the cost.
+    """
+    from symdiff_cli.engine.release import load_guide_from_release
+    from symdiff_cli.model.guidance import AutoGuidedDenoiser
+
+    weight = release.guidance_weight if guidance is None else float(guidance)
+    if guide_spec is not None and guidance is None and release.guide is None:
+        raise UsageError("--guide needs --guidance W (a weight above 1 steers away from the guide; the shipped model uses 4)")
+    if weight == 1.0:
+        return release.model, 1.0
+    guide = release.guide
+    if guide_spec is not None:
+        guide = load_guide_from_release(guide_spec, release.cfg, release.device, offline=offline,
+                                        show_progress=show_progress)
+    if guide is None:
+        raise UsageError(f"--guidance {weight:g} needs a guide model: this release ships none; pass --guide MODEL")
+    return AutoGuidedDenoiser(release.model, guide, weight), weight
 
 
 def _tag_molecules(mols: list, first_index: int, name_prefix: str, with_metrics: bool) -> list:
@@ -289,7 +323,8 @@ def generate(opts: GenerateOptions) -> GenerateResult:
         # On CPUs bf16 measured no faster end to end (elementwise work dominates at this model
         # size; docs/training.md), so auto keeps float32 there.
         use_bf16 = opts.precision == "bf16" or (opts.precision == "auto" and device.type == "cuda")
-        sampler = Sampler(release.model, cfg, device, autocast_bf16=use_bf16, spacing=opts.spacing)
+        denoiser, _ = guided_denoiser(release, opts.guidance, opts.guide, opts.offline, not opts.quiet)
+        sampler = Sampler(denoiser, cfg, device, autocast_bf16=use_bf16, spacing=opts.spacing)
         # Metrics feed the SDF tags and the summary; skip them when neither is wanted.
         with_metrics = fmt == "sdf" or not opts.quiet
         name_prefix = f"symdiff-seed{opts.seed}-" + (f"shard{shard[0]}of{shard[1]}-" if shard[1] > 1 else "")
@@ -327,4 +362,4 @@ def generate(opts: GenerateOptions) -> GenerateResult:
 
 
 __all__ = ["GenerateOptions", "GenerateResult", "generate", "parse_shard", "shard_share", "shard_seed_sequence",
-           "plan_for_shard", "INTERRUPTED_EXIT_CODE"]
+           "plan_for_shard", "guided_denoiser", "INTERRUPTED_EXIT_CODE"]

@@ -8,7 +8,10 @@ A release is a directory with three files:
   schedule, normalisation), the dataset name, the training-set atom-count histogram (the
   sizes sampled at generation time), training provenance, and the default sampling step
   counts for CPU and GPU;
-- `README.md`: a model card.
+- `README.md`: a model card;
+- `guide.safetensors` (optional, format version 2): the weights of a weaker model of the same
+  data that the sampler guides away from (autoguidance, `symdiff_cli/model/guidance.py`), with
+  its architecture, weight and provenance in the `guidance` section of `config.json`.
 
 Loading checks the config and every tensor name and shape against a freshly built network
 and names what does not match, so a wrong or truncated download fails with one clear line
@@ -18,6 +21,7 @@ instead of a shape error deep inside PyTorch.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -32,12 +36,20 @@ from symdiff_cli.io.atomic import current_umask
 from symdiff_cli.model.config import ModelConfig
 
 RELEASE_FORMAT = "symdiff-release"
-RELEASE_FORMAT_VERSION = 1
+# Version 2 added the optional guide; a release without one is still written as version 1, so
+# that older symdiff versions keep reading it.
+RELEASE_FORMAT_VERSION = 2
+_UNGUIDED_FORMAT_VERSION = 1
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
+GUIDE_WEIGHTS_FILE = "guide.safetensors"
 RELEASE_FILES = (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE)
+
+# Model settings a guide must share with the main model: both read and predict the same z_t.
+GUIDE_SHARED_SETTINGS = ("dataset", "atom_types", "max_atoms", "timesteps", "noise_schedule", "noise_precision",
+                         "norm_one_hot", "norm_charge")
 
 # Sampling steps when the user gives none. On CPU fewer steps of the same schedule trade some
 # quality for time (DESIGN.md 1.2); on a GPU the full chain is affordable.
@@ -139,17 +151,77 @@ def release_config(
     provenance: dict[str, Any],
     default_steps_cpu: int = DEFAULT_STEPS_CPU,
     default_steps_cuda: int = DEFAULT_STEPS_CUDA,
+    guide: Guide | None = None,
 ) -> dict[str, Any]:
     """The content of a release's config.json."""
-    return {
+    config = {
         "format": RELEASE_FORMAT,
-        "format_version": RELEASE_FORMAT_VERSION,
+        "format_version": RELEASE_FORMAT_VERSION if guide is not None else _UNGUIDED_FORMAT_VERSION,
         "model_config": model_cfg.to_dict(),
         "dataset": dataset,
         "atom_count_histogram": _histogram_to_json(histogram),
         "sampling": {"default_steps_cpu": int(default_steps_cpu), "default_steps_cuda": int(default_steps_cuda)},
         "provenance": dict(provenance),
     }
+    if guide is not None:
+        config["guidance"] = {
+            "method": "autoguidance",
+            "weight": float(guide.weight),
+            "weights_file": GUIDE_WEIGHTS_FILE,
+            "model_config": guide.model_cfg.to_dict(),
+            "provenance": dict(guide.provenance),
+        }
+    return config
+
+
+@dataclass
+class Guide:
+    """The weaker model a release guides its sampler away from, and how strongly (weight w)."""
+
+    model_cfg: ModelConfig
+    state_dict: dict[str, torch.Tensor]
+    weight: float
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def check_guidance_weight(weight: Any, source: str) -> float:
+    """A guidance weight: a finite number >= 0 (1 = the main model alone, 0 = the guide alone)."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+        raise SymdiffError(f"{source}: the guidance weight must be a finite number >= 0, not {weight!r}")
+    return float(weight)
+
+
+def check_guide_fits(main_cfg: ModelConfig, guide_cfg: ModelConfig, source: str) -> None:
+    """A guide must read and predict the same variables as the main model; its size may differ."""
+    main, guide = main_cfg.to_dict(), guide_cfg.to_dict()
+    differing = [k for k in GUIDE_SHARED_SETTINGS if main.get(k) != guide.get(k)]
+    if differing:
+        shown = ", ".join(f"{k} {guide.get(k)!r} vs {main.get(k)!r}" for k in differing[:3])
+        raise SymdiffError(f"{source}: the guide model does not fit the main model ({shown})")
+
+
+def parse_guidance(config: dict[str, Any], main_cfg: ModelConfig, source: str) -> tuple[ModelConfig, float] | None:
+    """The guide's model config and the guidance weight of a checked config.json, or None."""
+    raw = config.get("guidance")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise SymdiffError(f"{source}: guidance must be an object")
+    if raw.get("method", "autoguidance") != "autoguidance":
+        raise SymdiffError(f"{source}: unknown guidance method {raw.get('method')!r} (this symdiff knows autoguidance)")
+    if raw.get("weights_file", GUIDE_WEIGHTS_FILE) != GUIDE_WEIGHTS_FILE:
+        raise SymdiffError(f"{source}: guidance.weights_file must be {GUIDE_WEIGHTS_FILE!r}")
+    weight = check_guidance_weight(raw.get("weight"), f"{source}: guidance.weight")
+    if not isinstance(raw.get("model_config"), dict):
+        raise SymdiffError(f"{source}: guidance.model_config is missing or not an object")
+    try:
+        guide_cfg = ModelConfig.from_dict(raw["model_config"])
+    except SymdiffError as err:
+        raise SymdiffError(f"{source}: guidance: {err}") from None
+    except (TypeError, ValueError) as err:
+        raise SymdiffError(f"{source}: invalid guidance.model_config ({err})") from None
+    check_guide_fits(main_cfg, guide_cfg, source)
+    return guide_cfg, weight
 
 
 def parse_release_config(config: Any, source: str) -> tuple[ModelConfig, dict[int, int]]:
@@ -176,6 +248,7 @@ def parse_release_config(config: Any, source: str) -> tuple[ModelConfig, dict[in
     except (TypeError, ValueError) as err:
         raise SymdiffError(f"{source}: invalid model_config ({err})") from None
     histogram = _histogram_from_json(config.get("atom_count_histogram"), model_cfg, source)
+    parse_guidance(config, model_cfg, source)
     sampling = config.get("sampling", {})
     if not isinstance(sampling, dict):
         raise SymdiffError(f"{source}: sampling must be an object")
@@ -227,6 +300,18 @@ def model_card(config: dict[str, Any], num_parameters: int | None = None,
     ]
     if num_parameters is not None:
         lines.append(f"- Parameters: {num_parameters:,}")
+    guidance = config.get("guidance")
+    if guidance:
+        gcfg, gprov = guidance.get("model_config", {}), guidance.get("provenance", {})
+        lines += [
+            f"- Sampling: autoguidance with weight {guidance.get('weight')} (Karras et al. 2024): each step "
+            "extrapolates from a weaker guide model's prediction towards this model's, eps = eps_guide + "
+            "w (eps_main - eps_guide), which adds the guide's cost to every step; `--guidance 1` samples "
+            "this model alone",
+            f"- Guide model (`{GUIDE_WEIGHTS_FILE}`): hidden {gcfg.get('hidden')}, depth {gcfg.get('depth')}"
+            + (f", trained {gprov['step']} steps" if "step" in gprov else "")
+            + (f", from the release {gprov['release']}" if "release" in gprov else ""),
+        ]
     lines += ["", "## Training", ""]
     if prov:
         for key in sorted(prov):
@@ -295,11 +380,12 @@ def save_release(
     *,
     default_steps_cpu: int = DEFAULT_STEPS_CPU,
     default_steps_cuda: int = DEFAULT_STEPS_CUDA,
+    guide: Guide | None = None,
 ) -> Path:
     """Write a release directory atomically and return its path.
 
-    The weights are checked against `model_cfg` first, so a release that cannot be loaded is
-    never written. Files go into a temporary directory next to `out_dir` that is renamed into
+    The weights (and a guide's) are checked against `model_cfg` first, so a release that cannot
+    be loaded is never written. Files go into a temporary directory next to `out_dir` that is renamed into
     place; an existing release at `out_dir` is replaced, while any other non-empty directory
     is refused (it is not ours to delete). `card_text` None writes a generated model card.
     """
@@ -319,8 +405,19 @@ def save_release(
     for steps in (default_steps_cpu, default_steps_cuda):
         if not 1 <= int(steps) <= model_cfg.timesteps:
             raise SymdiffError(f"default sampling steps must be in 1..{model_cfg.timesteps}, not {steps}")
+    guide_tensors: dict[str, torch.Tensor] = {}
+    if guide is not None:
+        guide_cfg = guide.model_cfg.validate()
+        check_guide_fits(model_cfg, guide_cfg, "the guide")
+        check_guidance_weight(guide.weight, "the guide")
+        guide_state = _strip_wrapper_prefixes(dict(guide.state_dict))
+        mismatch = state_dict_mismatch({k: tuple(v.shape) for k, v in guide_state.items()},
+                                       expected_tensor_shapes(guide_cfg))
+        if mismatch:
+            raise SymdiffError(f"the guide's weights do not match its model config: {mismatch}")
+        guide_tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in sorted(guide_state.items())}
 
-    config = release_config(model_cfg, histogram, dataset, provenance, default_steps_cpu, default_steps_cuda)
+    config = release_config(model_cfg, histogram, dataset, provenance, default_steps_cpu, default_steps_cuda, guide)
     _histogram_from_json(config["atom_count_histogram"], model_cfg, "the histogram")  # same checks as loading
     # Contiguous private copies: safetensors refuses views and tensors that share storage.
     tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in sorted(state_dict.items())}
@@ -335,11 +432,15 @@ def save_release(
         raise SymdiffError(f"cannot write a release to {out_dir}: {err.strerror or err}") from None
     retired: Path | None = None
     try:
-        metadata = {"format": "pt", "symdiff_release": str(RELEASE_FORMAT_VERSION)}
+        metadata = {"format": "pt", "symdiff_release": str(config["format_version"])}
         save_file(tensors, str(staging / WEIGHTS_FILE), metadata=metadata)
+        written = list(RELEASE_FILES)
+        if guide is not None:
+            save_file(guide_tensors, str(staging / GUIDE_WEIGHTS_FILE), metadata=metadata)
+            written.append(GUIDE_WEIGHTS_FILE)
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n", encoding="utf-8")
         (staging / CARD_FILE).write_text(card_text if card_text.endswith("\n") else card_text + "\n", encoding="utf-8")
-        for name in RELEASE_FILES:
+        for name in written:
             _fsync_file(staging / name)
             os.chmod(staging / name, 0o666 & ~current_umask())  # safetensors writes 0600
         os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it 0700; use what mkdir would
@@ -376,6 +477,8 @@ class ReleasedModel:
     config: dict[str, Any]
     path: Path
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    guide: torch.nn.Module | None = None  # the release's guide network, in eval mode on `device`
+    guidance_weight: float = 1.0  # the release's default; 1 samples the main model alone
 
     def default_steps(self, device_type: str) -> int:
         """The release's default number of sampling steps for "cpu" or "cuda"."""
@@ -405,7 +508,7 @@ def _read_weights(weights_path: Path, model_cfg: ModelConfig) -> dict[str, torch
     from safetensors import safe_open
 
     if not weights_path.is_file():
-        raise SymdiffError(f"{weights_path.parent} is not a symdiff release: {WEIGHTS_FILE} is missing")
+        raise SymdiffError(f"{weights_path.parent} is not a symdiff release: {weights_path.name} is missing")
     try:
         with safe_open(str(weights_path), framework="pt", device="cpu") as handle:
             shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
@@ -439,33 +542,98 @@ def load_release_state_dict(
 
 def load_release(
     spec: str | os.PathLike | None, device: torch.device | str = "cpu", offline: bool = False,
-    show_progress: bool = True,
+    show_progress: bool = True, load_guide: bool = True,
 ) -> ReleasedModel:
-    """Resolve, check and load a release; the model is in eval mode on `device`."""
+    """Resolve, check and load a release; the model (and its guide, if any and `load_guide`) are
+    in eval mode on `device`."""
     from symdiff_cli.engine.registry import resolve_model
     from symdiff_cli.model.dit import SymmetrisedDenoiser
 
     release_dir = resolve_model(None if spec is None else str(spec), offline=offline, show_progress=show_progress)
     config, model_cfg, histogram = read_release_config(release_dir)
-    tensors = _read_weights(release_dir / WEIGHTS_FILE, model_cfg)
-    model = SymmetrisedDenoiser(model_cfg)
-    model.load_state_dict(tensors, strict=True)
     device = torch.device(device)
-    model = model.to(device).eval()
+
+    def network(cfg: ModelConfig, weights_file: str) -> torch.nn.Module:
+        model = SymmetrisedDenoiser(cfg)
+        model.load_state_dict(_read_weights(release_dir / weights_file, cfg), strict=True)
+        return model.to(device).eval()
+
+    model = network(model_cfg, WEIGHTS_FILE)
+    guide, weight = None, 1.0
+    guidance = parse_guidance(config, model_cfg, str(release_dir / CONFIG_FILE)) if load_guide else None
+    if guidance is not None:
+        guide_cfg, weight = guidance
+        guide = network(guide_cfg, GUIDE_WEIGHTS_FILE)
     return ReleasedModel(model=model, cfg=model_cfg, histogram=histogram, config=config,
-                         path=release_dir, device=device)
+                         path=release_dir, device=device, guide=guide, guidance_weight=weight)
+
+
+def load_guide_from_release(
+    spec: str | os.PathLike, main_cfg: ModelConfig, device: torch.device | str = "cpu", offline: bool = False,
+    show_progress: bool = True,
+) -> torch.nn.Module:
+    """Another release's main network as a guide for `main_cfg` (checked to fit), in eval mode."""
+    guide = load_release(spec, device, offline=offline, show_progress=show_progress, load_guide=False)
+    check_guide_fits(main_cfg, guide.cfg, f"--guide {spec}")
+    return guide.model
 
 
 # --------------------------------------------------------------------------------------
 # Training checkpoint -> release
 
 
+def guide_from_release(spec: str | os.PathLike, weight: float, offline: bool = False) -> Guide:
+    """The main network of release `spec` as a guide with `weight` (its own guide is not used)."""
+    from symdiff_cli.engine.registry import resolve_model
+
+    release_dir = resolve_model(str(spec), offline=offline)
+    config, guide_cfg, _ = read_release_config(release_dir)
+    state = _read_weights(release_dir / WEIGHTS_FILE, guide_cfg)
+    provenance = {"release": str(spec), **config.get("provenance", {})}
+    return Guide(guide_cfg, state, check_guidance_weight(weight, "--guidance"), provenance)
+
+
+def shipped_guide(spec: str | os.PathLike, weight: float | None = None) -> Guide | None:
+    """The guide that release `spec` ships (None if it has none), with `weight` if given."""
+    from symdiff_cli.engine.registry import resolve_model
+
+    release_dir = resolve_model(str(spec))
+    config, main_cfg, _ = read_release_config(release_dir)
+    guidance = parse_guidance(config, main_cfg, str(release_dir / CONFIG_FILE))
+    if guidance is None:
+        return None
+    guide_cfg, shipped_weight = guidance
+    weight = shipped_weight if weight is None else check_guidance_weight(weight, "--guidance")
+    return Guide(guide_cfg, _read_weights(release_dir / GUIDE_WEIGHTS_FILE, guide_cfg), weight,
+                 config["guidance"].get("provenance", {}))
+
+
+def attach_guide(release_spec: str | os.PathLike, out_dir: str | os.PathLike, guide: Guide,
+                 card_text: str | None = None) -> Path:
+    """Write release `release_spec` again to `out_dir` (which may be where it is) with `guide`,
+    replacing any guide it had; its weights, histogram, provenance and step defaults are kept."""
+    from symdiff_cli.engine.registry import resolve_model
+
+    release_dir = resolve_model(str(release_spec))
+    config, model_cfg, histogram = read_release_config(release_dir)
+    state = _read_weights(release_dir / WEIGHTS_FILE, model_cfg)
+    sampling = config.get("sampling", {})
+    return save_release(
+        out_dir, model_cfg, state, histogram, str(config.get("dataset", model_cfg.dataset)),
+        config.get("provenance", {}), card_text,
+        default_steps_cpu=int(sampling.get("default_steps_cpu", min(DEFAULT_STEPS_CPU, model_cfg.timesteps))),
+        default_steps_cuda=int(sampling.get("default_steps_cuda", min(DEFAULT_STEPS_CUDA, model_cfg.timesteps))),
+        guide=guide,
+    )
+
+
 def convert_checkpoint_to_release(
     checkpoint_path: str | os.PathLike, out_dir: str | os.PathLike, card_text: str | None = None,
-    weights: str = "ema",
+    weights: str = "ema", guide: Guide | None = None,
 ) -> Path:
     """Export the EMA weights (or with weights="raw" the last step's own) of a training
-    checkpoint (runs/NAME/checkpoint.pt or its directory) as a release directory; returns its path."""
+    checkpoint (runs/NAME/checkpoint.pt or its directory) as a release directory, with `guide`
+    if given; returns its path."""
     if weights not in ("ema", "raw"):
         raise SymdiffError(f"weights must be ema or raw, not {weights!r}")
     from symdiff_cli.engine.checkpoint import load_checkpoint
@@ -511,12 +679,13 @@ def convert_checkpoint_to_release(
     dataset = str(ckpt.get("dataset") or model_cfg.dataset)
     state_dict = ckpt["ema"] if weights == "ema" else ckpt["model"]
     return save_release(out_dir, model_cfg, state_dict, {int(k): int(v) for k, v in histogram.items()},
-                        dataset, provenance, card_text)
+                        dataset, provenance, card_text, guide=guide)
 
 
 __all__ = [
     "RELEASE_FORMAT", "RELEASE_FORMAT_VERSION", "WEIGHTS_FILE", "CONFIG_FILE", "CARD_FILE",
-    "DEFAULT_STEPS_CPU", "DEFAULT_STEPS_CUDA", "ReleasedModel", "save_release", "load_release",
+    "DEFAULT_STEPS_CPU", "DEFAULT_STEPS_CUDA", "GUIDE_WEIGHTS_FILE", "Guide", "ReleasedModel", "save_release",
+    "load_release", "load_guide_from_release", "guide_from_release", "shipped_guide", "attach_guide",
     "load_release_state_dict", "read_release_config", "convert_checkpoint_to_release", "model_card",
     "release_config", "expected_tensor_shapes", "state_dict_mismatch",
 ]

@@ -16,6 +16,9 @@ GAMMA_CHOICES = ("learned", "haar", "none")
 SPACING_POWERS = {"cubic": 3, "quadratic": 2, "uniform": 1}
 SPACING_CHOICES = tuple(SPACING_POWERS)
 DEFAULT_SPACING = SPACING_CHOICES[0]
+# Autoguidance weight (model/guidance.py) that `symdiff convert --guide` writes into a release
+# unless told otherwise; chosen on the shipped QM9 model (docs/training.md).
+DEFAULT_GUIDANCE_WEIGHT = 4.0
 
 
 @dataclass
