@@ -107,6 +107,17 @@ def state_dict_mismatch(
     return "; ".join(problems) if problems else None
 
 
+def _checked_tensors(state_dict: dict[str, torch.Tensor], cfg: ModelConfig, problem: str) -> dict[str, torch.Tensor]:
+    """The tensors to write for `cfg`, named as the network names them; `problem` leads the error
+    when their names or shapes do not fit it."""
+    state_dict = _strip_wrapper_prefixes(dict(state_dict))
+    mismatch = state_dict_mismatch({k: tuple(v.shape) for k, v in state_dict.items()}, expected_tensor_shapes(cfg))
+    if mismatch:
+        raise SymdiffError(f"{problem}: {mismatch}")
+    # Contiguous private copies: safetensors refuses views and tensors that share storage.
+    return {name: t.detach().to("cpu").contiguous().clone() for name, t in sorted(state_dict.items())}
+
+
 def _strip_wrapper_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # DDP ("module.") and torch.compile ("_orig_mod.") wrap the network and prefix every name.
     for prefix in ("module.", "_orig_mod."):
@@ -385,19 +396,15 @@ def save_release(
     """Write a release directory atomically and return its path.
 
     The weights (and a guide's) are checked against `model_cfg` first, so a release that cannot
-    be loaded is never written. Files go into a temporary directory next to `out_dir` that is renamed into
-    place; an existing release at `out_dir` is replaced, while any other non-empty directory
+    be loaded is never written. Files go into a temporary directory next to `out_dir` that is
+    renamed into place; an existing release at `out_dir` is replaced, while any other non-empty directory
     is refused (it is not ours to delete). `card_text` None writes a generated model card.
     """
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
     model_cfg = model_cfg.validate()
-    state_dict = _strip_wrapper_prefixes(dict(state_dict))
-    mismatch = state_dict_mismatch({k: tuple(v.shape) for k, v in state_dict.items()},
-                                   expected_tensor_shapes(model_cfg))
-    if mismatch:
-        raise SymdiffError(f"the weights do not match the model config: {mismatch}")
+    tensors = _checked_tensors(state_dict, model_cfg, "the weights do not match the model config")
     if out_dir.exists() and not out_dir.is_dir():
         raise SymdiffError(f"cannot write a release to {out_dir}: it exists and is not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not _looks_like_release(out_dir):
@@ -410,17 +417,11 @@ def save_release(
         guide_cfg = guide.model_cfg.validate()
         check_guide_fits(model_cfg, guide_cfg, "the guide")
         check_guidance_weight(guide.weight, "the guide")
-        guide_state = _strip_wrapper_prefixes(dict(guide.state_dict))
-        mismatch = state_dict_mismatch({k: tuple(v.shape) for k, v in guide_state.items()},
-                                       expected_tensor_shapes(guide_cfg))
-        if mismatch:
-            raise SymdiffError(f"the guide's weights do not match its model config: {mismatch}")
-        guide_tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in sorted(guide_state.items())}
+        guide_tensors = _checked_tensors(guide.state_dict, guide_cfg,
+                                         "the guide's weights do not match its model config")
 
     config = release_config(model_cfg, histogram, dataset, provenance, default_steps_cpu, default_steps_cuda, guide)
     _histogram_from_json(config["atom_count_histogram"], model_cfg, "the histogram")  # same checks as loading
-    # Contiguous private copies: safetensors refuses views and tensors that share storage.
-    tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in sorted(state_dict.items())}
     if card_text is None:
         card_text = model_card(config, num_parameters=sum(t.numel() for t in tensors.values()))
 
@@ -482,10 +483,15 @@ class ReleasedModel:
 
     def default_steps(self, device_type: str) -> int:
         """The release's default number of sampling steps for "cpu" or "cuda"."""
-        sampling = self.config.get("sampling", {})
-        if device_type == "cuda":
-            return int(sampling.get("default_steps_cuda", min(DEFAULT_STEPS_CUDA, self.cfg.timesteps)))
-        return int(sampling.get("default_steps_cpu", min(DEFAULT_STEPS_CPU, self.cfg.timesteps)))
+        return default_sampling_steps(self.config, self.cfg, device_type)
+
+
+def default_sampling_steps(config: dict[str, Any], model_cfg: ModelConfig, device_type: str) -> int:
+    """A release config's default number of sampling steps for "cpu" or "cuda"."""
+    sampling = config.get("sampling", {})
+    if device_type == "cuda":
+        return int(sampling.get("default_steps_cuda", min(DEFAULT_STEPS_CUDA, model_cfg.timesteps)))
+    return int(sampling.get("default_steps_cpu", min(DEFAULT_STEPS_CPU, model_cfg.timesteps)))
 
 
 def read_release_config(release_dir: Path) -> tuple[dict[str, Any], ModelConfig, dict[int, int]]:
@@ -617,12 +623,11 @@ def attach_guide(release_spec: str | os.PathLike, out_dir: str | os.PathLike, gu
     release_dir = resolve_model(str(release_spec))
     config, model_cfg, histogram = read_release_config(release_dir)
     state = _read_weights(release_dir / WEIGHTS_FILE, model_cfg)
-    sampling = config.get("sampling", {})
     return save_release(
         out_dir, model_cfg, state, histogram, str(config.get("dataset", model_cfg.dataset)),
         config.get("provenance", {}), card_text,
-        default_steps_cpu=int(sampling.get("default_steps_cpu", min(DEFAULT_STEPS_CPU, model_cfg.timesteps))),
-        default_steps_cuda=int(sampling.get("default_steps_cuda", min(DEFAULT_STEPS_CUDA, model_cfg.timesteps))),
+        default_steps_cpu=default_sampling_steps(config, model_cfg, "cpu"),
+        default_steps_cuda=default_sampling_steps(config, model_cfg, "cuda"),
         guide=guide,
     )
 
