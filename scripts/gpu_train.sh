@@ -9,15 +9,15 @@
 # batch's timesteps from the lowest tenth of noise levels, EMA 0.999.
 #
 # Writes OUT_DIR/model/ (release format: model.safetensors, config.json, README.md, and when
-# INIT_MODEL samples with autoguidance its guide: guide.safetensors, the same guide and weight),
+# INIT_MODEL samples with autoguidance its guide: guide*.safetensors, the same guide and weight),
 # OUT_DIR/train_log.jsonl and OUT_DIR/train_stdout.log. The training checkpoint stays in
 # OUT_DIR/run/ so the same command with the same OUT_DIR can be resumed by hand.
 #
 # Environment:
 #   PYTHON        interpreter that has (or gets) the dependencies [python3 with torch, else make install]
 #   INIT_MODEL    release model to start from [weights/qm9]
-#   GUIDE_MODEL   release whose network the export is guided by, with INIT_MODEL's guidance
-#                 weight, when INIT_MODEL has a guide [weights/qm9-guide, the shipped model's guide]
+#   GUIDE_MODEL   releases (space-separated) whose networks, averaged, guide the export with
+#                 INIT_MODEL's guidance weight, when INIT_MODEL has a guide [INIT_MODEL's own guide]
 #   TRAIN_DATA    training data file (npz of positions/atomic_numbers/num_atoms), for machines
 #                 without the qm9pack package; default: the QM9 train split
 #   BATCH_SIZE    fixed batch size; default: the largest power of two that fits (capped at 2048)
@@ -78,12 +78,20 @@ if [ ! -f "$OUT/run/checkpoint.pt" ]; then
   echo "gpu_train: training failed before its first checkpoint (exit $TRAIN_STATUS)" | tee -a "$OUT/train_stdout.log"
   exit "$TRAIN_STATUS"
 fi
-# The export samples the way INIT_MODEL does: with its guidance weight and GUIDE_MODEL as guide.
-GUIDE_ARGS=()
-WEIGHT=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1])).get("guidance", {}).get("weight", ""))' \
-  "$INIT_MODEL/config.json")
-if [ -n "$WEIGHT" ]; then GUIDE_ARGS=(--guide "${GUIDE_MODEL:-$ROOT/weights/qm9-guide}" --guidance "$WEIGHT"); fi
-"$PY" -m symdiff_cli convert "$OUT/run/checkpoint.pt" "$OUT/model" "${GUIDE_ARGS[@]}" 2>&1 | tee -a "$OUT/train_stdout.log"
+# The export samples the way INIT_MODEL does: with INIT_MODEL's guide networks and weight (or
+# the releases of GUIDE_MODEL at that weight).
+"$PY" -m symdiff_cli convert "$OUT/run/checkpoint.pt" "$OUT/model" 2>&1 | tee -a "$OUT/train_stdout.log"
+"$PY" - "$INIT_MODEL" "$OUT/model" "${GUIDE_MODEL:-}" <<'PY' 2>&1 | tee -a "$OUT/train_stdout.log"
+import sys
+from symdiff_cli.engine.release import attach_guide, guide_from_releases, shipped_guide
+init, out, others = sys.argv[1], sys.argv[2], sys.argv[3].split()
+guide = shipped_guide(init)
+if guide is not None:
+    if others:
+        guide = guide_from_releases(others, guide.weight)
+    attach_guide(out, out, guide)
+    print(f"gpu_train: the export is guided as {init} is: {len(guide.networks)} guide network(s), weight {guide.weight:g}")
+PY
 cp "$OUT/run/metrics.jsonl" "$OUT/train_log.jsonl"
 echo "gpu_train: exported $OUT/model (training exit $TRAIN_STATUS)" | tee -a "$OUT/train_stdout.log"
 exit "$TRAIN_STATUS"

@@ -199,15 +199,34 @@ def test_a_release_gets_a_guide_and_a_new_weight(tmp_path):
     main, old = _tiny_release(tmp_path / "main", 0), _tiny_release(tmp_path / "old", 1)
     result = run_symdiff("convert", str(main), str(tmp_path / "guided"), "--guide", str(old))
     assert result.returncode == 0, result.stderr.decode()
-    assert "guidance weight 4" in result.stderr.decode()
+    assert "guidance weight 5" in result.stderr.decode()
     config = json.loads((tmp_path / "guided" / "config.json").read_text())
-    assert config["guidance"]["weight"] == 4.0 and config["guidance"]["provenance"]["step"] == 1
+    assert config["guidance"]["weight"] == 5.0 and config["guidance"]["provenance"]["step"] == 1
     assert config["provenance"] == {"step": 0}
     assert (tmp_path / "guided" / "guide.safetensors").read_bytes() != (main / "model.safetensors").read_bytes()
 
     result = run_symdiff("convert", str(tmp_path / "guided"), str(tmp_path / "guided"), "--guidance", "1.5")
     assert result.returncode == 0, result.stderr.decode()
     assert json.loads((tmp_path / "guided" / "config.json").read_text())["guidance"]["weight"] == 1.5
+
+
+def test_a_guide_of_several_releases(tmp_path):
+    import json
+
+    main, a, b = (_tiny_release(tmp_path / name, seed) for name, seed in (("main", 0), ("a", 1), ("b", 2)))
+    out = tmp_path / "guided"
+    result = run_symdiff("convert", str(main), str(out), "--guide", str(a), "--guide", str(b), "--guidance", "3")
+    assert result.returncode == 0, result.stderr.decode()
+    assert f"the guide {a} and {b}" in result.stderr.decode()
+    config = json.loads((out / "config.json").read_text())
+    assert config["format_version"] == 3 and config["guidance"]["weight"] == 3.0
+    assert [g["provenance"]["step"] for g in config["guidance"]["guides"]] == [1, 2]
+    assert (out / "guide-2.safetensors").read_bytes() != (out / "guide.safetensors").read_bytes()
+    # a new weight keeps both networks
+    result = run_symdiff("convert", str(out), str(out), "--guidance", "2")
+    assert result.returncode == 0, result.stderr.decode()
+    config = json.loads((out / "config.json").read_text())
+    assert config["guidance"]["weight"] == 2.0 and len(config["guidance"]["guides"]) == 2
 
 
 @pytest.mark.parametrize("args, expected", [

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from symdiff_cli.engine.generate import parse_shard, shard_share
-from symdiff_cli.engine.release import WEIGHTS_FILE, Guide, save_release
+from symdiff_cli.engine.release import WEIGHTS_FILE, Guide, GuideNetwork, save_release
 from symdiff_cli.errors import UsageError
 from symdiff_cli.io.formats import read_molecules
 from symdiff_cli.model.config import model_config_from_preset
@@ -44,7 +44,13 @@ def weights(tmp_path_factory) -> Path:
             p.add_(0.05 * torch.randn_like(p))
     save_release(root / "tiny-old", cfg, guide.state_dict(), histogram, "qm9", {"step": 0}, default_steps_cpu=3)
     save_release(root / "tiny-guided", cfg, main.state_dict(), histogram, "qm9", {"step": 0}, default_steps_cpu=3,
-                 guide=Guide(cfg, guide.state_dict(), 2.0))
+                 guide=Guide.single(cfg, guide.state_dict(), 2.0))
+    # A guide of two networks: tiny-old's and a smaller one's (mean prediction), shipped and on its own.
+    small_cfg = model_config_from_preset("tiny", depth=1)
+    small = SymmetrisedDenoiser(small_cfg)
+    save_release(root / "tiny-small", small_cfg, small.state_dict(), histogram, "qm9", {"step": 0}, default_steps_cpu=3)
+    save_release(root / "tiny-guided2", cfg, main.state_dict(), histogram, "qm9", {"step": 0}, default_steps_cpu=3,
+                 guide=Guide([GuideNetwork(cfg, guide.state_dict()), GuideNetwork(small_cfg, small.state_dict())], 2.0))
     hcno = model_config_from_preset("tiny", atom_types=("H", "C", "N", "O"))
     save_release(root / "tiny-hcno", hcno, SymmetrisedDenoiser(hcno).state_dict(), histogram, "qm9", {"step": 0})
     return root
@@ -181,6 +187,13 @@ def test_guidance_from_the_release_or_the_command_line(env, tmp_path, capsys):
     # --guide replaces the shipped guide, with the shipped weight unless --guidance says otherwise
     assert sample("same-guide", "--model", "tiny-guided", "--guide", "tiny-old") == shipped
     assert sample("other-guide", "--model", "tiny-guided", "--guide", "tiny") not in (plain, shipped)
+    # a repeated --guide guides with the mean of the releases, as a release shipping both does
+    both = sample("both-shipped", "--model", "tiny-guided2")
+    assert both not in (plain, shipped)
+    assert sample("both-explicit", "--model", "tiny", "--guide", "tiny-old", "--guide", "tiny-small",
+                  "--guidance", "2") == both
+    assert sample("small-alone", "--model", "tiny", "--guide", "tiny-small", "--guidance", "2") not in (both, shipped)
+    assert sample("both-off", "--model", "tiny-guided2", "--guidance", "1") == plain
 
 
 def test_fixed_num_atoms_and_other_formats(env, tmp_path, capsys):

@@ -30,7 +30,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 import torch
 
-from symdiff_cli.engine.release import Guide, save_release
+from symdiff_cli.engine.release import Guide, GuideNetwork, save_release
 from symdiff_cli.io.formats import read_molecules
 from symdiff_cli.model.config import model_config_from_preset
 from symdiff_cli.model.dit import SymmetrisedDenoiser
@@ -146,10 +146,10 @@ class FakeHub:
 
 
 def tiny_release_files(root: Path, seed: int, guided: bool) -> dict[str, bytes]:
-    """The files of a tiny release, as a Hub repo holds them; with a guide network if `guided`."""
+    """The files of a tiny release, as a Hub repo holds them; with a guide of two networks if `guided`."""
     torch.manual_seed(seed)
     cfg = model_config_from_preset("tiny")
-    guide = Guide(cfg, SymmetrisedDenoiser(cfg).state_dict(), 2.0) if guided else None
+    guide = Guide([GuideNetwork(cfg, SymmetrisedDenoiser(cfg).state_dict()) for _ in range(2)], 2.0) if guided else None
     path = save_release(root / "tiny", cfg, SymmetrisedDenoiser(cfg).state_dict(), {4: 1, 5: 1}, "qm9",
                         {"step": 0}, default_steps_cpu=2, guide=guide)
     return {p.name: p.read_bytes() for p in path.iterdir()}
@@ -227,8 +227,8 @@ def test_a_guided_release_downloads_with_its_guide(hub, tmp_path):
     guided = symdiff(generate_args("test-org/tiny-guided", "guided.sdf"), hub.url, hf_home, tmp_path)
     assert guided.returncode == 0, guided.stderr
     snapshot = hf_home / "hub" / "models--test-org--tiny-guided" / "snapshots" / COMMIT
-    assert sorted(p.name for p in snapshot.iterdir()) == ["README.md", "config.json", "guide.safetensors",
-                                                          "model.safetensors"]
+    assert sorted(p.name for p in snapshot.iterdir()) == ["README.md", "config.json", "guide-2.safetensors",
+                                                          "guide.safetensors", "model.safetensors"]
     unguided = symdiff(generate_args("test-org/tiny-guided", "unguided.sdf", "--guidance", "1", "--offline"),
                        hub.url, hf_home, tmp_path)
     assert unguided.returncode == 0, unguided.stderr

@@ -11,7 +11,7 @@ from symdiff_cli.model.diffusion import NoiseSchedule, VPDiffusion, polynomial_2
 from symdiff_cli.model.dit import SymmetrisedDenoiser
 from symdiff_cli.engine.sampling import Sampler, plan_batches
 from symdiff_cli.model.geometry import orthogonalise, remove_mean, rotate, sample_haar_orthogonal
-from symdiff_cli.model.guidance import AutoGuidedDenoiser
+from symdiff_cli.model.guidance import AutoGuidedDenoiser, MeanDenoiser, mean_of
 
 
 def perturbed_model(gamma: str, seed: int = 0, dtype=torch.float64) -> SymmetrisedDenoiser:
@@ -287,6 +287,27 @@ def test_autoguided_denoiser_stays_equivariant_and_com_free():
     assert torch.allclose(rotate(eps_x, q), eps_x_q, atol=1e-5)
     assert torch.allclose(eps_h, eps_h_q, atol=1e-5)
     assert eps_x.mean(dim=1).abs().max() < 1e-10
+
+
+def test_a_mean_guide_averages_its_networks_and_stays_equivariant_and_com_free():
+    a, b = perturbed_model("learned", seed=5), perturbed_model("haar", seed=6)
+    x, h, t = random_inputs()
+    bsz, n = x.shape[:2]
+    g, noise = fixed_draws(bsz, n)
+    draws = dict(haar=g, gamma_noise=noise)
+    (ax, ah), (bx, bh) = a(x, h, t, None, **draws), b(x, h, t, None, **draws)
+    mean = MeanDenoiser([a, b])
+    mx, mh = mean(x, h, t, None, **draws)
+    assert torch.allclose(mx, (ax + bx) / 2, atol=1e-12) and torch.allclose(mh, (ah + bh) / 2, atol=1e-12)
+    assert mean_of([a]) is a and isinstance(mean_of([a, b]), MeanDenoiser)
+    guided = AutoGuidedDenoiser(perturbed_model("learned", seed=0), mean, 5.0)
+    q = reflection_and_rotation(bsz)
+    eps_x, eps_h = guided(x, h, t, None, **draws)
+    eps_x_q, eps_h_q = guided(rotate(x, q), h, t, None, haar=q @ g, gamma_noise=noise)
+    assert torch.allclose(rotate(eps_x, q), eps_x_q, atol=1e-5) and torch.allclose(eps_h, eps_h_q, atol=1e-5)
+    assert eps_x.mean(dim=1).abs().max() < 1e-10
+    with pytest.raises(ValueError, match="at least one"):
+        MeanDenoiser([])
 
 
 def test_guided_sampling_differs_from_unguided_and_is_reproducible():

@@ -15,8 +15,8 @@ from safetensors.torch import load_file, save_file
 from symdiff_cli.engine.checkpoint import atomic_torch_save
 from symdiff_cli.engine.registry import resolve_model
 from symdiff_cli.engine.release import (
-    CONFIG_FILE, GUIDE_WEIGHTS_FILE, WEIGHTS_FILE, Guide, attach_guide, convert_checkpoint_to_release,
-    guide_from_release, load_release, load_release_state_dict, save_release,
+    CONFIG_FILE, GUIDE_WEIGHTS_FILE, WEIGHTS_FILE, Guide, GuideNetwork, attach_guide, convert_checkpoint_to_release,
+    guide_from_release, guide_from_releases, load_release, load_release_state_dict, save_release, shipped_guide,
 )
 from symdiff_cli.errors import SymdiffError
 from symdiff_cli.model.config import model_config_from_preset
@@ -218,7 +218,7 @@ def guided_release(tmp_path: Path, weight: float = 3.0, **guide_overrides) -> tu
     main = tiny_model(0)
     guide = tiny_model(1, **guide_overrides)
     path = save_release(tmp_path / "guided", main.cfg, main.state_dict(), HISTOGRAM, "qm9", {"step": 40},
-                        guide=Guide(guide.cfg, guide.state_dict(), weight, {"step": 10}))
+                        guide=Guide.single(guide.cfg, guide.state_dict(), weight, {"step": 10}))
     return path, main, guide
 
 
@@ -271,6 +271,88 @@ def test_damaged_guide_fails_with_one_clear_line(tmp_path):
     (path / CONFIG_FILE).write_text(json.dumps(config))
     with pytest.raises(SymdiffError, match="guidance.weight"):
         load_release(str(path))
+
+
+def two_guide_release(tmp_path: Path, weight: float = 3.0, **second_overrides):
+    main, first, second = tiny_model(0), tiny_model(1, depth=1), tiny_model(2, **second_overrides)
+    guide = Guide([GuideNetwork(first.cfg, first.state_dict(), {"step": 10}),
+                   GuideNetwork(second.cfg, second.state_dict(), {"step": 20})], weight)
+    path = save_release(tmp_path / "guided2", main.cfg, main.state_dict(), HISTOGRAM, "qm9", {"step": 40}, guide=guide)
+    return path, main, first, second
+
+
+def test_release_with_a_guide_of_two_networks(tmp_path):
+    path, main, first, second = two_guide_release(tmp_path, weight=5.0)
+    assert sorted(os.listdir(path)) == ["README.md", CONFIG_FILE, "guide-2.safetensors", GUIDE_WEIGHTS_FILE, WEIGHTS_FILE]
+    config = json.loads((path / CONFIG_FILE).read_text())
+    assert config["format_version"] == 3  # version-2 readers would sample with the first network alone
+    assert config["guidance"]["weight"] == 5.0 and "model_config" not in config["guidance"]
+    entries = config["guidance"]["guides"]
+    assert [e["weights_file"] for e in entries] == [GUIDE_WEIGHTS_FILE, "guide-2.safetensors"]
+    assert [e["model_config"]["depth"] for e in entries] == [1, 3] and entries[1]["provenance"] == {"step": 20}
+    card = (path / "README.md").read_text()
+    assert "the mean of 2 networks'" in card and "`guide-2.safetensors`): hidden 64, depth 3, trained 20 steps" in card
+
+    loaded = load_release(str(path))
+    assert loaded.guidance_weight == 5.0
+    members = loaded.guide.members
+    for member, net in zip(members, (first, second)):
+        for name, tensor in net.state_dict().items():
+            assert torch.equal(member.state_dict()[name], tensor), name
+    # its guide's prediction is the mean of the two networks', each drawing its own frames
+    x = torch.randn(2, 5, 3)
+    x = x - x.mean(1, keepdim=True)
+    h, t = torch.randn(2, 5, main.cfg.feature_dim), torch.tensor([3, 9])
+    gen = lambda: torch.Generator().manual_seed(4)  # noqa: E731
+    with torch.no_grad():
+        got = loaded.guide(x, h, t, generator=gen())
+        g = gen()
+        a, b = first.eval()(x, h, t, generator=g), second.eval()(x, h, t, generator=g)
+    assert torch.allclose(got[0], (a[0] + b[0]) / 2) and torch.allclose(got[1], (a[1] + b[1]) / 2)
+
+    # re-weighting keeps both networks; one network again is written as format 2
+    again = shipped_guide(str(path), 2.0)
+    assert again.weight == 2.0 and [n.provenance for n in again.networks] == [{"step": 10}, {"step": 20}]
+    attach_guide(str(path), path, Guide(again.networks[:1], 2.0))
+    config = json.loads((path / CONFIG_FILE).read_text())
+    assert config["format_version"] == 2 and "guides" not in config["guidance"]
+    assert sorted(os.listdir(path)) == ["README.md", CONFIG_FILE, GUIDE_WEIGHTS_FILE, WEIGHTS_FILE]
+
+
+def test_damaged_second_guide_fails_with_one_clear_line(tmp_path):
+    with pytest.raises(SymdiffError, match=r"guide model does not fit the main model \(atom_types"):
+        two_guide_release(tmp_path, atom_types=("H", "C", "N", "O"))
+    assert not (tmp_path / "guided2").exists()
+
+    path, _, _, _ = two_guide_release(tmp_path)
+    (path / "guide-2.safetensors").unlink()
+    with pytest.raises(SymdiffError, match="guide-2.safetensors is missing"):
+        load_release(str(path))
+    path, _, _, _ = two_guide_release(tmp_path)
+    config = json.loads((path / CONFIG_FILE).read_text())
+    config["guidance"]["guides"][1]["weights_file"] = "../model.safetensors"
+    (path / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(SymdiffError, match=r"guidance.guides\[1\].weights_file must be 'guide-2.safetensors'"):
+        load_release(str(path))
+    config["guidance"]["guides"] = []
+    (path / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(SymdiffError, match="guidance.guides must be a non-empty list"):
+        load_release(str(path))
+    config["format_version"] = 4
+    (path / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(SymdiffError, match="reads up to 3: upgrade symdiff"):
+        load_release(str(path))
+
+
+def test_guide_from_several_releases(tmp_path):
+    nets = [tiny_model(3), tiny_model(4, depth=1)]
+    for i, net in enumerate(nets):
+        save_release(tmp_path / f"g{i}", net.cfg, net.state_dict(), HISTOGRAM, "qm9", {"step": i})
+    guide = guide_from_releases([str(tmp_path / "g0"), str(tmp_path / "g1")], 4.0)
+    assert guide.weight == 4.0 and [n.provenance["step"] for n in guide.networks] == [0, 1]
+    assert guide.networks[1].model_cfg.depth == 1
+    with pytest.raises(SymdiffError, match="at least one release"):
+        guide_from_releases([], 4.0)
 
 
 def test_attach_guide_keeps_the_main_release(release, tmp_path):

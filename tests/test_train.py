@@ -351,23 +351,25 @@ def test_train_cli_grows_a_release_and_refuses_to_shrink_it(tmp_path, small_npz)
     assert not (tmp_path / "shallow" / "checkpoint.pt").exists()
 
 
-@pytest.mark.parametrize("guided", [False, True])
+@pytest.mark.parametrize("guided", [False, True, "override"])
 def test_gpu_train_script_smoke_run_on_cpu(tmp_path, small_npz, guided):
     """scripts/gpu_train.sh continues a release for a time budget and exports a loadable model,
-    guided as the release it started from was."""
-    from symdiff_cli.engine.release import Guide, load_release, load_release_state_dict, save_release
+    guided as the release it started from was (by its own guide networks, or GUIDE_MODEL's)."""
+    from symdiff_cli.engine.release import Guide, GuideNetwork, load_release, load_release_state_dict, save_release
     from symdiff_cli.model.dit import SymmetrisedDenoiser
 
     cfg = model_config_from_preset("tiny")
     init = tmp_path / "init"
-    guide = SymmetrisedDenoiser(cfg)
+    guide, other = SymmetrisedDenoiser(cfg), SymmetrisedDenoiser(cfg)
     save_release(tmp_path / "guide", cfg, guide.state_dict(), {5: 1, 9: 2}, "qm9", {"step": 1})
+    two = Guide([GuideNetwork(cfg, guide.state_dict()), GuideNetwork(cfg, other.state_dict())], 2.5)
     save_release(init, cfg, SymmetrisedDenoiser(cfg).state_dict(), {5: 1, 9: 2}, "qm9", {"step": 0},
-                 guide=Guide(cfg, guide.state_dict(), 2.5) if guided else None)
+                 guide=two if guided else None)
     out = tmp_path / "out"
     script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_train.sh"
-    env = dict(os.environ, PYTHON=sys.executable, INIT_MODEL=str(init), TRAIN_DATA=str(small_npz),
-               BATCH_SIZE="8", GUIDE_MODEL=str(tmp_path / "guide"))
+    env = dict(os.environ, PYTHON=sys.executable, INIT_MODEL=str(init), TRAIN_DATA=str(small_npz), BATCH_SIZE="8")
+    if guided == "override":
+        env["GUIDE_MODEL"] = str(tmp_path / "guide")
     res = subprocess.run(["bash", str(script), "4s", str(out), "--threads", "1"], capture_output=True, text=True,
                          env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -378,9 +380,12 @@ def test_gpu_train_script_smoke_run_on_cpu(tmp_path, small_npz, guided):
     _, before = load_release_state_dict(str(init))
     changed = any(not torch.equal(before[k], v) for k, v in released.model.state_dict().items())
     assert changed, "the exported weights are the initial ones: nothing was trained"
-    assert (released.guide is not None) == guided and released.guidance_weight == (2.5 if guided else 1.0)
-    if guided:
+    assert (released.guide is not None) == bool(guided) and released.guidance_weight == (2.5 if guided else 1.0)
+    if guided == "override":  # GUIDE_MODEL's one network
         assert all(torch.equal(guide.state_dict()[k], v) for k, v in released.guide.state_dict().items())
+    elif guided:  # the initial release's two networks
+        for member, net in zip(released.guide.members, (guide, other), strict=True):
+            assert all(torch.equal(net.state_dict()[k], v) for k, v in member.state_dict().items())
 
 
 def test_gpu_train_script_reports_a_failed_start_and_exports_nothing(tmp_path, small_npz):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -102,13 +102,14 @@ def convert_command(
         "weights of its last step. At the end of a cosine decay to a small rate the two are close "
         "and either can be the better model; compare both with symdiff evaluate.",
     ),
-    guide: Optional[str] = typer.Option(
+    guide: Optional[List[str]] = typer.Option(
         None,
         "--guide",
         metavar="MODEL",
         help="For a checkpoint or a release directory IN: ship the main network of release MODEL "
         "(name, directory or Hub id) as the guide that OUT's sampler steers away from "
-        "(autoguidance; a weaker model of the same data, e.g. an earlier release).",
+        "(autoguidance; a weaker model of the same data, e.g. an earlier release). Repeat it "
+        "to ship several networks, whose mean prediction is then the guide.",
     ),
     guidance: Optional[float] = typer.Option(
         None,
@@ -143,15 +144,16 @@ def convert_command(
     Example: symdiff generate --n 100 --out - | symdiff convert - mols.xyz --from sdf
     """
     if input_path.endswith(".pt"):
-        from symdiff_cli.engine.release import convert_checkpoint_to_release, guide_from_release
+        from symdiff_cli.engine.release import convert_checkpoint_to_release, guide_from_releases
 
-        if guidance is not None and guide is None:
+        if guidance is not None and not guide:
             raise UsageError("--guidance needs --guide MODEL for a training checkpoint")
-        guide_model = None if guide is None else guide_from_release(guide, _weight(guidance))
+        guide_model = guide_from_releases(guide, _weight(guidance)) if guide else None
         out = convert_checkpoint_to_release(input_path, output_path, weights=weights.value, guide=guide_model)
         kind = "EMA" if weights is CheckpointWeights.ema else "raw (last-step)"
         typer.echo(f"Exported the {kind} weights of {input_path} to the release {out}"
-                   + (f", guided by {guide} with weight {guide_model.weight:g}" if guide_model else "") + ".", err=True)
+                   + (f", guided by {_names(guide)} with weight {guide_model.weight:g}" if guide_model else "") + ".",
+                   err=True)
         return
     if Path(input_path).is_dir():
         if weights is not CheckpointWeights.ema:
@@ -160,7 +162,7 @@ def convert_command(
         return
     if weights is not CheckpointWeights.ema:
         raise UsageError("--weights applies only to a training checkpoint (IN ending in .pt)")
-    if guide is not None or guidance is not None:
+    if guide or guidance is not None:
         raise UsageError("--guide and --guidance apply only to a training checkpoint or a release directory")
     _convert_molecules(input_path, output_path, from_format, to_format, bonds.value, strict)
 
@@ -169,12 +171,16 @@ def _weight(guidance: Optional[float]) -> float:
     return DEFAULT_GUIDANCE_WEIGHT if guidance is None else guidance
 
 
-def _reguide_release(input_path: str, output_path: str, guide: Optional[str], guidance: Optional[float]) -> None:
-    """Write release IN to OUT with a new guide (--guide) or a new default weight (--guidance)."""
-    from symdiff_cli.engine.release import attach_guide, guide_from_release, shipped_guide
+def _names(guides: List[str]) -> str:
+    return " and ".join(guides)
 
-    if guide is not None:
-        new_guide = guide_from_release(guide, _weight(guidance))
+
+def _reguide_release(input_path: str, output_path: str, guide: Optional[List[str]], guidance: Optional[float]) -> None:
+    """Write release IN to OUT with a new guide (--guide) or a new default weight (--guidance)."""
+    from symdiff_cli.engine.release import attach_guide, guide_from_releases, shipped_guide
+
+    if guide:
+        new_guide = guide_from_releases(guide, _weight(guidance))
     elif guidance is not None:
         new_guide = shipped_guide(input_path, guidance)
         if new_guide is None:
@@ -183,4 +189,4 @@ def _reguide_release(input_path: str, output_path: str, guide: Optional[str], gu
         raise UsageError("a release directory IN needs --guide MODEL or --guidance W (there is nothing else to convert)")
     out = attach_guide(input_path, output_path, new_guide)
     typer.echo(f"Wrote the release {out} with guidance weight {new_guide.weight:g}"
-               + (f" and the guide {guide}" if guide is not None else "") + ".", err=True)
+               + (f" and the guide {_names(guide)}" if guide else "") + ".", err=True)

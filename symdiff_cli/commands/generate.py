@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -34,14 +34,16 @@ def generate_command(
         None, "--guidance", metavar="W",
         help="Autoguidance weight: each step extrapolates from a weaker guide model towards the main "
              "one, eps_guide + W (eps_main - eps_guide), for more stable molecules at the guide's extra "
-             "cost per step (about twice the time for the shipped model). 1 samples the main model "
-             "alone. Default: the model's own (qm9: 4; see its README.md).",
+             "cost per step (about 2.3 times the time for the shipped model, whose guide is two "
+             "networks). 1 samples the main model alone. Default: the model's own (qm9: 5; see its "
+             "README.md).",
     ),
-    guide: Optional[str] = typer.Option(
+    guide: Optional[List[str]] = typer.Option(
         None, "--guide", metavar="MODEL",
         help="Another release (name, directory or Hub id) to guide with instead of the model's own "
-             "guide; it must model the same atom types and noise schedule. Needs --guidance for a "
-             "model that ships no guide.",
+             "guide; it must model the same atom types and noise schedule. Repeat it to guide with "
+             "the mean of several releases' predictions. Needs --guidance for a model that ships no "
+             "guide.",
     ),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed and options give the same file."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA if available), cpu, cuda or cuda:N."),

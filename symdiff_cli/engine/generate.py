@@ -18,7 +18,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -56,7 +56,7 @@ class GenerateOptions:
     precision: str = "auto"
     spacing: str = DEFAULT_SPACING
     guidance: float | None = None  # autoguidance weight; None: the release's (1 = the main model alone)
-    guide: str | None = None  # another release as the guide, in place of the release's own
+    guide: Sequence[str] | None = None  # other releases as the guide (their mean), in place of the release's own
 
 
 @dataclass
@@ -164,25 +164,31 @@ def _check_options(opts: GenerateOptions) -> None:
         raise UsageError(f"--guidance must be a number >= 0 (1: no guidance), not {opts.guidance}")
 
 
-def guided_denoiser(release: ReleasedModel, guidance: float | None, guide_spec: str | None, offline: bool = False,
-                    show_progress: bool = True) -> tuple[torch.nn.Module, float]:
+def guided_denoiser(release: ReleasedModel, guidance: float | None, guide_specs: Sequence[str] | str | None,
+                    offline: bool = False, show_progress: bool = True) -> tuple[torch.nn.Module, float]:
     """The network the sampler calls for a loaded release, and the guidance weight it applies.
 
-    The release's own guide and weight unless overridden; with weight 1 the guide is not called
-    (nor loaded, for --guide), so the main model alone sets the cost.
+    The release's own guide and weight unless overridden; several `guide_specs` guide with the
+    mean of their networks. With weight 1 the guide is not called (nor loaded, for --guide), so
+    the main model alone sets the cost.
     """
     from symdiff_cli.engine.release import load_guide_from_release
-    from symdiff_cli.model.guidance import AutoGuidedDenoiser
+    from symdiff_cli.model.config import DEFAULT_GUIDANCE_WEIGHT
+    from symdiff_cli.model.guidance import AutoGuidedDenoiser, mean_of
 
+    if isinstance(guide_specs, str):
+        guide_specs = [guide_specs]
+    guide_specs = list(guide_specs or [])
     weight = release.guidance_weight if guidance is None else float(guidance)
-    if guide_spec is not None and guidance is None and release.guide is None:
-        raise UsageError("--guide needs --guidance W (a weight above 1 steers away from the guide; the shipped model uses 4)")
+    if guide_specs and guidance is None and release.guide is None:
+        raise UsageError("--guide needs --guidance W (a weight above 1 steers away from the guide; the shipped "
+                         f"model uses {DEFAULT_GUIDANCE_WEIGHT:g})")
     if weight == 1.0:
         return release.model, 1.0
     guide = release.guide
-    if guide_spec is not None:
-        guide = load_guide_from_release(guide_spec, release.cfg, release.device, offline=offline,
-                                        show_progress=show_progress)
+    if guide_specs:
+        guide = mean_of([load_guide_from_release(spec, release.cfg, release.device, offline=offline,
+                                                 show_progress=show_progress) for spec in guide_specs])
     if guide is None:
         raise UsageError(f"--guidance {weight:g} needs a guide model: this release ships none; pass --guide MODEL")
     return AutoGuidedDenoiser(release.model, guide, weight), weight

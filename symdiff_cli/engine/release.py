@@ -11,7 +11,9 @@ A release is a directory with three files:
 - `README.md`: a model card;
 - `guide.safetensors` (optional, format version 2): the weights of a weaker model of the same
   data that the sampler guides away from (autoguidance, `symdiff_cli/model/guidance.py`), with
-  its architecture, weight and provenance in the `guidance` section of `config.json`.
+  its architecture, weight and provenance in the `guidance` section of `config.json`;
+- `guide-2.safetensors`, `guide-3.safetensors`, ... (format version 3): further guide networks,
+  listed with the first in `guidance.guides`; the guide's prediction is their mean.
 
 Loading checks the config and every tensor name and shape against a freshly built network
 and names what does not match, so a wrong or truncated download fails with one clear line
@@ -27,7 +29,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -36,10 +38,12 @@ from symdiff_cli.io.atomic import current_umask
 from symdiff_cli.model.config import ModelConfig
 
 RELEASE_FORMAT = "symdiff-release"
-# Version 2 added the optional guide; a release without one is still written as version 1, so
-# that older symdiff versions keep reading it.
-RELEASE_FORMAT_VERSION = 2
+# Version 2 added the optional guide, version 3 a guide of several networks. Each release is
+# written with the lowest version that holds it, so older symdiff versions keep reading every
+# release they can sample as intended, and refuse the others.
+RELEASE_FORMAT_VERSION = 3
 _UNGUIDED_FORMAT_VERSION = 1
+_ONE_GUIDE_FORMAT_VERSION = 2
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -167,7 +171,7 @@ def release_config(
     """The content of a release's config.json."""
     config = {
         "format": RELEASE_FORMAT,
-        "format_version": RELEASE_FORMAT_VERSION if guide is not None else _UNGUIDED_FORMAT_VERSION,
+        "format_version": _format_version(guide),
         "model_config": model_cfg.to_dict(),
         "dataset": dataset,
         "atom_count_histogram": _histogram_to_json(histogram),
@@ -175,24 +179,53 @@ def release_config(
         "provenance": dict(provenance),
     }
     if guide is not None:
-        config["guidance"] = {
-            "method": "autoguidance",
-            "weight": float(guide.weight),
-            "weights_file": GUIDE_WEIGHTS_FILE,
-            "model_config": guide.model_cfg.to_dict(),
-            "provenance": dict(guide.provenance),
-        }
+        entries = [
+            {"weights_file": guide_weights_file(i), "model_config": net.model_cfg.to_dict(),
+             "provenance": dict(net.provenance)}
+            for i, net in enumerate(guide.networks)
+        ]
+        config["guidance"] = {"method": "autoguidance", "weight": float(guide.weight)}
+        if len(entries) == 1:  # the version-2 layout, which older symdiff reads
+            config["guidance"].update(entries[0])
+        else:
+            config["guidance"]["guides"] = entries
     return config
+
+
+def _format_version(guide: Guide | None) -> int:
+    if guide is None:
+        return _UNGUIDED_FORMAT_VERSION
+    return _ONE_GUIDE_FORMAT_VERSION if len(guide.networks) == 1 else RELEASE_FORMAT_VERSION
+
+
+def guide_weights_file(index: int) -> str:
+    """The weights file of a release's guide network number `index` (from 0)."""
+    return GUIDE_WEIGHTS_FILE if index == 0 else f"guide-{index + 1}.safetensors"
+
+
+@dataclass
+class GuideNetwork:
+    """One network of a guide: its architecture, weights and where it came from."""
+
+    model_cfg: ModelConfig
+    state_dict: dict[str, torch.Tensor]
+    provenance: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class Guide:
-    """The weaker model a release guides its sampler away from, and how strongly (weight w)."""
+    """The weaker model a release guides its sampler away from, and how strongly (weight w).
 
-    model_cfg: ModelConfig
-    state_dict: dict[str, torch.Tensor]
+    Its prediction is the mean of its networks' (one network: that network's).
+    """
+
+    networks: list[GuideNetwork]
     weight: float
-    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def single(cls, model_cfg: ModelConfig, state_dict: dict[str, torch.Tensor], weight: float,
+               provenance: dict[str, Any] | None = None) -> Guide:
+        return cls([GuideNetwork(model_cfg, state_dict, dict(provenance or {}))], weight)
 
 
 def check_guidance_weight(weight: Any, source: str) -> float:
@@ -211,8 +244,18 @@ def check_guide_fits(main_cfg: ModelConfig, guide_cfg: ModelConfig, source: str)
         raise SymdiffError(f"{source}: the guide model does not fit the main model ({shown})")
 
 
-def parse_guidance(config: dict[str, Any], main_cfg: ModelConfig, source: str) -> tuple[ModelConfig, float] | None:
-    """The guide's model config and the guidance weight of a checked config.json, or None."""
+def guide_entries(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The guide networks' entries of a config.json's guidance section (format 2 or 3 layout)."""
+    raw = config.get("guidance")
+    if not isinstance(raw, dict):
+        return []
+    return raw["guides"] if "guides" in raw else [raw]
+
+
+def parse_guidance(config: dict[str, Any], main_cfg: ModelConfig,
+                   source: str) -> tuple[list[tuple[ModelConfig, str]], float] | None:
+    """The guide networks (model config, weights file) and the guidance weight of a checked
+    config.json, or None."""
     raw = config.get("guidance")
     if raw is None:
         return None
@@ -220,19 +263,28 @@ def parse_guidance(config: dict[str, Any], main_cfg: ModelConfig, source: str) -
         raise SymdiffError(f"{source}: guidance must be an object")
     if raw.get("method", "autoguidance") != "autoguidance":
         raise SymdiffError(f"{source}: unknown guidance method {raw.get('method')!r} (this symdiff knows autoguidance)")
-    if raw.get("weights_file", GUIDE_WEIGHTS_FILE) != GUIDE_WEIGHTS_FILE:
-        raise SymdiffError(f"{source}: guidance.weights_file must be {GUIDE_WEIGHTS_FILE!r}")
     weight = check_guidance_weight(raw.get("weight"), f"{source}: guidance.weight")
-    if not isinstance(raw.get("model_config"), dict):
-        raise SymdiffError(f"{source}: guidance.model_config is missing or not an object")
-    try:
-        guide_cfg = ModelConfig.from_dict(raw["model_config"])
-    except SymdiffError as err:
-        raise SymdiffError(f"{source}: guidance: {err}") from None
-    except (TypeError, ValueError) as err:
-        raise SymdiffError(f"{source}: invalid guidance.model_config ({err})") from None
-    check_guide_fits(main_cfg, guide_cfg, source)
-    return guide_cfg, weight
+    several = "guides" in raw
+    if several and (not isinstance(raw["guides"], list) or not raw["guides"]
+                    or not all(isinstance(entry, dict) for entry in raw["guides"])):
+        raise SymdiffError(f"{source}: guidance.guides must be a non-empty list of objects")
+    networks = []
+    for index, entry in enumerate(guide_entries(config)):
+        where = f"guidance.guides[{index}]" if several else "guidance"
+        expected_file = guide_weights_file(index)
+        if entry.get("weights_file", expected_file) != expected_file:
+            raise SymdiffError(f"{source}: {where}.weights_file must be {expected_file!r}")
+        if not isinstance(entry.get("model_config"), dict):
+            raise SymdiffError(f"{source}: {where}.model_config is missing or not an object")
+        try:
+            guide_cfg = ModelConfig.from_dict(entry["model_config"])
+        except SymdiffError as err:
+            raise SymdiffError(f"{source}: {where}: {err}") from None
+        except (TypeError, ValueError) as err:
+            raise SymdiffError(f"{source}: invalid {where}.model_config ({err})") from None
+        check_guide_fits(main_cfg, guide_cfg, source if not several else f"{source}: {where}")
+        networks.append((guide_cfg, expected_file))
+    return networks, weight
 
 
 def parse_release_config(config: Any, source: str) -> tuple[ModelConfig, dict[int, int]]:
@@ -313,16 +365,19 @@ def model_card(config: dict[str, Any], num_parameters: int | None = None,
         lines.append(f"- Parameters: {num_parameters:,}")
     guidance = config.get("guidance")
     if guidance:
-        gcfg, gprov = guidance.get("model_config", {}), guidance.get("provenance", {})
-        lines += [
+        entries = guide_entries(config)
+        lines.append(
             f"- Sampling: autoguidance with weight {guidance.get('weight')} (Karras et al. 2024): each step "
             "extrapolates from a weaker guide model's prediction towards this model's, eps = eps_guide + "
             "w (eps_main - eps_guide), which adds the guide's cost to every step; `--guidance 1` samples "
-            "this model alone",
-            f"- Guide model (`{GUIDE_WEIGHTS_FILE}`): hidden {gcfg.get('hidden')}, depth {gcfg.get('depth')}"
-            + (f", trained {gprov['step']} steps" if "step" in gprov else "")
-            + (f", from the release {gprov['release']}" if "release" in gprov else ""),
-        ]
+            "this model alone"
+            + (f"; the guide's prediction is the mean of {len(entries)} networks'" if len(entries) > 1 else ""))
+        for index, entry in enumerate(entries):
+            gcfg, gprov = entry.get("model_config", {}), entry.get("provenance", {})
+            lines.append(
+                f"- Guide model (`{guide_weights_file(index)}`): hidden {gcfg.get('hidden')}, depth {gcfg.get('depth')}"
+                + (f", trained {gprov['step']} steps" if "step" in gprov else "")
+                + (f", from the release {gprov['release']}" if "release" in gprov else ""))
     lines += ["", "## Training", ""]
     if prov:
         for key in sorted(prov):
@@ -412,13 +467,16 @@ def save_release(
     for steps in (default_steps_cpu, default_steps_cuda):
         if not 1 <= int(steps) <= model_cfg.timesteps:
             raise SymdiffError(f"default sampling steps must be in 1..{model_cfg.timesteps}, not {steps}")
-    guide_tensors: dict[str, torch.Tensor] = {}
+    guide_tensors: list[dict[str, torch.Tensor]] = []
     if guide is not None:
-        guide_cfg = guide.model_cfg.validate()
-        check_guide_fits(model_cfg, guide_cfg, "the guide")
+        if not guide.networks:
+            raise SymdiffError("the guide has no networks")
         check_guidance_weight(guide.weight, "the guide")
-        guide_tensors = _checked_tensors(guide.state_dict, guide_cfg,
-                                         "the guide's weights do not match its model config")
+        for net in guide.networks:
+            guide_cfg = net.model_cfg.validate()
+            check_guide_fits(model_cfg, guide_cfg, "the guide")
+            guide_tensors.append(_checked_tensors(net.state_dict, guide_cfg,
+                                                  "the guide's weights do not match its model config"))
 
     config = release_config(model_cfg, histogram, dataset, provenance, default_steps_cpu, default_steps_cuda, guide)
     _histogram_from_json(config["atom_count_histogram"], model_cfg, "the histogram")  # same checks as loading
@@ -436,9 +494,9 @@ def save_release(
         metadata = {"format": "pt", "symdiff_release": str(config["format_version"])}
         save_file(tensors, str(staging / WEIGHTS_FILE), metadata=metadata)
         written = list(RELEASE_FILES)
-        if guide is not None:
-            save_file(guide_tensors, str(staging / GUIDE_WEIGHTS_FILE), metadata=metadata)
-            written.append(GUIDE_WEIGHTS_FILE)
+        for index, tensors_of_guide in enumerate(guide_tensors):
+            save_file(tensors_of_guide, str(staging / guide_weights_file(index)), metadata=metadata)
+            written.append(guide_weights_file(index))
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n", encoding="utf-8")
         (staging / CARD_FILE).write_text(card_text if card_text.endswith("\n") else card_text + "\n", encoding="utf-8")
         for name in written:
@@ -478,7 +536,7 @@ class ReleasedModel:
     config: dict[str, Any]
     path: Path
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    guide: torch.nn.Module | None = None  # the release's guide network, in eval mode on `device`
+    guide: torch.nn.Module | None = None  # the release's guide (a MeanDenoiser of several networks), eval mode
     guidance_weight: float = 1.0  # the release's default; 1 samples the main model alone
 
     def default_steps(self, device_type: str) -> int:
@@ -554,6 +612,7 @@ def load_release(
     in eval mode on `device`."""
     from symdiff_cli.engine.registry import resolve_model
     from symdiff_cli.model.dit import SymmetrisedDenoiser
+    from symdiff_cli.model.guidance import mean_of
 
     release_dir = resolve_model(None if spec is None else str(spec), offline=offline, show_progress=show_progress)
     config, model_cfg, histogram = read_release_config(release_dir)
@@ -568,8 +627,8 @@ def load_release(
     guide, weight = None, 1.0
     guidance = parse_guidance(config, model_cfg, str(release_dir / CONFIG_FILE)) if load_guide else None
     if guidance is not None:
-        guide_cfg, weight = guidance
-        guide = network(guide_cfg, GUIDE_WEIGHTS_FILE)
+        networks, weight = guidance
+        guide = mean_of([network(guide_cfg, weights_file) for guide_cfg, weights_file in networks])
     return ReleasedModel(model=model, cfg=model_cfg, histogram=histogram, config=config,
                          path=release_dir, device=device, guide=guide, guidance_weight=weight)
 
@@ -590,13 +649,22 @@ def load_guide_from_release(
 
 def guide_from_release(spec: str | os.PathLike, weight: float, offline: bool = False) -> Guide:
     """The main network of release `spec` as a guide with `weight` (its own guide is not used)."""
+    return guide_from_releases([spec], weight, offline)
+
+
+def guide_from_releases(specs: Sequence[str | os.PathLike], weight: float, offline: bool = False) -> Guide:
+    """The main networks of releases `specs` as one guide with `weight`: their mean."""
     from symdiff_cli.engine.registry import resolve_model
 
-    release_dir = resolve_model(str(spec), offline=offline)
-    config, guide_cfg, _ = read_release_config(release_dir)
-    state = _read_weights(release_dir / WEIGHTS_FILE, guide_cfg)
-    provenance = {"release": str(spec), **config.get("provenance", {})}
-    return Guide(guide_cfg, state, check_guidance_weight(weight, "--guidance"), provenance)
+    networks = []
+    for spec in specs:
+        release_dir = resolve_model(str(spec), offline=offline)
+        config, guide_cfg, _ = read_release_config(release_dir)
+        state = _read_weights(release_dir / WEIGHTS_FILE, guide_cfg)
+        networks.append(GuideNetwork(guide_cfg, state, {"release": str(spec), **config.get("provenance", {})}))
+    if not networks:
+        raise SymdiffError("a guide needs at least one release")
+    return Guide(networks, check_guidance_weight(weight, "--guidance"))
 
 
 def shipped_guide(spec: str | os.PathLike, weight: float | None = None) -> Guide | None:
@@ -608,10 +676,10 @@ def shipped_guide(spec: str | os.PathLike, weight: float | None = None) -> Guide
     guidance = parse_guidance(config, main_cfg, str(release_dir / CONFIG_FILE))
     if guidance is None:
         return None
-    guide_cfg, shipped_weight = guidance
+    networks, shipped_weight = guidance
     weight = shipped_weight if weight is None else check_guidance_weight(weight, "--guidance")
-    return Guide(guide_cfg, _read_weights(release_dir / GUIDE_WEIGHTS_FILE, guide_cfg), weight,
-                 config["guidance"].get("provenance", {}))
+    return Guide([GuideNetwork(guide_cfg, _read_weights(release_dir / weights_file, guide_cfg), entry.get("provenance", {}))
+                  for (guide_cfg, weights_file), entry in zip(networks, guide_entries(config))], weight)
 
 
 def attach_guide(release_spec: str | os.PathLike, out_dir: str | os.PathLike, guide: Guide,
@@ -689,8 +757,9 @@ def convert_checkpoint_to_release(
 
 __all__ = [
     "RELEASE_FORMAT", "RELEASE_FORMAT_VERSION", "WEIGHTS_FILE", "CONFIG_FILE", "CARD_FILE",
-    "DEFAULT_STEPS_CPU", "DEFAULT_STEPS_CUDA", "GUIDE_WEIGHTS_FILE", "Guide", "ReleasedModel", "save_release",
-    "load_release", "load_guide_from_release", "guide_from_release", "shipped_guide", "attach_guide",
+    "DEFAULT_STEPS_CPU", "DEFAULT_STEPS_CUDA", "GUIDE_WEIGHTS_FILE", "Guide", "GuideNetwork", "ReleasedModel",
+    "save_release", "load_release", "load_guide_from_release", "guide_from_release", "guide_from_releases",
+    "shipped_guide", "attach_guide", "guide_weights_file",
     "load_release_state_dict", "read_release_config", "convert_checkpoint_to_release", "model_card",
     "release_config", "expected_tensor_shapes", "state_dict_mismatch",
 ]

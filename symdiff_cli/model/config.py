@@ -18,7 +18,7 @@ SPACING_CHOICES = tuple(SPACING_POWERS)
 DEFAULT_SPACING = SPACING_CHOICES[0]
 # Autoguidance weight (model/guidance.py) that `symdiff convert --guide` writes into a release
 # unless told otherwise; chosen on the shipped QM9 model (docs/training.md).
-DEFAULT_GUIDANCE_WEIGHT = 4.0
+DEFAULT_GUIDANCE_WEIGHT = 5.0
 
 
 @dataclass
