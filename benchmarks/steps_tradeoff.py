@@ -5,7 +5,7 @@ what a user sees, metrics and file writing included.
 
     python benchmarks/steps_tradeoff.py --model qm9 --n 1000 --steps 50 100 250 500 1000
     python benchmarks/steps_tradeoff.py --n 500 --steps 100 --spacing quadratic cubic uniform
-    python benchmarks/steps_tradeoff.py --n 500 --steps 50 100 --guidance 1 4   # unguided against guided
+    python benchmarks/steps_tradeoff.py --n 500 --steps 50 100 --guidance 1 5   # unguided against guided
 """
 
 from __future__ import annotations
