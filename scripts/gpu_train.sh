@@ -78,19 +78,22 @@ if [ ! -f "$OUT/run/checkpoint.pt" ]; then
   echo "gpu_train: training failed before its first checkpoint (exit $TRAIN_STATUS)" | tee -a "$OUT/train_stdout.log"
   exit "$TRAIN_STATUS"
 fi
-# The export samples the way INIT_MODEL does: with INIT_MODEL's guide networks and weight (or
-# the releases of GUIDE_MODEL at that weight).
-"$PY" -m symdiff_cli convert "$OUT/run/checkpoint.pt" "$OUT/model" 2>&1 | tee -a "$OUT/train_stdout.log"
-"$PY" - "$INIT_MODEL" "$OUT/model" "${GUIDE_MODEL:-}" <<'PY' 2>&1 | tee -a "$OUT/train_stdout.log"
+# One export that samples the way INIT_MODEL does: with INIT_MODEL's guide networks and weight
+# (or the releases of GUIDE_MODEL at that weight), so there is never an unguided one to mistake.
+"$PY" - "$OUT/run/checkpoint.pt" "$OUT/model" "$INIT_MODEL" "${GUIDE_MODEL:-}" <<'PY' 2>&1 | tee -a "$OUT/train_stdout.log"
 import sys
-from symdiff_cli.engine.release import attach_guide, guide_from_releases, shipped_guide
-init, out, others = sys.argv[1], sys.argv[2], sys.argv[3].split()
-guide = shipped_guide(init)
-if guide is not None:
-    if others:
+from symdiff_cli.engine.release import convert_checkpoint_to_release, guide_from_releases, shipped_guide
+from symdiff_cli.errors import SymdiffError
+checkpoint, out, init, others = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split()
+try:
+    guide = shipped_guide(init)
+    if guide is not None and others:
         guide = guide_from_releases(others, guide.weight)
-    attach_guide(out, out, guide)
-    print(f"gpu_train: the export is guided as {init} is: {len(guide.networks)} guide network(s), weight {guide.weight:g}")
+    convert_checkpoint_to_release(checkpoint, out, guide=guide)
+except SymdiffError as err:
+    sys.exit(f"gpu_train: export failed: {err}")
+print(f"gpu_train: exported the EMA weights of {checkpoint} to {out}"
+      + (f", guided as {init} is: {len(guide.networks)} guide network(s), weight {guide.weight:g}" if guide else ""))
 PY
 cp "$OUT/run/metrics.jsonl" "$OUT/train_log.jsonl"
 echo "gpu_train: exported $OUT/model (training exit $TRAIN_STATUS)" | tee -a "$OUT/train_stdout.log"

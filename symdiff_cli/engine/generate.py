@@ -3,8 +3,8 @@
 Reproducibility: the molecules depend only on the model, --seed, --shard, --n, --num-atoms,
 --batch-size, --steps, --spacing, --guidance, --guide and the device. Shard I of K derives its
 own seed from (seed, I, K), so shards of a job array never share a random stream, and it
-generates its own share of n (n split as evenly as possible). Every batch of the plan carries its own seed, so the
-file is the same however the run is scheduled.
+generates its own share of n (n split as evenly as possible). Every batch of the plan carries
+its own seed, so the file is the same however the run is scheduled.
 
 Output is streamed batch by batch through MoleculeWriter, which writes a temporary file and
 renames it into place: an error leaves no file; Ctrl-C leaves a complete file holding the

@@ -1,6 +1,6 @@
 """The release format: what `symdiff generate` loads and what gets published.
 
-A release is a directory with three files:
+A release is a directory with three files, and guide files when it samples with a guide:
 
 - `model.safetensors`: the EMA weights of a `SymmetrisedDenoiser` (safetensors only, so
   opening a release can never run code, unlike a pickled torch file);

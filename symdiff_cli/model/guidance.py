@@ -65,8 +65,6 @@ class MeanDenoiser(nn.Module):
     def forward(self, x: torch.Tensor, h: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None = None,
                 **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         eps_x, eps_h = self.members[0](x, h, t, mask, **kwargs)
-        if len(self.members) == 1:
-            return eps_x, eps_h
         for member in self.members[1:]:
             more_x, more_h = member(x, h, t, mask, **kwargs)
             eps_x, eps_h = eps_x + more_x, eps_h + more_h
