@@ -27,7 +27,10 @@ class SplitChoice(str, Enum):
     all = "all"
 
 
-PER_MOLECULE_COLUMNS = ("index", "source", "num_atoms", "stable_atoms", "stable", "valid", "strict_valid", "smiles")
+PER_MOLECULE_COLUMNS = (
+    "index", "source", "num_atoms", "stable_atoms", "stable", "valid", "strict_valid", "smiles",
+    "failure", "odd_electrons", "hydrogen_balance", "isolated_atoms",
+)
 
 
 def _write_text_atomic(path: str, text: str) -> None:
@@ -127,6 +130,10 @@ def _per_molecule_csv(result, origins) -> str:
                 int(report.valid),
                 int(report.strict_valid),
                 report.smiles or "",
+                report.failure,
+                int(report.odd_electrons),
+                report.hydrogen_balance,
+                report.isolated_atoms,
             ]
         )
     return buffer.getvalue()
@@ -163,7 +170,9 @@ def evaluate_command(
         "--per-molecule",
         metavar="CSV",
         help="Write one CSV row per molecule (index, source, atoms, stable atoms, stable, valid, strict_valid, "
-        "SMILES) to CSV ('-' for standard output).",
+        "SMILES, and why it is unstable: failure = stable|composition|geometry, where composition means no "
+        "geometry can make it stable (e.g. an odd electron count); odd_electrons; hydrogen_balance = hydrogens "
+        "minus those the heavy atoms' valences need; isolated_atoms) to CSV ('-' for standard output).",
         show_default=False,
     ),
     strict: bool = typer.Option(
