@@ -134,6 +134,7 @@ def test_tags_agree_with_the_coordinates_in_the_file(env, tmp_path, capsys, monk
     assert "molecule stability 0.0 %" in stderr
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_and_other_seed_differs(env, tmp_path, capsys):
     args = ["--n", "9", "--model", "tiny", "--quiet", *FAST]
     for name, seed in (("a.sdf", "5"), ("b.sdf", "5"), ("c.sdf", "6")):
@@ -143,6 +144,7 @@ def test_same_seed_same_bytes_and_other_seed_differs(env, tmp_path, capsys):
     assert (tmp_path / "a.sdf").read_bytes() != (tmp_path / "c.sdf").read_bytes()
 
 
+@pytest.mark.slow
 def test_bf16_and_fp32_sampling_are_each_reproducible(env, tmp_path, capsys):
     files = {}
     for precision in ("fp32", "bf16", "bf16"):
@@ -238,6 +240,7 @@ def test_shard_arithmetic():
             parse_shard(bad, {})
 
 
+@pytest.mark.slow
 def test_stdout_carries_only_sdf_and_pipes_into_convert(env, tmp_path):
     cmd = [sys.executable, "-m", "symdiff_cli"]
     generate = subprocess.run([*cmd, "generate", "--n", "20", "--out", "-", "--model", "tiny", *FAST],
@@ -326,6 +329,7 @@ def _restore_default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_finished_batches(env, tmp_path):
     """SIGINT after the first batch: a complete, shorter SDF and exit code 130."""
     out = tmp_path / "mols.sdf"
