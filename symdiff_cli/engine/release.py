@@ -36,6 +36,7 @@ import torch
 from symdiff_cli.errors import SymdiffError
 from symdiff_cli.io.atomic import current_umask
 from symdiff_cli.model.config import ModelConfig
+from symdiff_cli.model.valence import ValenceGuidanceSettings
 
 RELEASE_FORMAT = "symdiff-release"
 # Version 2 added the optional guide, version 3 a guide of several networks. Each release is
@@ -550,6 +551,19 @@ def default_sampling_steps(config: dict[str, Any], model_cfg: ModelConfig, devic
     if device_type == "cuda":
         return int(sampling.get("default_steps_cuda", min(DEFAULT_STEPS_CUDA, model_cfg.timesteps)))
     return int(sampling.get("default_steps_cpu", min(DEFAULT_STEPS_CPU, model_cfg.timesteps)))
+
+
+def valence_guidance_settings(config: dict[str, Any]) -> ValenceGuidanceSettings:
+    """The release's valence guidance (config.json sampling.valence_guidance); off when absent."""
+    raw = config.get("sampling", {}).get("valence_guidance")
+    if raw is None:
+        return ValenceGuidanceSettings()
+    try:
+        if not isinstance(raw, dict):
+            raise ValueError("it must be an object")
+        return ValenceGuidanceSettings.from_dict(raw)
+    except (TypeError, ValueError) as err:
+        raise SymdiffError(f"invalid sampling.valence_guidance in the release config ({err})") from None
 
 
 def read_release_config(release_dir: Path) -> tuple[dict[str, Any], ModelConfig, dict[int, int]]:
