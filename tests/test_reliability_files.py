@@ -252,6 +252,32 @@ def binary_inputs(tmp_path, sdf_file) -> dict[str, Path]:
     return paths
 
 
+def test_binary_data_is_one_line_in_evaluate_and_convert(tmp_path, capfd, binary_inputs):
+    before = snapshot(tmp_path)
+    for name, path in binary_inputs.items():
+        code, out, err = cli(capfd, "evaluate", str(path), "--no-novelty")
+        assert_one_line_error(code, out, err, "is not a text molecule file", exit_code=1)
+        code, out, err = cli(capfd, "convert", str(path), str(tmp_path / "out.xyz"))
+        assert_one_line_error(code, out, err, "is not a text molecule file", exit_code=1)
+        code, out, err = cli(capfd, "evaluate", "-", "--no-novelty", stdin=path.read_bytes())
+        assert_one_line_error(code, out, err, exit_code=1)
+    assert snapshot(tmp_path) == before and leftovers(tmp_path) == []
+
+
+def test_gzip_names_the_compression(capfd, binary_inputs):
+    code, out, err = cli(capfd, "evaluate", str(binary_inputs["gzipped.sdf"]), "--no-novelty")
+    assert_one_line_error(code, out, err, "gzip-compressed", exit_code=1)
+
+
+@pytest.mark.parametrize("name", ["urandom0.sdf", "urandom1.xyz", "gzipped.sdf"])
+def test_binary_training_data_is_one_line(tmp_path, capfd, binary_inputs, name):
+    before = snapshot(tmp_path)
+    code, out, err = cli(capfd, "train", "--data", str(binary_inputs[name]), "--out", str(tmp_path / "run"),
+                         "--preset", "tiny", "--max-steps", "1", "--quiet", "--threads", "1")
+    assert_one_line_error(code, out, err, "is not a text molecule file", exit_code=1)
+    assert snapshot(tmp_path) == before
+
+
 # --------------------------------------------------------------------------------------
 # 7. Integrity of release weights and checkpoints
 
@@ -389,6 +415,31 @@ def test_a_release_with_unknown_atom_types_is_never_written(tmp_path):
     with pytest.raises(SymdiffError, match="'Q', which is not an element symbol"):
         save_release(tmp_path / "rel", bad, state, HISTOGRAM, "qm9", {})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_overwritten_file_keeps_its_permissions(tmp_path):
+    target = tmp_path / "secret.json"
+    target.write_text("old")
+    target.chmod(0o600)
+    with atomic_output(target) as handle:
+        handle.write("new")
+    assert target.read_text() == "new" and stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+def test_writing_through_a_symlink_keeps_the_link(tmp_path, capfd):
+    (tmp_path / "data").mkdir()
+    real = tmp_path / "data" / "real.sdf"
+    real.write_text("old")
+    real.chmod(0o640)
+    link = tmp_path / "link.sdf"
+    link.symlink_to(real)
+    xyz = tmp_path / "w.xyz"
+    xyz.write_text(WATER_XYZ)
+    code, _, err = cli(capfd, "convert", str(xyz), str(link))
+    assert code == 0, err
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert "water" in real.read_text() and stat.S_IMODE(real.stat().st_mode) == 0o640
+    assert leftovers(tmp_path) == [] and sorted(os.listdir(tmp_path / "data")) == ["real.sdf"]
 
 
 def _run_symdiff(*args: str, cwd: Path) -> subprocess.CompletedProcess:
