@@ -220,6 +220,41 @@ def sdf_file(tmp_path) -> Path:
     return sdf
 
 
+@pytest.mark.parametrize("how", ["same path", "symlink", "hard link", "other spelling"])
+@pytest.mark.parametrize("option", ["--json", "--per-molecule"])
+def test_evaluate_refuses_to_write_over_its_input(tmp_path, capfd, sdf_file, how, option):
+    out = {"same path": sdf_file, "symlink": tmp_path / "link.json", "hard link": tmp_path / "hard.csv",
+           "other spelling": tmp_path / "." / "sub" / ".." / "a.sdf"}[how]
+    (tmp_path / "sub").mkdir()
+    if how == "symlink":
+        out.symlink_to(sdf_file.name)
+    elif how == "hard link":
+        os.link(sdf_file, out)
+    before = snapshot(tmp_path)
+    code, stdout, stderr = cli(capfd, "evaluate", str(sdf_file), option, str(out), "--no-novelty")
+    assert_one_line_error(code, "", stderr, "refusing to overwrite", exit_code=2)
+    assert snapshot(tmp_path) == before
+
+
+def test_evaluate_refuses_two_outputs_on_one_file(tmp_path, capfd, sdf_file):
+    code, _, stderr = cli(capfd, "evaluate", str(sdf_file), "--json", str(tmp_path / "x"),
+                          "--per-molecule", str(tmp_path / "x"), "--no-novelty")
+    assert_one_line_error(code, "", stderr, "give them different paths", exit_code=2)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("how", ["same path", "symlink"])
+def test_convert_refuses_to_write_over_its_input(tmp_path, capfd, sdf_file, how):
+    out = sdf_file
+    if how == "symlink":
+        out = tmp_path / "out.sdf"
+        out.symlink_to(sdf_file)
+    before = snapshot(tmp_path)
+    code, _, stderr = cli(capfd, "convert", str(sdf_file), str(out))
+    assert_one_line_error(code, "", stderr, "is the input file", exit_code=2)
+    assert snapshot(tmp_path) == before
+
+
 def test_train_refuses_to_write_its_run_into_a_release(tmp_path, capfd, small_npz):
     release = tiny_release(tmp_path / "rel", guide_seeds=(1,))
     before = snapshot(tmp_path)
@@ -417,6 +452,19 @@ def test_a_release_with_unknown_atom_types_is_never_written(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("source", ["checkpoint", "release"])
+def test_a_release_cannot_go_to_stdout(tmp_path, capfd, monkeypatch, source):
+    monkeypatch.chdir(tmp_path)
+    if source == "checkpoint":
+        args = [str(tiny_checkpoint(tmp_path / "ckpt.pt")), "-"]
+    else:
+        args = [str(tiny_release(tmp_path / "rel", guide_seeds=(1,))), "-", "--guidance", "3"]
+    before = snapshot(tmp_path)
+    code, out, err = cli(capfd, "convert", *args)
+    assert_one_line_error(code, out, err, "cannot go to standard output", exit_code=2)
+    assert snapshot(tmp_path) == before and not (tmp_path / "-").exists()
+
+
 def test_an_overwritten_file_keeps_its_permissions(tmp_path):
     target = tmp_path / "secret.json"
     target.write_text("old")
@@ -448,6 +496,20 @@ def _run_symdiff(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           cwd=cwd, env=env, timeout=300)
 
 
+def test_rdkit_and_numpy_warnings_stay_off_stderr(tmp_path):
+    # A lone hydrogen makes RDKit warn while writing SMILES; coordinates of 1e200 Å overflow
+    # numpy's squared distances in the bond rules.
+    (tmp_path / "lone.xyz").write_text("1\nh\nH 0 0 0\n" + WATER_XYZ)
+    (tmp_path / "far.xyz").write_text("2\nfar\nC 1e200 0 0\nC -1e200 0 0\n")
+    result = _run_symdiff("convert", "lone.xyz", "lone.smi", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert [line for line in result.stderr.splitlines() if line.strip()] == [
+        "Converted 2 molecules from lone.xyz to lone.smi (smi)."]
+    result = _run_symdiff("evaluate", "far.xyz", "--no-novelty", "--json", "far.json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stderr and "overflow" not in result.stderr, result.stderr
+
+
 @pytest.fixture
 def guided_with_damaged_guide(tmp_path) -> Path:
     release = tiny_release(tmp_path / "rel", seed=0, guide_seeds=(1,))
@@ -471,6 +533,16 @@ def test_guidance_one_never_opens_the_guide(tmp_path, capfd, guided_with_damaged
                             "--out", str(tmp_path / "n.xyz"), "--steps", "2", "--quiet", "--device", "cpu")
     assert_one_line_error(code, stdout, err, GUIDE_WEIGHTS_FILE, exit_code=1)
     assert not (tmp_path / "n.xyz").exists()
+
+
+def test_evaluate_reads_smiles_from_stdin_with_from(capfd):
+    code, out, err = cli(capfd, "evaluate", "-", "--from", "smi", "--no-novelty", "--json", "-", stdin=b"CCO\nC=O\n")
+    assert code == 0, err
+    assert json.loads(out)["counts"]["molecules"] == 2
+    code, out, err = cli(capfd, "evaluate", "-", "--no-novelty", stdin=b"CCO\n")
+    assert_one_line_error(code, out, err, "give it explicitly", exit_code=1)
+    code, out, err = cli(capfd, "evaluate", "-", "--from", "pdb", "--no-novelty", stdin=b"CCO\n")
+    assert_one_line_error(code, out, err, "unsupported format 'pdb'", exit_code=1)
 
 
 # --------------------------------------------------------------------------------------
