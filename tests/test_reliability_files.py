@@ -561,3 +561,80 @@ def _damaged(path: Path, kind: str, rng: random.Random) -> None:
         for offset in rng.sample(range(len(data)), 3):
             data[offset] ^= 1 << rng.randrange(8)
     path.write_bytes(bytes(data))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("kind", ["flip", "truncate", "zero", "urandom"])
+@pytest.mark.parametrize("weights_file", [WEIGHTS_FILE, GUIDE_WEIGHTS_FILE])
+def test_fault_injection_damaged_release_weights(tmp_path, capfd, seed, kind, weights_file):
+    release = tiny_release(tmp_path / "rel", seed=0, guide_seeds=(1,))
+    _damaged(release / weights_file, kind, random.Random(seed))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    before = snapshot(tmp_path)
+    code, out, err = cli(capfd, "generate", "--n", "2", "--model", str(release), "--out", str(out_dir / "m.sdf"),
+                         "--steps", "2", "--quiet", "--device", "cpu")
+    assert_one_line_error(code, out, err, weights_file, exit_code=1)
+    code, out, err = cli(capfd, "convert", str(release), str(tmp_path / "copy"), "--guidance", "3")
+    assert_one_line_error(code, out, err, weights_file, exit_code=1)
+    assert snapshot(tmp_path) == before and leftovers(tmp_path) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("kind", ["flip", "truncate", "urandom"])
+def test_fault_injection_damaged_checkpoint(tmp_path, capfd, seed, kind):
+    ckpt = tiny_checkpoint(tmp_path / "ckpt.pt")
+    clean = tmp_path / "clean"
+    code, _, err = cli(capfd, "convert", str(ckpt), str(clean))
+    assert code == 0, err
+    _damaged(ckpt, kind, random.Random(seed))
+    before = snapshot(tmp_path)
+    out = tmp_path / "rel"
+    code, stdout, err = cli(capfd, "convert", str(ckpt), str(out))
+    if code == 0:
+        # Only bytes that carry nothing (zip padding, an unchecked field) can pass: same release.
+        assert kind == "flip"
+        for name in (WEIGHTS_FILE, CONFIG_FILE):
+            assert (out / name).read_bytes() == (clean / name).read_bytes()
+        shutil.rmtree(out)
+    else:
+        assert_one_line_error(code, stdout, err, "ckpt.pt", exit_code=1)
+    assert snapshot(tmp_path) == before and leftovers(tmp_path) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(3))
+def test_fault_injection_random_bytes_to_every_reader(tmp_path, capfd, sdf_file, seed):
+    rng = random.Random(seed)
+    payloads = {"urandom": rng.randbytes(rng.randrange(1, 20000)), "gzip": gzip.compress(sdf_file.read_bytes())}
+    work = tmp_path / "work"
+    work.mkdir()
+    release = tiny_release(work / "rel")
+    for label, payload in payloads.items():
+        for ext in ("sdf", "xyz", "smi", "npz"):
+            path = work / f"{label}.{ext}"
+            path.write_bytes(payload)
+            before = snapshot(work)
+            runs = [("evaluate", str(path), "--no-novelty"),
+                    ("convert", str(path), str(work / "out.xyz")),
+                    ("evaluate", "-", "--no-novelty", "--from", ext)]
+            if ext != "smi":
+                runs.append(("train", "--data", str(path), "--out", str(work / "run"), "--preset", "tiny",
+                             "--max-steps", "1", "--quiet", "--threads", "1"))
+            for args in runs:
+                code, out, err = cli(capfd, *args, stdin=payload if "-" in args else None)
+                assert_one_line_error(code, out, err, exit_code=1)
+                assert snapshot(work) == before, args
+            path.unlink()
+        config = release / CONFIG_FILE
+        saved = config.read_bytes()
+        config.write_bytes(payload)
+        before = snapshot(work)
+        code, out, err = cli(capfd, "generate", "--n", "1", "--model", str(release), "--out", str(work / "m.sdf"),
+                             "--steps", "2", "--quiet", "--device", "cpu")
+        assert_one_line_error(code, out, err, "config.json", exit_code=1)
+        assert snapshot(work) == before
+        config.write_bytes(saved)
+    assert leftovers(tmp_path) == []
