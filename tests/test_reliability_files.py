@@ -83,6 +83,8 @@ def snapshot(root: Path) -> dict[str, tuple]:
             state[key] = ("link", os.readlink(path))
         elif path.is_dir():
             state[key] = ("dir", stat.S_IMODE(info.st_mode))
+        elif not stat.S_ISREG(info.st_mode):  # reading a FIFO would block
+            state[key] = ("special", stat.S_IFMT(info.st_mode), info.st_mtime_ns)
         else:
             state[key] = (hashlib.sha256(path.read_bytes()).hexdigest(), info.st_mtime_ns, stat.S_IMODE(info.st_mode))
     return state
@@ -488,6 +490,18 @@ def test_writing_through_a_symlink_keeps_the_link(tmp_path, capfd):
     assert link.is_symlink() and os.readlink(link) == str(real)
     assert "water" in real.read_text() and stat.S_IMODE(real.stat().st_mode) == 0o640
     assert leftovers(tmp_path) == [] and sorted(os.listdir(tmp_path / "data")) == ["real.sdf"]
+
+
+def test_a_pipe_or_device_output_is_never_replaced_by_a_file(tmp_path, capfd, sdf_file):
+    # A FIFO stands in for /dev/null or /dev/stdout, which a rename (as root) would replace.
+    fifo = tmp_path / "out.xyz"
+    os.mkfifo(fifo)
+    before = snapshot(tmp_path)
+    code, out, err = cli(capfd, "convert", str(sdf_file), str(fifo))
+    assert_one_line_error(code, out, err, "not a regular file", exit_code=1)
+    code, out, err = cli(capfd, "evaluate", str(sdf_file), "--json", str(fifo), "--no-novelty")
+    assert_one_line_error(code, "", err, "not a regular file", exit_code=1)
+    assert snapshot(tmp_path) == before and stat.S_ISFIFO(fifo.lstat().st_mode)
 
 
 def _run_symdiff(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -8,6 +8,7 @@ keep the temporary file open across many writes (MoleculeWriter).
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
@@ -54,11 +55,20 @@ def open_temp_file(path: str | os.PathLike, mode: str = "wb", suffix: str = ".tm
     When `path` is a symlink the temporary file goes next to the file it points to, so that
     the final rename stays on one file system. mode "wb" gives a binary file, "w" a UTF-8
     text file that writes newlines as given. Returns (file object, temporary path). Raises
-    OSError (the folder must exist).
+    OSError (the folder must exist; an existing `path` must be a regular file).
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"mode must be 'w' or 'wb', not {mode!r}")
     target = write_target(path)
+    try:
+        existing = os.stat(target).st_mode
+    except OSError:
+        existing = None
+    if existing is not None and not stat.S_ISREG(existing):
+        # A rename would replace a device or pipe (/dev/null, /dev/stdout, a FIFO) with a
+        # regular file; the user meant a stream, which is what '-' is for.
+        kind = "a directory" if stat.S_ISDIR(existing) else "not a regular file"
+        raise OSError(errno.EINVAL, f"{kind}; write to '-' and redirect standard output instead", os.fspath(path))
     fd, temp_path = tempfile.mkstemp(
         dir=os.path.dirname(target), prefix=f".{os.path.basename(target)}.", suffix=suffix
     )
