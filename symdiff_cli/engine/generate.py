@@ -183,7 +183,7 @@ def guided_denoiser(release: ReleasedModel, guidance: float | None, guide_specs:
         guide_specs = [guide_specs]
     guide_specs = list(guide_specs or [])
     weight = release.guidance_weight if guidance is None else float(guidance)
-    if guide_specs and guidance is None and release.guide is None:
+    if guide_specs and guidance is None and not release.ships_guide:
         raise UsageError("--guide needs --guidance W (a weight above 1 steers away from the guide; the shipped "
                          f"model uses {DEFAULT_GUIDANCE_WEIGHT:g})")
     if weight == 1.0:
@@ -192,6 +192,8 @@ def guided_denoiser(release: ReleasedModel, guidance: float | None, guide_specs:
     if guide_specs:
         guide = mean_of([load_guide_from_release(spec, release.cfg, release.device, offline=offline,
                                                  show_progress=show_progress) for spec in guide_specs])
+    if guide is None and release.ships_guide:
+        raise RuntimeError("guided_denoiser needs the release loaded with load_guide=True")
     if guide is None:
         raise UsageError(f"--guidance {weight:g} needs a guide model: this release ships none; pass --guide MODEL")
     return AutoGuidedDenoiser(release.model, guide, weight), weight
@@ -343,7 +345,10 @@ def generate(opts: GenerateOptions) -> GenerateResult:
     reports: list = []
     interrupted = False
     try:
-        release = load_release(opts.model, device, offline=opts.offline, show_progress=not opts.quiet)
+        # The release's own guide is read only when it will be called: --guidance 1 samples
+        # the main model alone and --guide replaces it, so a damaged guide file blocks neither.
+        release = load_release(opts.model, device, offline=opts.offline, show_progress=not opts.quiet,
+                               load_guide=opts.guidance != 1.0 and not opts.guide)
         cfg = release.cfg
         if opts.num_atoms is not None and opts.num_atoms > cfg.max_atoms:
             raise UsageError(f"--num-atoms {opts.num_atoms} is above this model's maximum of {cfg.max_atoms} atoms")

@@ -24,7 +24,8 @@ import torch.distributed as dist
 
 from symdiff_cli.chem.elements import DatasetInfo, dataset_info
 from symdiff_cli.data.batching import MoleculeTensors, SizeGroupedBatches
-from symdiff_cli.engine.checkpoint import CHECKPOINT_NAME, atomic_torch_save, load_checkpoint
+from symdiff_cli.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from symdiff_cli.engine.checkpoint import save_checkpoint as write_checkpoint
 from symdiff_cli.engine.device import resolve_device
 from symdiff_cli.engine.metrics_log import MetricsLog
 from symdiff_cli.errors import SymdiffError
@@ -322,7 +323,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
             rng = [g[0] for g in gathered]
             cuda_rng = [g[1] for g in gathered] if cuda_rng else []
         if is_main:
-            atomic_torch_save({
+            write_checkpoint({
                 "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
                 "state": dataclasses.asdict(state), "rng_per_rank": rng, "cuda_rng_per_rank": cuda_rng,
                 "model_config": model_cfg.to_dict(), "train_config": cfg.to_dict(),
