@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from symdiff_cli.chem.bonds import bond_thresholds_angstrom
 from symdiff_cli.model.diffusion import NoiseSchedule
 from symdiff_cli.model.geometry import remove_mean, rotate
-from symdiff_cli.model.valence import ValenceGuidedDenoiser, valence_energy
+from symdiff_cli.model.valence import ValenceGuidanceSettings, ValenceGuidedDenoiser, valence_energy
 
 from test_model import fixed_draws, perturbed_model, random_inputs, reflection_and_rotation
 
@@ -122,3 +123,27 @@ def test_one_guided_step_moves_the_clean_estimate_downhill():
     before = valence_energy(x, one_hot([1, 0, 0, 0, 0]), None, thresholds, valences, 0.05)
     after = valence_energy(x0_after, one_hot([1, 0, 0, 0, 0]), None, thresholds, valences, 0.05)
     assert after.item() < before.item()
+
+
+def test_a_bond_too_many_costs_over_weight_times_a_missing_one():
+    thresholds, valences = rules()
+    # Methane with nitrogen in carbon's place and N-H bonds well inside the threshold: one bond too many.
+    over = methane_positions(1.0)
+    as_nitrogen = one_hot([2, 0, 0, 0, 0])
+    # The methyl radical: carbon one bond short.
+    under = methane_positions()[:, :4]
+    as_methyl = one_hot([1, 0, 0, 0])
+    for weight in (1.0, 4.0):
+        e_over = valence_energy(over, as_nitrogen, None, thresholds, valences, 0.01, over_weight=weight)
+        e_under = valence_energy(under, as_methyl, None, thresholds, valences, 0.01, over_weight=weight)
+        assert e_over.item() == pytest.approx(weight, rel=0.02)
+        assert e_under.item() == pytest.approx(1.0, rel=0.02)
+
+
+def test_settings_round_trip_and_reject_nonsense():
+    settings = ValenceGuidanceSettings(scale=0.003, max_t=300, over_weight=4.0)
+    assert ValenceGuidanceSettings.from_dict(settings.to_dict()) == settings
+    assert settings.with_scale(0.01).max_t == 300
+    for bad in ({"scale": -1}, {"width": 0}, {"over_weight": 0.5}, {"strength": 1}):
+        with pytest.raises(ValueError):
+            ValenceGuidanceSettings.from_dict(bad)
