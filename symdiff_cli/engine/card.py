@@ -12,6 +12,7 @@ took to get there:
     {
       "format": "symdiff-metrics", "format_version": 1,
       "description": "optional paragraph for the card's summary",
+      "limits": ["optional release-specific limits, one bullet each", ...],
       "measurements": [                       # the first is the card's results table
         {
           "name": "default sampler",          # optional
@@ -117,6 +118,8 @@ def check_metrics(raw: Any, source: str) -> dict[str, Any]:
         raise SymdiffError(f"{source}: format_version must be an integer in 1..{METRICS_FORMAT_VERSION}")
     if "description" in raw and not isinstance(raw["description"], str):
         raise SymdiffError(f"{source}: description must be a string")
+    if "limits" in raw and (not isinstance(raw["limits"], list) or not all(isinstance(x, str) for x in raw["limits"])):
+        raise SymdiffError(f"{source}: limits must be a list of strings")
     measurements = raw.get("measurements")
     if not isinstance(measurements, list) or not measurements:
         raise SymdiffError(f"{source}: measurements must be a non-empty list")
@@ -286,7 +289,7 @@ def model_card(config: dict[str, Any], num_parameters: int | None = None, metric
     lines = _front_matter(name, dataset, primary if own_results else None)
     lines += [f"# SymDiff {dataset.upper()} model `{name}`", ""]
     lines += _summary(config, dataset, metrics)
-    lines += _intended_use(config, dataset, primary if own_results else None)
+    lines += _intended_use(config, dataset, primary if own_results else None, (metrics or {}).get("limits", []))
     lines += _usage(config, name, dataset, name == DEFAULT_MODEL_NAME)
     lines += _architecture(config, num_parameters)
     lines += _training(config)
@@ -337,7 +340,8 @@ def _summary(config: dict[str, Any], dataset: str, metrics: dict[str, Any] | Non
     return lines + [""]
 
 
-def _intended_use(config: dict[str, Any], dataset: str, primary: dict[str, Any] | None) -> list[str]:
+def _intended_use(config: dict[str, Any], dataset: str, primary: dict[str, Any] | None,
+                  limits: list[str]) -> list[str]:
     lines = [
         "## Intended use and limits",
         "",
@@ -350,6 +354,7 @@ def _intended_use(config: dict[str, Any], dataset: str, primary: dict[str, Any] 
             f"- Molecule stability is {_pooled(stability):.2f} % here (table below); published QM9 models reach",
             "  82.0 % (EDM) and about 89-90 % (SymDiff as published), the data itself 95.2 %.",
         ]
+    lines += [f"- {limit}" for limit in limits]
     lines += [
         "- Unconditional: molecule sizes follow the training set's atom-count histogram; no property conditioning.",
         "- Reproducibility: the same command, seed, options and thread count give the same file on the same",
@@ -522,7 +527,9 @@ def _results(measurements: list[dict[str, Any]]) -> list[str]:
             seeds = entry["seeds"]
             lines.append(f"- {entry.get('name', 'Measurement').rstrip('.')}; {entry['date']}, "
                          f"{'seed' if len(seeds) == 1 else 'seeds'} {_seeds_text(seeds)} of "
-                         f"{_num(entry['n_per_seed'])} molecules: {shown}")
+                         f"{_num(entry['n_per_seed'])} molecules: {shown}"
+                         + (f"; {_num(entry['seconds_per_1000'])} s per 1,000 molecules"
+                            if entry.get("seconds_per_1000") is not None else ""))
     return lines + [""]
 
 
