@@ -507,9 +507,9 @@ def _results(measurements: list[dict[str, Any]]) -> list[str]:
         per_seed = metric.get("per_seed")
         if per_seed and len(per_seed) > 1:
             spread = f"{statistics.fmean(per_seed):.2f} ± {statistics.stdev(per_seed):.2f} %"
-            extent = f"{min(per_seed):g} - {max(per_seed):g} %"
+            extent = f"{_num(min(per_seed))} - {_num(max(per_seed))} %"
         elif per_seed:
-            spread, extent = f"{per_seed[0]:g} %", "one seed"
+            spread, extent = f"{_num(per_seed[0])} %", "one seed"
         else:
             spread, extent = "-", "one seed" if len(seeds) == 1 else "-"
         lines.append(f"| {_label(key)} | {spread} | {extent} | {_pooled_text(metric)} |")
