@@ -68,7 +68,8 @@ def test_the_shipped_card_is_what_convert_writes(tmp_path, name):
     result = symdiff("convert", str(source), str(out))
     assert result.returncode == 0, result.stderr
     committed = (REPO / "weights" / name / CARD_FILE).read_bytes()
-    assert (out / CARD_FILE).read_bytes() == committed
+    assert (out / CARD_FILE).read_bytes() == committed, \
+        f"weights/{name}/README.md is stale: symdiff convert weights/{name} weights/{name} --card-only"
     assert (out / METRICS_FILE).read_bytes() == (REPO / "weights" / name / METRICS_FILE).read_bytes()
     # the rest of config.json as it was: the re-save adds the weights' digests only
     new_config = json.loads((out / CONFIG_FILE).read_text())
