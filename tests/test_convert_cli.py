@@ -176,7 +176,7 @@ def test_help_describes_every_option():
     result = run_symdiff("convert", "--help")
     text = result.stdout.decode()
     assert result.returncode == 0
-    for option in ("--from", "--to", "--bonds", "--strict", "--weights", "--guide", "--guidance"):
+    for option in ("--from", "--to", "--bonds", "--strict", "--weights", "--guide", "--guidance", "--card-only"):
         assert option in text
     assert "benchmark" in text and "rdkit" in text
 
@@ -232,7 +232,8 @@ def test_a_guide_of_several_releases(tmp_path):
 
 
 @pytest.mark.parametrize("args, expected", [
-    ([], "needs --guide MODEL or --guidance W"),
+    (["--card-only"], "give OUT the same directory as IN"),
+    (["--card-only", "--guidance", "2"], "--card-only writes the card alone"),
     (["--guidance", "2"], "ships no guide: pass --guide MODEL"),
     (["--guide", "no/such/dir"], "no model at"),
     (["--guide", "@old", "--guidance", "-2"], "guidance weight must be a finite number >= 0"),

@@ -118,6 +118,12 @@ def convert_command(
         help=f"With --guide: the release's default guidance weight (default {DEFAULT_GUIDANCE_WEIGHT:g}). "
         "For a release IN without --guide: a new default weight for the guide it ships.",
     ),
+    card_only: bool = typer.Option(
+        False,
+        "--card-only",
+        help="For a release directory IN with OUT the same directory: only render its model card "
+        "README.md again, from its config.json and metrics.json; no other file is written.",
+    ),
     strict: bool = typer.Option(
         False,
         "--strict",
@@ -131,8 +137,10 @@ def convert_command(
     directory OUT: model.safetensors (EMA weights, or the last step's with --weights raw),
     config.json and a model card README.md; with --guide, guide.safetensors too.
 
-    A release directory IN is written again to OUT (which may be IN) with the guide of --guide,
-    or with the new default weight of --guidance; its model card is regenerated.
+    A release directory IN is written again to OUT (which may be IN): as it is, with the guide
+    of --guide, or with the new default weight of --guidance. Its metrics.json is carried over
+    unchanged and its model card README.md regenerated from config.json and metrics.json;
+    --card-only regenerates the card alone.
 
     Writing is atomic: after an error no output file is left behind.
 
@@ -146,18 +154,20 @@ def convert_command(
     from symdiff_cli.chem.quiet import quiet_library_warnings
 
     with quiet_library_warnings():
-        _convert(input_path, output_path, from_format, to_format, bonds, weights, guide, guidance, strict)
+        _convert(input_path, output_path, from_format, to_format, bonds, weights, guide, guidance, strict, card_only)
 
 
 def _convert(input_path: str, output_path: str, from_format: Optional[str], to_format: Optional[str],
              bonds: BondPerception, weights: CheckpointWeights, guide: Optional[List[str]],
-             guidance: Optional[float], strict: bool) -> None:
+             guidance: Optional[float], strict: bool, card_only: bool = False) -> None:
     """convert_command's dispatch: a checkpoint, a release directory, or molecule files."""
     from symdiff_cli.io.paths import refuse_overwriting_inputs
 
     is_model = input_path.endswith(".pt") or Path(input_path).is_dir()
     if is_model and output_path == "-":
         raise UsageError("a release is a directory of files and cannot go to standard output: give OUT a directory")
+    if card_only and not (Path(input_path).is_dir() and not input_path.endswith(".pt")):
+        raise UsageError("--card-only applies only to a release directory IN")
     if input_path.endswith(".pt"):
         from symdiff_cli.engine.release import convert_checkpoint_to_release, guide_from_releases
 
@@ -173,7 +183,10 @@ def _convert(input_path: str, output_path: str, from_format: Optional[str], to_f
     if Path(input_path).is_dir():
         if weights is not CheckpointWeights.ema:
             raise UsageError("--weights applies only to a training checkpoint (IN ending in .pt)")
-        _reguide_release(input_path, output_path, guide, guidance)
+        if card_only:
+            _render_card(input_path, output_path, guide, guidance)
+        else:
+            _reguide_release(input_path, output_path, guide, guidance)
         return
     if weights is not CheckpointWeights.ema:
         raise UsageError("--weights applies only to a training checkpoint (IN ending in .pt)")
@@ -191,18 +204,32 @@ def _names(guides: List[str]) -> str:
     return " and ".join(guides)
 
 
-def _reguide_release(input_path: str, output_path: str, guide: Optional[List[str]], guidance: Optional[float]) -> None:
-    """Write release IN to OUT with a new guide (--guide) or a new default weight (--guidance)."""
-    from symdiff_cli.engine.release import attach_guide, guide_from_releases, shipped_guide
+def _render_card(input_path: str, output_path: str, guide: Optional[List[str]], guidance: Optional[float]) -> None:
+    """--card-only: render release IN's model card again in place."""
+    from symdiff_cli.engine.release import write_model_card
 
+    if guide or guidance is not None:
+        raise UsageError("--card-only writes the card alone: it cannot take --guide or --guidance")
+    if not Path(output_path).is_dir() or not Path(output_path).samefile(input_path):
+        raise UsageError("--card-only renders IN's own card: give OUT the same directory as IN")
+    card = write_model_card(Path(input_path).absolute())
+    typer.echo(f"Wrote the model card {card}.", err=True)
+
+
+def _reguide_release(input_path: str, output_path: str, guide: Optional[List[str]], guidance: Optional[float]) -> None:
+    """Write release IN to OUT as it is, with a new guide (--guide) or a new default weight (--guidance)."""
+    from symdiff_cli.engine.release import attach_guide, guide_from_releases, resave_release, shipped_guide
+
+    if not guide and guidance is None:
+        out = resave_release(input_path, output_path)
+        typer.echo(f"Wrote the release {out} again (same weights and settings, model card regenerated).", err=True)
+        return
     if guide:
         new_guide = guide_from_releases(guide, _weight(guidance))
     elif guidance is not None:
         new_guide = shipped_guide(input_path, guidance)
         if new_guide is None:
             raise UsageError(f"{input_path} ships no guide: pass --guide MODEL to add one")
-    else:
-        raise UsageError("a release directory IN needs --guide MODEL or --guidance W (there is nothing else to convert)")
     out = attach_guide(input_path, output_path, new_guide)
     typer.echo(f"Wrote the release {out} with guidance weight {new_guide.weight:g}"
                + (f" and the guide {_names(guide)}" if guide else "") + ".", err=True)

@@ -29,7 +29,9 @@ _RELEASE_CONFIG = "config.json"
 _RELEASE_CARD = "README.md"
 _RELEASE_GUIDE = "guide.safetensors"  # only in releases with a guide model (format version 2)
 _RELEASE_MORE_GUIDES = "guide-*.safetensors"  # guide-2, guide-3, ...: a guide of several networks (version 3)
-HUB_ALLOW_PATTERNS = [_RELEASE_WEIGHTS, _RELEASE_CONFIG, _RELEASE_CARD, _RELEASE_GUIDE, _RELEASE_MORE_GUIDES]
+_RELEASE_METRICS = "metrics.json"  # the measured results the model card shows, when the release has them
+HUB_ALLOW_PATTERNS = [_RELEASE_WEIGHTS, _RELEASE_CONFIG, _RELEASE_CARD, _RELEASE_GUIDE, _RELEASE_MORE_GUIDES,
+                      _RELEASE_METRICS]
 
 # owner/name as the Hub spells repo ids, optionally @revision (branch, tag or commit).
 _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*)(?:@(?P<revision>[^\s@]+))?$")

@@ -8,7 +8,12 @@ A release is a directory with three files, and guide files when it samples with 
   schedule, normalisation), the dataset name, the training-set atom-count histogram (the
   sizes sampled at generation time), training provenance, and the default sampling step
   counts for CPU and GPU;
-- `README.md`: a model card;
+- `README.md`: the model card, generated from `config.json` and `metrics.json` by whatever writes
+  the release (`symdiff_cli/engine/card.py`), never edited by hand;
+- `metrics.json` (optional): the measured results the card shows (per-seed values, seeds, sample
+  sizes, the command, the date, the sampler settings; schema in `card.py`). The release format
+  carries it over unchanged when a release is written again, and drops it when new weights are
+  written over a release (its numbers describe the old weights);
 - `guide.safetensors` (optional, format version 2): the weights of a weaker model of the same
   data that the sampler guides away from (autoguidance, `symdiff_cli/model/guidance.py`), with
   its architecture, weight and provenance in the `guidance` section of `config.json`;
@@ -63,7 +68,7 @@ GUIDE_SHARED_SETTINGS = ("dataset", "atom_types", "max_atoms", "timesteps", "noi
                          "norm_one_hot", "norm_charge")
 
 # Sampling steps when the user gives none. On CPU fewer steps of the same schedule trade some
-# quality for time (DESIGN.md 1.2); on a GPU the full chain is affordable.
+# quality for time; on a GPU the full chain is affordable.
 DEFAULT_STEPS_CPU = 100
 DEFAULT_STEPS_CUDA = 1000
 
@@ -180,6 +185,12 @@ def _histogram_from_json(raw: Any, cfg: ModelConfig, source: str) -> dict[int, i
     return histogram
 
 
+# The config.json keys this symdiff writes itself; others (from a newer symdiff, or added by
+# hand) are carried over when a release is written again.
+_KNOWN_CONFIG_KEYS = ("format", "format_version", "model_config", "dataset", "atom_count_histogram", "sampling",
+                      "provenance", "guidance", CHECKSUMS_KEY)
+
+
 def release_config(
     model_cfg: ModelConfig,
     histogram: dict[int, int],
@@ -188,8 +199,15 @@ def release_config(
     default_steps_cpu: int = DEFAULT_STEPS_CPU,
     default_steps_cuda: int = DEFAULT_STEPS_CUDA,
     guide: Guide | None = None,
+    sampling: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The content of a release's config.json."""
+    """The content of a release's config.json.
+
+    `sampling` holds further sampling settings (e.g. `valence_guidance`), written after the step
+    defaults, which the two step arguments set; `extra` further top-level keys, written last.
+    Both are kept as they are, so that settings this code does not know survive a re-save.
+    """
     config = {
         "format": RELEASE_FORMAT,
         "format_version": _format_version(guide),
@@ -199,6 +217,8 @@ def release_config(
         "sampling": {"default_steps_cpu": int(default_steps_cpu), "default_steps_cuda": int(default_steps_cuda)},
         "provenance": dict(provenance),
     }
+    for key, value in (sampling or {}).items():
+        config["sampling"].setdefault(key, value)
     if guide is not None:
         entries = [
             {"weights_file": guide_weights_file(i), "model_config": net.model_cfg.to_dict(),
@@ -210,6 +230,9 @@ def release_config(
             config["guidance"].update(entries[0])
         else:
             config["guidance"]["guides"] = entries
+    for key, value in (extra or {}).items():
+        if key not in _KNOWN_CONFIG_KEYS:
+            config[key] = value
     return config
 
 
@@ -375,93 +398,34 @@ def parse_release_config(config: Any, source: str) -> tuple[ModelConfig, dict[in
 
 
 def model_card(config: dict[str, Any], num_parameters: int | None = None,
-               metrics: dict[str, float] | None = None) -> str:
-    """A model-card README for a release config; `metrics` (fractions) fills the results table."""
-    cfg = config["model_config"]
-    prov = config.get("provenance", {})
-    sampling = config.get("sampling", {})
-    dataset = config.get("dataset", cfg.get("dataset", "?"))
-    gamma_text = {
-        "learned": "learned orientation kernel (SymDiff)",
-        "haar": "Haar-random rotations (DiT-Aug baseline)",
-        "none": "no symmetrisation (plain DiT)",
-    }.get(cfg.get("gamma"), str(cfg.get("gamma")))
-    lines = [
-        "---",
-        "library_name: symdiff",
-        "tags: [molecule-generation, diffusion, 3d, chemistry, symdiff]",
-        f"datasets: [{dataset}]",
-        "---",
-        "",
-        f"# SymDiff {dataset} model",
-        "",
-        "A 3D molecule generator: E(3)-invariant diffusion (EDM-style, variance preserving) with a",
-        "Diffusion Transformer made O(3)-equivariant in distribution by stochastic symmetrisation",
-        "(Zhang et al., SymDiff, ICLR 2025).",
-        "",
-        "## Architecture",
-        "",
-        f"- Backbone DiT: hidden {cfg.get('hidden')}, depth {cfg.get('depth')}, {cfg.get('heads')} heads"
-        + (", SwiGLU" if cfg.get("swiglu") else ""),
-        f"- Orientation: {gamma_text}"
-        + (f", transformer hidden {cfg.get('gamma_hidden')}, depth {cfg.get('gamma_depth')}"
-           if cfg.get("gamma") == "learned" else ""),
-        f"- Atom types: {' '.join(cfg.get('atom_types', []))}; at most {cfg.get('max_atoms')} atoms",
-        f"- Diffusion: {cfg.get('timesteps')} steps, {cfg.get('noise_schedule')} schedule",
-    ]
-    if num_parameters is not None:
-        lines.append(f"- Parameters: {num_parameters:,}")
-    guidance = config.get("guidance")
-    if guidance:
-        entries = guide_entries(config)
-        lines.append(
-            f"- Sampling: autoguidance with weight {guidance.get('weight')} (Karras et al. 2024): each step "
-            "extrapolates from a weaker guide model's prediction towards this model's, eps = eps_guide + "
-            "w (eps_main - eps_guide), which adds the guide's cost to every step; `--guidance 1` samples "
-            "this model alone"
-            + (f"; the guide's prediction is the mean of {len(entries)} networks'" if len(entries) > 1 else ""))
-        for index, entry in enumerate(entries):
-            gcfg, gprov = entry.get("model_config", {}), entry.get("provenance", {})
-            lines.append(
-                f"- Guide model (`{guide_weights_file(index)}`): hidden {gcfg.get('hidden')}, depth {gcfg.get('depth')}"
-                + (f", trained {gprov['step']} steps" if "step" in gprov else "")
-                + (f", from the release {gprov['release']}" if "release" in gprov else ""))
-    lines += ["", "## Training", ""]
-    if prov:
-        for key in sorted(prov):
-            value = prov[key]
-            if key in ("train_seconds", "train_cpu_seconds") and isinstance(value, (int, float)):
-                value = f"{value / 3600:.2f} h"
-            lines.append(f"- {key.replace('_', ' ')}: {value}")
-    else:
-        lines.append("- not recorded")
-    lines += ["", "## Measured metrics", ""]
-    if metrics:
-        lines += ["| metric | value |", "| --- | --- |"]
-        for key, value in metrics.items():
-            text = f"{100 * value:.2f} %" if isinstance(value, float) and 0 <= value <= 1 else str(value)
-            lines.append(f"| {key.replace('_', ' ')} | {text} |")
-    else:
-        lines.append("Not measured yet: `symdiff generate --model <this release> --n 1000 --out mols.sdf`, then "
-                     "`symdiff evaluate mols.sdf` computes the QM9 benchmark metrics (atom/molecule stability, "
-                     "validity, uniqueness, novelty).")
-    lines += [
-        "",
-        "## Usage",
-        "",
-        "```",
-        "symdiff generate --n 1000 --out mols.sdf --model <name, directory or org/repo>",
-        "```",
-        "",
-        f"Default sampling steps: {sampling.get('default_steps_cpu', DEFAULT_STEPS_CPU)} on CPU, "
-        f"{sampling.get('default_steps_cuda', DEFAULT_STEPS_CUDA)} on GPU (`--steps` overrides).",
-        "",
-        f"Files: `model.safetensors` ({'raw last-step' if prov.get('weights') == 'raw' else 'EMA'} weights), "
-        "`config.json` (architecture, atom types, schedule,",
-        "normalisation, atom-count histogram, provenance).",
-        "",
-    ]
-    return "\n".join(lines)
+               metrics: dict[str, Any] | None = None, name: str | None = None) -> str:
+    """The model card README.md of a release config (`symdiff_cli/engine/card.py`); `metrics` is
+    the release's checked metrics.json, which fills the results table, and `name` its name."""
+    from symdiff_cli.engine.card import model_card as render
+
+    return render(config, num_parameters, metrics, name)
+
+
+def write_model_card(release_spec: str | os.PathLike) -> Path:
+    """Render the model card of release `release_spec` (a name or directory) again from its
+    config.json and metrics.json, and replace its README.md atomically; nothing else is
+    written. Returns the card's path."""
+    from symdiff_cli.engine.card import parse_metrics_text, read_metrics_text
+    from symdiff_cli.engine.registry import resolve_model
+    from symdiff_cli.io.atomic import atomic_output
+
+    release_dir = resolve_model(str(release_spec), offline=True)
+    config, model_cfg, _ = read_release_config(release_dir)
+    metrics_text = read_metrics_text(release_dir)
+    metrics = None if metrics_text is None else parse_metrics_text(metrics_text, str(release_dir))
+    num_parameters = sum(math.prod(shape) for shape in expected_tensor_shapes(model_cfg).values())
+    card = model_card(config, num_parameters, metrics, name=release_dir.resolve().name)
+    try:
+        with atomic_output(release_dir / CARD_FILE, "w") as handle:
+            handle.write(card)
+    except OSError as err:
+        raise SymdiffError(f"cannot write {release_dir / CARD_FILE}: {err.strerror or err}") from None
+    return release_dir / CARD_FILE
 
 
 # --------------------------------------------------------------------------------------
@@ -547,6 +511,9 @@ def save_release(
     default_steps_cpu: int = DEFAULT_STEPS_CPU,
     default_steps_cuda: int = DEFAULT_STEPS_CUDA,
     guide: Guide | None = None,
+    metrics_text: str | None = None,
+    sampling: dict[str, Any] | None = None,
+    extra_config: dict[str, Any] | None = None,
 ) -> Path:
     """Write a release directory atomically and return its path.
 
@@ -557,7 +524,14 @@ def save_release(
     atomic rename each, and guide files the new release lacks are removed: anything else the
     user keeps there stays. Any other non-empty directory is refused (it is not ours to write
     into). `card_text` None writes a generated model card.
+
+    `metrics_text` is the text of the release's metrics.json, written byte for byte (checked
+    first); None writes none and removes the one an existing release in `out_dir` has, since its
+    numbers were measured with other weights. `sampling` and `extra_config` are further
+    config.json settings (see `release_config`).
     """
+    from symdiff_cli.engine.card import METRICS_FILE, parse_metrics_text
+
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
@@ -582,10 +556,13 @@ def save_release(
             guide_tensors.append(_checked_tensors(net.state_dict, guide_cfg,
                                                   "the guide's weights do not match its model config"))
 
-    config = release_config(model_cfg, histogram, dataset, provenance, default_steps_cpu, default_steps_cuda, guide)
+    config = release_config(model_cfg, histogram, dataset, provenance, default_steps_cpu, default_steps_cuda, guide,
+                            sampling=sampling, extra=extra_config)
     _histogram_from_json(config["atom_count_histogram"], model_cfg, "the histogram")  # same checks as loading
+    metrics = None if metrics_text is None else parse_metrics_text(metrics_text, f"the {METRICS_FILE}")
     if card_text is None:
-        card_text = model_card(config, num_parameters=sum(t.numel() for t in tensors.values()))
+        card_text = model_card(config, num_parameters=sum(t.numel() for t in tensors.values()), metrics=metrics,
+                               name=out_dir.resolve().name)
 
     in_place = out_dir.is_dir()
     # Staging inside an existing directory keeps the renames on one file system, and needs no
@@ -607,11 +584,18 @@ def save_release(
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n", encoding="utf-8")
         (staging / CARD_FILE).write_text(card_text if card_text.endswith("\n") else card_text + "\n", encoding="utf-8")
         written = [CONFIG_FILE, *weights_files, CARD_FILE]
+        if metrics_text is not None:
+            with open(staging / METRICS_FILE, "w", encoding="utf-8", newline="") as handle:
+                handle.write(metrics_text)
+            written.append(METRICS_FILE)
         for name in written:
             _fsync_file(staging / name)
             os.chmod(staging / name, 0o666 & ~current_umask())  # safetensors writes 0600
         if in_place:
-            _swap_release_files(staging, out_dir, written, _stale_guide_files(out_dir, written))
+            stale = _stale_guide_files(out_dir, written)
+            if metrics_text is None and (out_dir / METRICS_FILE).is_file() and is_release_directory(out_dir):
+                stale.append(METRICS_FILE)
+            _swap_release_files(staging, out_dir, written, stale)
         else:
             os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it 0700; use what mkdir would
             os.replace(staging, out_dir)
@@ -812,10 +796,13 @@ def shipped_guide(spec: str | os.PathLike, weight: float | None = None) -> Guide
                   for (guide_cfg, weights_file), entry in zip(networks, guide_entries(config))], weight)
 
 
-def attach_guide(release_spec: str | os.PathLike, out_dir: str | os.PathLike, guide: Guide,
+def attach_guide(release_spec: str | os.PathLike, out_dir: str | os.PathLike, guide: Guide | None,
                  card_text: str | None = None) -> Path:
-    """Write release `release_spec` again to `out_dir` (which may be where it is) with `guide`,
-    replacing any guide it had; its weights, histogram, provenance and step defaults are kept."""
+    """Write release `release_spec` again to `out_dir` (which may be where it is) with `guide`
+    (None: without one), replacing any guide it had; its weights, histogram, provenance,
+    sampling settings, metrics.json and other config.json keys are kept, and the card is
+    generated again unless `card_text` is given."""
+    from symdiff_cli.engine.card import read_metrics_text
     from symdiff_cli.engine.registry import resolve_model
 
     release_dir = resolve_model(str(release_spec))
@@ -827,7 +814,16 @@ def attach_guide(release_spec: str | os.PathLike, out_dir: str | os.PathLike, gu
         default_steps_cpu=default_sampling_steps(config, model_cfg, "cpu"),
         default_steps_cuda=default_sampling_steps(config, model_cfg, "cuda"),
         guide=guide,
+        metrics_text=read_metrics_text(release_dir),
+        sampling=config.get("sampling"),
+        extra_config=config,
     )
+
+
+def resave_release(release_spec: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Write release `release_spec` again to `out_dir` as it is, with its own guide and
+    weight: the same tensors and settings, a regenerated model card, its metrics.json."""
+    return attach_guide(release_spec, out_dir, shipped_guide(release_spec))
 
 
 def convert_checkpoint_to_release(
@@ -889,7 +885,7 @@ __all__ = [
     "RELEASE_FORMAT", "RELEASE_FORMAT_VERSION", "WEIGHTS_FILE", "CONFIG_FILE", "CARD_FILE",
     "DEFAULT_STEPS_CPU", "DEFAULT_STEPS_CUDA", "GUIDE_WEIGHTS_FILE", "Guide", "GuideNetwork", "ReleasedModel",
     "save_release", "load_release", "load_guide_from_release", "guide_from_release", "guide_from_releases",
-    "shipped_guide", "attach_guide", "guide_weights_file",
+    "shipped_guide", "attach_guide", "resave_release", "write_model_card", "guide_weights_file",
     "load_release_state_dict", "read_release_config", "convert_checkpoint_to_release", "model_card",
     "release_config", "expected_tensor_shapes", "state_dict_mismatch", "CHECKSUMS_KEY", "expected_checksum",
     "file_sha256", "is_release_directory",

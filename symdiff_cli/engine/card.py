@@ -1,0 +1,547 @@
+"""A release's model card (README.md) and its measured results (metrics.json).
+
+The card is generated, never edited by hand: `model_card` renders it from the release's
+config.json and, when the release has one, its metrics.json, in the Hugging Face model-card
+layout (YAML front matter with a `model-index`, then summary, intended use and limits, usage,
+architecture, training, results and citation). Writing a release (`save_release`,
+`symdiff convert`) regenerates it; `symdiff convert REL REL --card-only` re-renders it alone.
+
+metrics.json (format "symdiff-metrics", version 1) holds what was measured, never how long it
+took to get there:
+
+    {
+      "format": "symdiff-metrics", "format_version": 1,
+      "description": "optional paragraph for the card's summary",
+      "limits": ["optional release-specific limits, one bullet each", ...],
+      "measurements": [                       # the first is the card's results table
+        {
+          "name": "default sampler",          # optional
+          "date": "2026-12-02",               # when measured (YYYY-MM-DD)
+          "command": "symdiff generate ... --seed S ...",   # reproduces it, S = each seed
+          "model": "...",                     # optional: what was sampled, when not this release
+                                              # with its own defaults (e.g. another model guided by it)
+          "sampler": {"steps": 100, "spacing": "cubic", ...},   # sampler settings
+          "seeds": [0, 1, 2], "n_per_seed": 1000,
+          "metrics": {
+            "molecule_stability": {           # percentages; any of:
+              "per_seed": [53.2, 52.1, 53.6], # one value per seed, in the order of "seeds"
+              "count": 1589, "of": 3000,      # pooled over all seeds
+              "value": 52.97                  # pooled, as a percentage
+            }, ...
+          },
+          "seconds_per_1000": 153.6,          # optional, with "timing" saying where
+          "notes": "..."                      # optional
+        }, ...
+      ]
+    }
+
+Unknown keys are kept: the release format carries the file over unchanged, byte for byte,
+when a release is written again (`symdiff convert REL OUT`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+from pathlib import Path
+from typing import Any
+
+from symdiff_cli.errors import SymdiffError
+
+METRICS_FILE = "metrics.json"
+METRICS_FORMAT = "symdiff-metrics"
+METRICS_FORMAT_VERSION = 1
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+# The benchmark metrics (symdiff evaluate) in the order cards list them, with their labels.
+METRIC_LABELS = {
+    "atom_stability": "atom stability",
+    "molecule_stability": "molecule stability",
+    "validity": "validity (largest fragment sanitises)",
+    "strict_validity": "strict validity (one fragment)",
+    "uniqueness": "uniqueness (of valid)",
+    "valid_and_unique": "valid and unique",
+    "novelty": "novelty (of unique valid, vs the training set)",
+}
+
+_GAMMA_TEXT = {
+    "learned": "learned orientation kernel (SymDiff)",
+    "haar": "Haar-random rotations (DiT-Aug baseline)",
+    "none": "no symmetrisation (plain DiT)",
+}
+
+_CITATIONS = {
+    "symdiff": """@inproceedings{zhang2025symdiff,
+  title     = {{SymDiff}: Equivariant Diffusion via Stochastic Symmetrisation},
+  author    = {Zhang, Leo and Ashouritaklimi, Kianoosh and Teh, Yee Whye and Cornish, Rob},
+  booktitle = {International Conference on Learning Representations (ICLR)},
+  year      = {2025}
+}""",
+    "edm": """@inproceedings{hoogeboom2022equivariant,
+  title     = {Equivariant Diffusion for Molecule Generation in {3D}},
+  author    = {Hoogeboom, Emiel and Satorras, V{\\'\\i}ctor Garcia and Vignac, Cl{\\'e}ment and Welling, Max},
+  booktitle = {International Conference on Machine Learning (ICML)},
+  year      = {2022}
+}""",
+    "autoguidance": """@inproceedings{karras2024guiding,
+  title     = {Guiding a Diffusion Model with a Bad Version of Itself},
+  author    = {Karras, Tero and Aittala, Miika and Kynk{\\"a}{\\"a}nniemi, Tuomas and Lehtinen, Jaakko
+               and Aila, Timo and Laine, Samuli},
+  booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
+  year      = {2024}
+}""",
+}
+
+
+# --------------------------------------------------------------------------------------
+# metrics.json
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def check_metrics(raw: Any, source: str) -> dict[str, Any]:
+    """Check a loaded metrics.json; returns it unchanged. Errors are one line naming the field."""
+    if not isinstance(raw, dict):
+        raise SymdiffError(f"{source}: expected a JSON object")
+    if raw.get("format") != METRICS_FORMAT:
+        raise SymdiffError(f"{source} is not a symdiff metrics file (its 'format' is not {METRICS_FORMAT!r})")
+    version = raw.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= METRICS_FORMAT_VERSION:
+        raise SymdiffError(f"{source}: format_version must be an integer in 1..{METRICS_FORMAT_VERSION}")
+    if "description" in raw and not isinstance(raw["description"], str):
+        raise SymdiffError(f"{source}: description must be a string")
+    if "limits" in raw and (not isinstance(raw["limits"], list) or not all(isinstance(x, str) for x in raw["limits"])):
+        raise SymdiffError(f"{source}: limits must be a list of strings")
+    measurements = raw.get("measurements")
+    if not isinstance(measurements, list) or not measurements:
+        raise SymdiffError(f"{source}: measurements must be a non-empty list")
+    for index, entry in enumerate(measurements):
+        _check_measurement(entry, f"{source}: measurements[{index}]")
+    return raw
+
+
+def _check_measurement(entry: Any, where: str) -> None:
+    if not isinstance(entry, dict):
+        raise SymdiffError(f"{where} must be an object")
+    for key in ("command", "date"):
+        if not isinstance(entry.get(key), str) or not entry[key].strip():
+            raise SymdiffError(f"{where}.{key} must be a non-empty string")
+    if not _DATE.fullmatch(entry["date"]):
+        raise SymdiffError(f"{where}.date must be a date written YYYY-MM-DD, not {entry['date']!r}")
+    for key in ("name", "model", "notes", "timing"):
+        if key in entry and not isinstance(entry[key], str):
+            raise SymdiffError(f"{where}.{key} must be a string")
+    if not isinstance(entry.get("sampler", {}), dict):
+        raise SymdiffError(f"{where}.sampler must be an object")
+    seeds = entry.get("seeds")
+    if not isinstance(seeds, list) or not seeds or not all(_is_count(s) for s in seeds) or len(set(seeds)) != len(seeds):
+        raise SymdiffError(f"{where}.seeds must be a non-empty list of distinct whole numbers >= 0")
+    if not _is_count(entry.get("n_per_seed")) or entry["n_per_seed"] < 1:
+        raise SymdiffError(f"{where}.n_per_seed must be a whole number >= 1")
+    if "seconds_per_1000" in entry and (not _is_number(entry["seconds_per_1000"]) or entry["seconds_per_1000"] <= 0):
+        raise SymdiffError(f"{where}.seconds_per_1000 must be a positive number")
+    metrics = entry.get("metrics")
+    if not isinstance(metrics, dict) or not metrics:
+        raise SymdiffError(f"{where}.metrics must be a non-empty object")
+    for name, metric in metrics.items():
+        _check_metric(metric, len(seeds), f"{where}.metrics.{name}")
+
+
+def _check_metric(metric: Any, num_seeds: int, where: str) -> None:
+    if not isinstance(metric, dict) or not any(key in metric for key in ("per_seed", "count", "value")):
+        raise SymdiffError(f"{where} must be an object with per_seed, count and of, or value")
+    if "per_seed" in metric:
+        per_seed = metric["per_seed"]
+        if not isinstance(per_seed, list) or len(per_seed) != num_seeds or not all(_is_number(v) for v in per_seed):
+            raise SymdiffError(f"{where}.per_seed must list one number per seed ({num_seeds})")
+    if ("count" in metric) != ("of" in metric):
+        raise SymdiffError(f"{where}: count and of go together")
+    if "count" in metric and not (_is_count(metric["count"]) and _is_count(metric["of"])
+                                  and 0 <= metric["count"] <= metric["of"] > 0):
+        raise SymdiffError(f"{where}: count and of must be whole numbers with 0 <= count <= of, of >= 1")
+    if "value" in metric and not _is_number(metric["value"]):
+        raise SymdiffError(f"{where}.value must be a number")
+
+
+def read_metrics_text(release_dir: Path) -> str | None:
+    """The text of a release's metrics.json after checking it, or None when it has none."""
+    path = Path(release_dir) / METRICS_FILE
+    if not path.is_file():
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise SymdiffError(f"cannot read {path}: {err}") from None
+    parse_metrics_text(text, str(path))
+    return text
+
+
+def parse_metrics_text(text: str, source: str) -> dict[str, Any]:
+    """A metrics.json's text, parsed and checked."""
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SymdiffError(f"{source} is not valid JSON (line {err.lineno}: {err.msg})") from None
+    return check_metrics(raw, source)
+
+
+# --------------------------------------------------------------------------------------
+# Formatting helpers
+
+
+def _num(value: Any) -> str:
+    """A number as people write it: thousands separated, no trailing zeros after the point."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int) or (float(value).is_integer() and abs(value) >= 1000):
+        return f"{int(value):,}"
+    return repr(float(value))
+
+
+def _seeds_text(seeds: list[int]) -> str:
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(str(s) for s in seeds)
+
+
+def _pooled(metric: dict[str, Any]) -> float | None:
+    """A metric's value over all seeds, in percent: stated, from counts, or the per-seed mean."""
+    if "value" in metric:
+        return float(metric["value"])
+    if "count" in metric:
+        return 100.0 * metric["count"] / metric["of"]
+    if "per_seed" in metric:
+        return statistics.fmean(metric["per_seed"])
+    return None
+
+
+def _pooled_text(metric: dict[str, Any]) -> str:
+    if "count" in metric:
+        share = f"{_num(metric['value'])} %" if "value" in metric else f"{100.0 * metric['count'] / metric['of']:.2f} %"
+        return f"{share} ({_num(metric['count'])} / {_num(metric['of'])})"
+    if "value" in metric:
+        return f"{_num(metric['value'])} %"
+    return "-"
+
+
+def _label(name: str) -> str:
+    return METRIC_LABELS.get(name, name.replace("_", " "))
+
+
+def _short_label(name: str) -> str:
+    return _label(name).split(" (")[0]
+
+
+def _pooled_short(metric: dict[str, Any]) -> str:
+    if "value" in metric:
+        return f"{_num(metric['value'])} %"
+    return f"{_pooled(metric):.2f} %"
+
+
+def _sampler_text(sampler: dict[str, Any]) -> str:
+    parts = []
+    for key, value in sampler.items():
+        if isinstance(value, list):
+            value = " + ".join(str(v) for v in value)
+        elif isinstance(value, dict):
+            value = json.dumps(value, sort_keys=True)
+        parts.append(f"{key.replace('_', ' ')} {_num(value)}")
+    return ", ".join(parts)
+
+
+def _parameter_count(model_config: dict[str, Any]) -> int | None:
+    """The parameter count of a network described by a config.json model_config, or None."""
+    from symdiff_cli.engine.release import expected_tensor_shapes
+    from symdiff_cli.model.config import ModelConfig
+
+    try:
+        shapes = expected_tensor_shapes(ModelConfig.from_dict(model_config))
+    except Exception:  # a config this symdiff cannot build: the card leaves the count out
+        return None
+    return sum(math.prod(shape) for shape in shapes.values())
+
+
+# --------------------------------------------------------------------------------------
+# The card
+
+
+def model_card(config: dict[str, Any], num_parameters: int | None = None, metrics: dict[str, Any] | None = None,
+               name: str | None = None) -> str:
+    """The model card README.md of a release: its config.json, the parameter count of its main
+    network, its checked metrics.json (or None) and its name (the directory's)."""
+    from symdiff_cli.engine.registry import DEFAULT_MODEL_NAME
+
+    cfg = config["model_config"]
+    dataset = str(config.get("dataset", cfg.get("dataset", "?")))
+    name = name or dataset
+    measurements = (metrics or {}).get("measurements", [])
+    primary = measurements[0] if measurements else None
+    own_results = primary is not None and "model" not in primary
+
+    lines = _front_matter(name, dataset, primary if own_results else None)
+    lines += [f"# SymDiff {dataset.upper()} model `{name}`", ""]
+    lines += _summary(config, dataset, metrics)
+    lines += _intended_use(config, dataset, primary if own_results else None, (metrics or {}).get("limits", []))
+    lines += _usage(config, name, dataset, name == DEFAULT_MODEL_NAME)
+    lines += _architecture(config, num_parameters)
+    lines += _training(config)
+    lines += _results(measurements)
+    lines += _citation(config)
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _front_matter(name: str, dataset: str, primary: dict[str, Any] | None) -> list[str]:
+    lines = ["---", "license: mit", "library_name: symdiff", "tags:"]
+    lines += [f"- {tag}" for tag in ("molecule-generation", "diffusion", "3d", "chemistry", "symdiff")]
+    lines += ["datasets:", f"- {dataset}"]
+    if primary is not None:
+        lines += [
+            "model-index:",
+            f"- name: {name}",
+            "  results:",
+            "  - task:",
+            "      type: molecule-generation",
+            "      name: Unconditional 3D molecule generation",
+            "    dataset:",
+            f"      type: {dataset}",
+            f"      name: {dataset.upper()}",
+            "    metrics:",
+        ]
+        for key, metric in primary["metrics"].items():
+            value = _pooled(metric)
+            if value is not None:
+                lines.append(f"    - {{name: {_short_label(key)} (%), type: {key}, value: {round(value, 2):g}}}")
+    lines += ["---", ""]
+    return lines
+
+
+def _summary(config: dict[str, Any], dataset: str, metrics: dict[str, Any] | None) -> list[str]:
+    cfg = config["model_config"]
+    kernel = "a learned orientation kernel (stochastic symmetrisation, SymDiff)" if cfg.get("gamma") == "learned" \
+        else _GAMMA_TEXT.get(cfg.get("gamma"), str(cfg.get("gamma")))
+    text = (f"A 3D molecule generator trained on {dataset.upper()} (atom types {' '.join(cfg.get('atom_types', []))}, "
+            f"up to {cfg.get('max_atoms')} atoms): EDM-style variance-preserving diffusion whose denoiser, a Diffusion "
+            f"Transformer, is made O(3)-equivariant in distribution by {kernel}; the samples are E(3)-invariant.")
+    if config.get("guidance"):
+        count = len(_guide_entries(config))
+        text += (f" It samples with autoguidance by {'a guide network' if count == 1 else f'{count} guide networks'}"
+                 " shipped in the release (below).")
+    lines = [text]
+    if metrics and metrics.get("description"):
+        lines += ["", metrics["description"]]
+    return lines + [""]
+
+
+def _intended_use(config: dict[str, Any], dataset: str, primary: dict[str, Any] | None,
+                  limits: list[str]) -> list[str]:
+    lines = [
+        "## Intended use and limits",
+        "",
+        "- For trying symdiff and for research on symmetrised diffusion models; not for chemistry or drug",
+        "  design: samples are checked only by the benchmark's valence rules and RDKit sanitisation.",
+    ]
+    stability = (primary or {}).get("metrics", {}).get("molecule_stability")
+    if stability is not None and dataset == "qm9":
+        lines += [
+            f"- Molecule stability is {_pooled(stability):.2f} % here (table below); published QM9 models reach",
+            "  82.0 % (EDM) and about 89-90 % (SymDiff as published), the data itself 95.2 %.",
+        ]
+    lines += [f"- {limit}" for limit in limits]
+    lines += [
+        "- Unconditional: molecule sizes follow the training set's atom-count histogram; no property conditioning.",
+        "- Reproducibility: the same command, seed, options and thread count give the same file on the same",
+        "  machine; another thread count, CPU or BLAS build may change the last digits of coordinates.",
+        "",
+    ]
+    return lines
+
+
+def _usage(config: dict[str, Any], name: str, dataset: str, is_default: bool) -> list[str]:
+    sampling = config.get("sampling", {})
+    model_option = "" if is_default else f" --model {name}"
+    lines = [
+        "## How to use",
+        "",
+        "```bash",
+        f"symdiff generate{model_option} --n 1000 --out mols.sdf --seed 0"
+        + ("   # the default model" if is_default else ""),
+        f"symdiff evaluate mols.sdf --dataset {dataset}",
+        "```",
+        "",
+        "`--model` takes a release name under `weights/` (or `$SYMDIFF_WEIGHTS`), a release directory or a",
+        "Hugging Face Hub id (`org/repo`).",
+    ]
+    if config.get("guidance"):
+        lines.append(f"`--guidance 1` samples the main network alone (faster, fewer stable molecules), `--guidance W` "
+                     f"another weight, `--guide MODEL` other guides.")
+    lines.append("Sampling defaults (config.json `sampling`; `--steps` overrides the step count): "
+                 + ", ".join(f"`{key}` {json.dumps(value, sort_keys=True)}" for key, value in sampling.items()) + ".")
+    return lines + [""]
+
+
+def _guide_entries(config: dict[str, Any]) -> list[dict[str, Any]]:
+    from symdiff_cli.engine.release import guide_entries
+
+    return guide_entries(config)
+
+
+def _architecture(config: dict[str, Any], num_parameters: int | None) -> list[str]:
+    from symdiff_cli.engine.release import guide_weights_file
+
+    cfg = config["model_config"]
+    prov = config.get("provenance", {})
+    lines = [
+        "## Architecture",
+        "",
+        f"- Backbone DiT: hidden {cfg.get('hidden')}, depth {cfg.get('depth')}, {cfg.get('heads')} heads"
+        + (", SwiGLU" if cfg.get("swiglu") else "") + f", MLP ratio {_num(cfg.get('mlp_ratio'))}, adaLN-Zero; "
+        f"{cfg.get('num_rbf')} radial basis distance features (cutoff {_num(cfg.get('rbf_cutoff'))} Å)",
+        f"- Orientation: {_GAMMA_TEXT.get(cfg.get('gamma'), str(cfg.get('gamma')))}"
+        + (f", transformer hidden {cfg.get('gamma_hidden')}, depth {cfg.get('gamma_depth')}, "
+           f"{cfg.get('gamma_heads')} heads" if cfg.get("gamma") == "learned" else ""),
+        f"- Atom types: {' '.join(cfg.get('atom_types', []))}; at most {cfg.get('max_atoms')} atoms",
+        f"- Diffusion: {cfg.get('timesteps')} steps, {cfg.get('noise_schedule')} noise schedule",
+    ]
+    if num_parameters is not None:
+        lines.append(f"- Parameters: {num_parameters:,}")
+    guidance = config.get("guidance")
+    if guidance:
+        entries = _guide_entries(config)
+        lines.append(
+            f"- Sampling: autoguidance with weight {_num(guidance.get('weight'))} (Karras et al. 2024): each step "
+            "extrapolates from a weaker guide model's prediction towards this model's, eps = eps_guide + "
+            "w (eps_main - eps_guide), which adds the guide's cost to every step"
+            + (f"; the guide's prediction is the mean of {len(entries)} networks'" if len(entries) > 1 else ""))
+        for index, entry in enumerate(entries):
+            gcfg, gprov = entry.get("model_config", {}), entry.get("provenance", {})
+            count = _parameter_count(gcfg)
+            lines.append(
+                f"- Guide network {index + 1} (`{guide_weights_file(index)}`): hidden {gcfg.get('hidden')}, "
+                f"depth {gcfg.get('depth')}"
+                + (f", trained {_num(gprov['step'])} steps" if "step" in gprov else "")
+                + (f", {count:,} parameters" if count is not None else "")
+                + (f", from the release `{gprov['release']}`" if "release" in gprov else ""))
+    lines += [
+        f"- Files: `model.safetensors` ({'raw last-step' if prov.get('weights') == 'raw' else 'EMA'} weights), "
+        "`config.json` (architecture, atom types, schedule, normalisation,",
+        "  atom-count histogram, provenance, sampling defaults)"
+        + (", the guide's `guide*.safetensors`" if guidance else "")
+        + ", `metrics.json` (the results below)",
+        "",
+    ]
+    return lines
+
+
+# Provenance keys the card's training summary names itself; every other key is a recipe flag.
+_RUN_KEYS = ("source", "step", "epoch", "batch_size", "world_size", "train_seconds", "train_cpu_seconds", "weights")
+
+
+def _training(config: dict[str, Any]) -> list[str]:
+    prov = config.get("provenance", {})
+    lines = ["## Training", ""]
+    if not prov:
+        return lines + ["Not recorded.", ""]
+    run = []
+    if "step" in prov:
+        run.append(f"{_num(prov['step'])} steps")
+    if "epoch" in prov:
+        run.append(f"{_num(prov['epoch'])} epochs")
+    if "batch_size" in prov:
+        world = prov.get("world_size", 1)
+        run.append(f"batch {prov['batch_size']}" + (f" per process x {world} processes (torchrun)" if world > 1 else ""))
+    for key, label in (("train_seconds", "training time"), ("train_cpu_seconds", "CPU time")):
+        if _is_number(prov.get(key)):
+            run.append(f"{label} {prov[key] / 3600:.2f} h"
+                       + (" (rank 0)" if key == "train_cpu_seconds" and prov.get("world_size", 1) > 1 else ""))
+    source = prov.get("source", "training")
+    lines.append(f"- Run ({source}): " + (", ".join(run) if run else "no counts recorded"))
+    recipe = [f"{key.replace('_', ' ')} {_num(value)}" for key, value in prov.items() if key not in _RUN_KEYS]
+    if recipe:
+        lines.append("- Recipe: " + ", ".join(recipe))
+    if "init_from" in prov:
+        lines.append(f"- The run continued the release `{prov['init_from']}`, so earlier runs are part of this "
+                     "model's history.")
+    lines += [
+        "- The training runs behind the shipped releases, with their dates, budgets, settings and measurements:",
+        "  `docs/training.md` and `docs/experiments.csv`.",
+        "",
+    ]
+    return lines
+
+
+def _results(measurements: list[dict[str, Any]]) -> list[str]:
+    lines = ["## Results", ""]
+    if not measurements:
+        return lines + [
+            "Not measured yet: `symdiff generate --model <this release> --n 1000 --seed S --out mols.sdf`, then",
+            "`symdiff evaluate mols.sdf` gives the QM9 benchmark metrics (atom and molecule stability, validity,",
+            "uniqueness, novelty); record them in `metrics.json` and re-render this card with",
+            "`symdiff convert REL REL --card-only`.",
+            "",
+        ]
+    primary = measurements[0]
+    seeds = primary["seeds"]
+    what = f"sampling {primary['model']}" if "model" in primary else "this release"
+    lines += [
+        (f"{primary['name'].rstrip('.')}: " if primary.get("name") else "")
+        + f"{what}, " + (f"seed {seeds[0]}, {_num(primary['n_per_seed'])} molecules" if len(seeds) == 1 else
+                         f"{len(seeds)} seeds ({_seeds_text(seeds)}) of {_num(primary['n_per_seed'])} molecules each")
+        + f", measured {primary['date']}; evaluated by the QM9 benchmark rules (EDM's bond tables and margins).",
+    ]
+    if primary.get("sampler"):
+        lines.append(f"Sampler: {_sampler_text(primary['sampler'])}.")
+    lines += [
+        "",
+        "| metric | mean ± s.d. over seeds | min - max | pooled |",
+        "|---|---|---|---|",
+    ]
+    for key, metric in primary["metrics"].items():
+        per_seed = metric.get("per_seed")
+        if per_seed and len(per_seed) > 1:
+            spread = f"{statistics.fmean(per_seed):.2f} ± {statistics.stdev(per_seed):.2f} %"
+            extent = f"{_num(min(per_seed))} - {_num(max(per_seed))} %"
+        elif per_seed:
+            spread, extent = f"{_num(per_seed[0])} %", "one seed"
+        else:
+            spread, extent = "-", "one seed" if len(seeds) == 1 else "-"
+        lines.append(f"| {_label(key)} | {spread} | {extent} | {_pooled_text(metric)} |")
+    lines += ["", "Reproduce it" + (" (S = each seed):" if "S" in primary["command"].split() else ":"), "",
+              "```bash", primary["command"], "```"]
+    if primary.get("seconds_per_1000") is not None:
+        lines += ["", f"Sampling time: {_num(primary['seconds_per_1000'])} s per 1,000 molecules"
+                  + (f" ({primary['timing']})" if primary.get("timing") else "") + "."]
+    if primary.get("notes"):
+        lines += ["", primary["notes"]]
+    if len(measurements) > 1:
+        lines += ["", "Also in `metrics.json`:", ""]
+        for entry in measurements[1:]:
+            shown = ", ".join(f"{_short_label(key)} {_pooled_short(m)}" for key, m in entry["metrics"].items())
+            seeds = entry["seeds"]
+            lines.append(f"- {entry.get('name', 'Measurement').rstrip('.')}; {entry['date']}, "
+                         f"{'seed' if len(seeds) == 1 else 'seeds'} {_seeds_text(seeds)} of "
+                         f"{_num(entry['n_per_seed'])} molecules: {shown}"
+                         + (f"; {_num(entry['seconds_per_1000'])} s per 1,000 molecules"
+                            if entry.get("seconds_per_1000") is not None else ""))
+    return lines + [""]
+
+
+def _citation(config: dict[str, Any]) -> list[str]:
+    keys = ["symdiff", "edm"] + (["autoguidance"] if config.get("guidance") else [])
+    lines = ["## Citation", "",
+             "SymDiff (the model), EDM (the diffusion formulation and the QM9 metrics)"
+             + (" and autoguidance (the sampler)" if config.get("guidance") else "") + ":", "", "```bibtex"]
+    for key in keys:
+        lines += _CITATIONS[key].splitlines()
+    return lines + ["```"]
+
+
+__all__ = ["METRICS_FILE", "METRICS_FORMAT", "METRICS_FORMAT_VERSION", "METRIC_LABELS", "check_metrics",
+           "model_card", "parse_metrics_text", "read_metrics_text"]
