@@ -82,7 +82,8 @@ fi
 # (or the releases of GUIDE_MODEL at that weight), so there is never an unguided one to mistake.
 "$PY" - "$OUT/run/checkpoint.pt" "$OUT/model" "$INIT_MODEL" "${GUIDE_MODEL:-}" <<'PY' 2>&1 | tee -a "$OUT/train_stdout.log"
 import sys
-from symdiff_cli.engine.release import convert_checkpoint_to_release, guide_from_releases, shipped_guide
+from symdiff_cli.engine.export import convert_checkpoint_to_release
+from symdiff_cli.engine.release import guide_from_releases, shipped_guide
 from symdiff_cli.errors import SymdiffError
 checkpoint, out, init, others = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split()
 try:

@@ -22,7 +22,7 @@ from rdkit import Chem, rdBase
 from symdiff_cli.chem.bonds import bond_order_matrix, load_bond_rules
 from symdiff_cli.chem.composition import check_composition, failure_cause
 from symdiff_cli.chem.rdkit_mol import to_rdkit_mol
-from symdiff_cli.io.molecule import Molecule, PackedMolecules
+from symdiff_cli.chem.molecule import Molecule, PackedMolecules
 
 # Bond-order sums at or above this are never an allowed valence (the largest listed is 5).
 _MAX_VALENCE_SUM = 16

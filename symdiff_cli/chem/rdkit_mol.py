@@ -8,7 +8,7 @@ from rdkit.Geometry import Point3D
 
 from symdiff_cli.chem.bonds import bonds_from_matrix
 from symdiff_cli.errors import SymdiffError
-from symdiff_cli.io.molecule import Molecule
+from symdiff_cli.chem.molecule import Molecule
 
 # Bond-row orders -> RDKit bond types; 4 is aromatic (the SDF bond code).
 BOND_TYPES = {

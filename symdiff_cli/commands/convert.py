@@ -169,7 +169,8 @@ def _convert(input_path: str, output_path: str, from_format: Optional[str], to_f
     if card_only and not (Path(input_path).is_dir() and not input_path.endswith(".pt")):
         raise UsageError("--card-only applies only to a release directory IN")
     if input_path.endswith(".pt"):
-        from symdiff_cli.engine.release import convert_checkpoint_to_release, guide_from_releases
+        from symdiff_cli.engine.export import convert_checkpoint_to_release
+        from symdiff_cli.engine.release import guide_from_releases
 
         if guidance is not None and not guide:
             raise UsageError("--guidance needs --guide MODEL for a training checkpoint")

@@ -48,6 +48,10 @@ from symdiff_cli.errors import SymdiffError
 from symdiff_cli.io.atomic import current_umask
 from symdiff_cli.model.config import ModelConfig
 from symdiff_cli.model.valence import ValenceGuidanceSettings
+# The layout helpers live below this module (the model card needs them too); re-exported here.
+from symdiff_cli.engine.release_layout import (  # noqa: F401
+    GUIDE_WEIGHTS_FILE, expected_tensor_shapes, guide_entries, guide_weights_file,
+)
 
 RELEASE_FORMAT = "symdiff-release"
 # Version 2 added the optional guide, version 3 a guide of several networks. Each release is
@@ -60,7 +64,6 @@ _ONE_GUIDE_FORMAT_VERSION = 2
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
-GUIDE_WEIGHTS_FILE = "guide.safetensors"
 RELEASE_FILES = (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE)
 
 # Model settings a guide must share with the main model: both read and predict the same z_t.
@@ -93,20 +96,6 @@ def file_sha256(path: str | os.PathLike) -> str:
 # --------------------------------------------------------------------------------------
 # Checking weights against a config
 
-
-def expected_tensor_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every tensor in the state_dict of `SymmetrisedDenoiser(cfg)`.
-
-    Built on the meta device, so even the paper-size network costs no memory or init time.
-    """
-    from symdiff_cli.model.dit import SymmetrisedDenoiser
-
-    try:
-        with torch.device("meta"):
-            model = SymmetrisedDenoiser(cfg)
-    except (NotImplementedError, RuntimeError):  # an init routine without meta support
-        model = SymmetrisedDenoiser(cfg)
-    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
 
 
 def _name_list(names: list[str], limit: int = 4) -> str:
@@ -242,10 +231,6 @@ def _format_version(guide: Guide | None) -> int:
     return _ONE_GUIDE_FORMAT_VERSION if len(guide.networks) == 1 else RELEASE_FORMAT_VERSION
 
 
-def guide_weights_file(index: int) -> str:
-    """The weights file of a release's guide network number `index` (from 0)."""
-    return GUIDE_WEIGHTS_FILE if index == 0 else f"guide-{index + 1}.safetensors"
-
 
 @dataclass
 class GuideNetwork:
@@ -287,13 +272,6 @@ def check_guide_fits(main_cfg: ModelConfig, guide_cfg: ModelConfig, source: str)
         shown = ", ".join(f"{k} {guide.get(k)!r} vs {main.get(k)!r}" for k in differing[:3])
         raise SymdiffError(f"{source}: the guide model does not fit the main model ({shown})")
 
-
-def guide_entries(config: dict[str, Any]) -> list[dict[str, Any]]:
-    """The guide networks' entries of a config.json's guidance section (format 2 or 3 layout)."""
-    raw = config.get("guidance")
-    if not isinstance(raw, dict):
-        return []
-    return raw["guides"] if "guides" in raw else [raw]
 
 
 def parse_guidance(config: dict[str, Any], main_cfg: ModelConfig,
@@ -410,7 +388,7 @@ def write_model_card(release_spec: str | os.PathLike) -> Path:
     """Render the model card of release `release_spec` (a name or directory) again from its
     config.json and metrics.json, and replace its README.md atomically; nothing else is
     written. Returns the card's path."""
-    from symdiff_cli.engine.card import parse_metrics_text, read_metrics_text
+    from symdiff_cli.engine.metrics_file import parse_metrics_text, read_metrics_text
     from symdiff_cli.engine.registry import resolve_model
     from symdiff_cli.io.atomic import atomic_output
 
@@ -530,7 +508,7 @@ def save_release(
     numbers were measured with other weights. `sampling` and `extra_config` are further
     config.json settings (see `release_config`).
     """
-    from symdiff_cli.engine.card import METRICS_FILE, parse_metrics_text
+    from symdiff_cli.engine.metrics_file import METRICS_FILE, parse_metrics_text
 
     from safetensors.torch import save_file
 
@@ -802,7 +780,7 @@ def attach_guide(release_spec: str | os.PathLike, out_dir: str | os.PathLike, gu
     (None: without one), replacing any guide it had; its weights, histogram, provenance,
     sampling settings, metrics.json and other config.json keys are kept, and the card is
     generated again unless `card_text` is given."""
-    from symdiff_cli.engine.card import read_metrics_text
+    from symdiff_cli.engine.metrics_file import read_metrics_text
     from symdiff_cli.engine.registry import resolve_model
 
     release_dir = resolve_model(str(release_spec))
@@ -826,67 +804,12 @@ def resave_release(release_spec: str | os.PathLike, out_dir: str | os.PathLike) 
     return attach_guide(release_spec, out_dir, shipped_guide(release_spec))
 
 
-def convert_checkpoint_to_release(
-    checkpoint_path: str | os.PathLike, out_dir: str | os.PathLike, card_text: str | None = None,
-    weights: str = "ema", guide: Guide | None = None,
-) -> Path:
-    """Export the EMA weights (or with weights="raw" the last step's own) of a training
-    checkpoint (runs/NAME/checkpoint.pt or its directory) as a release directory, with `guide`
-    if given; returns its path."""
-    if weights not in ("ema", "raw"):
-        raise SymdiffError(f"weights must be ema or raw, not {weights!r}")
-    from symdiff_cli.engine.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(checkpoint_path)
-    try:
-        model_cfg = ModelConfig.from_dict(ckpt["model_config"])
-    except (TypeError, ValueError) as err:
-        raise SymdiffError(f"{checkpoint_path}: invalid model config ({err})") from None
-    histogram = ckpt.get("atom_count_histogram")
-    if not histogram:
-        raise SymdiffError(f"{checkpoint_path} has no atom-count histogram; cannot make a release from it")
-    state = ckpt.get("state") or {}
-    train_cfg = ckpt.get("train_config") or {}
-    provenance: dict[str, Any] = {
-        "source": "symdiff train",
-        "step": int(state.get("step", 0)),
-        "epoch": int(state.get("epoch", 0)),
-        "train_seconds": round(float(state.get("elapsed", 0.0)), 1),
-    }
-    if "cpu_time" in state:
-        provenance["train_cpu_seconds"] = round(float(state["cpu_time"]), 1)
-    for key in ("preset", "batch_size", "lr", "ema_decay", "seed"):
-        if key in train_cfg:
-            provenance[key] = train_cfg[key]
-    # Under torchrun batch_size is per process and the CPU time is rank 0's: the process count
-    # is what turns them into the run's totals.
-    if int(ckpt.get("world_size", 1)) > 1:
-        provenance["world_size"] = int(ckpt["world_size"])
-    # Settings that only some runs use, recorded when they differ from TrainConfig's defaults:
-    # above all, that the run continued an earlier release, whose own training is then part of
-    # this model's history.
-    from symdiff_cli.engine.train import TrainConfig
-
-    defaults = TrainConfig()
-    for key in ("init_from", "lr_schedule", "min_lr", "low_noise_fraction"):
-        unused = getattr(defaults, key)
-        if train_cfg.get(key, unused) != unused:
-            provenance[key] = train_cfg[key]
-    # Recorded only for raw weights, so that every earlier release reads as what it is: EMA.
-    if weights == "raw":
-        provenance["weights"] = "raw"
-    dataset = str(ckpt.get("dataset") or model_cfg.dataset)
-    state_dict = ckpt["ema"] if weights == "ema" else ckpt["model"]
-    return save_release(out_dir, model_cfg, state_dict, {int(k): int(v) for k, v in histogram.items()},
-                        dataset, provenance, card_text, guide=guide)
-
-
 __all__ = [
     "RELEASE_FORMAT", "RELEASE_FORMAT_VERSION", "WEIGHTS_FILE", "CONFIG_FILE", "CARD_FILE",
     "DEFAULT_STEPS_CPU", "DEFAULT_STEPS_CUDA", "GUIDE_WEIGHTS_FILE", "Guide", "GuideNetwork", "ReleasedModel",
     "save_release", "load_release", "load_guide_from_release", "guide_from_release", "guide_from_releases",
     "shipped_guide", "attach_guide", "resave_release", "write_model_card", "guide_weights_file",
-    "load_release_state_dict", "read_release_config", "convert_checkpoint_to_release", "model_card",
+    "load_release_state_dict", "read_release_config", "model_card",
     "release_config", "expected_tensor_shapes", "state_dict_mismatch", "CHECKSUMS_KEY", "expected_checksum",
     "file_sha256", "is_release_directory",
 ]
