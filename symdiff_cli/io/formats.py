@@ -26,7 +26,7 @@ from typing import IO, Iterable, Iterator
 import numpy as np
 
 from symdiff_cli.chem.elements import atomic_number, element_symbol
-from symdiff_cli.errors import SymdiffError
+from symdiff_cli.errors import SymdiffError, write_error
 from symdiff_cli.io.atomic import commit_temp_file, discard_temp_file, open_temp_file
 from symdiff_cli.io.molecule import Molecule, PackedMolecules
 
@@ -765,8 +765,12 @@ class MoleculeWriter:
         if self._stream is None:
             self._write_stdout(data)
             return
-        self._stream.write(data)
-        self._stream.flush()
+        try:
+            self._stream.write(data)
+            self._stream.flush()
+        except OSError as err:
+            self._discard()
+            raise write_error(err, self.path) from None
         self._committed_bytes += len(data)
 
     def close(self) -> None:
@@ -784,6 +788,12 @@ class MoleculeWriter:
             if self._stream is not None:
                 commit_temp_file(self._stream, self._temp_path, self.path)
                 self._temp_path = None
+        except OSError as err:
+            self._discard()
+            problem = write_error(err, self.path) if self._stream is not None else None
+            if problem is None:  # standard output: BrokenPipeError and the like are the caller's
+                raise
+            raise problem from None
         except BaseException:
             self._discard()
             raise
@@ -799,8 +809,12 @@ class MoleculeWriter:
             return
         if self._stream is not None and self.format != "npz":
             # A batch interrupted mid-write must not leave a truncated record behind.
-            self._stream.flush()
-            self._stream.truncate(self._committed_bytes)
+            try:
+                self._stream.flush()
+                self._stream.truncate(self._committed_bytes)
+            except OSError as err:
+                self._discard()
+                raise write_error(err, self.path) from None
         self.close()
 
     def _discard(self) -> None:
