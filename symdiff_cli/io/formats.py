@@ -162,9 +162,9 @@ def _bonds_from_rdkit(rd_mol) -> np.ndarray:
 
 
 def _benchmark_bonds(mol: Molecule) -> np.ndarray:
-    from symdiff_cli.chem.bonds import bond_order_matrix, bonds_from_matrix
+    from symdiff_cli.chem.bonds import benchmark_bonds
 
-    return bonds_from_matrix(bond_order_matrix(mol.atomic_numbers, mol.positions))
+    return benchmark_bonds(mol.atomic_numbers, mol.positions)
 
 
 def _rdkit_perceived_bonds(mol: Molecule) -> np.ndarray | None:
@@ -602,19 +602,58 @@ def xyz_block(mol: Molecule) -> str:
     return "\n".join(lines) + "\n"
 
 
+# No real molecule has more bond rows than this per atom (sum of valences / 2 with valence
+# at most 6). Atoms packed closer than bond lengths (10,000 atoms in a 10 Angstrom cube) have
+# hundreds, and RDKit's ring perception on such a graph ran out of 24 GB of memory.
+_MAX_BONDS_PER_ATOM = 3
+
+
+def _too_dense_for_rdkit(mol: Molecule, bond_rows: np.ndarray) -> bool:
+    return len(bond_rows) > _MAX_BONDS_PER_ATOM * max(mol.num_atoms, 1)
+
+
+def _v3000_block(mol: Molecule, bond_rows: np.ndarray) -> str:
+    """A V3000 mol block written directly, for molecules RDKit cannot handle in bounded memory.
+
+    Readers (RDKit included) read it like RDKit's own; no charges, stereo or query features.
+    """
+    d = STORED_COORDINATE_DECIMALS["sdf"]
+    lines = [_single_line(mol.props.get("name", "")), "     symdiff        3D", "",
+             "  0  0  0  0  0  0  0  0  0  0999 V3000", "M  V30 BEGIN CTAB",
+             f"M  V30 COUNTS {mol.num_atoms} {len(bond_rows)} 0 0 0", "M  V30 BEGIN ATOM"]
+    for k, (z, (x, y, zc)) in enumerate(zip(mol.atomic_numbers.tolist(), mol.positions.tolist()), start=1):
+        lines.append(f"M  V30 {k} {element_symbol(z)} {x:.{d}f} {y:.{d}f} {zc:.{d}f} 0")
+    lines.append("M  V30 END ATOM")
+    if len(bond_rows):
+        lines.append("M  V30 BEGIN BOND")
+        for k, (i, j, order) in enumerate(np.asarray(bond_rows).tolist(), start=1):
+            lines.append(f"M  V30 {k} {order} {i + 1} {j + 1}")
+        lines.append("M  V30 END BOND")
+    lines += ["M  V30 END CTAB", "M  END"]
+    for key, value in mol.props.items():
+        if key != "name":
+            lines += [f">  <{key}>  (1) ", _single_line(value), ""]
+    return "\n".join(lines) + "\n$$$$\n"
+
+
 def sdf_block(mol: Molecule, bonds: str = "benchmark") -> str:
     """One SDF record (RDKit's mol block, not kekulised, never sanitised) with data tags.
 
     The molecule's own bonds are written if it has them, else perceived with `bonds` from the
     coordinates as the record stores them (4 decimals), so a reader perceives the same bonds;
-    props["name"] is the title line and every other prop a tag.
+    props["name"] is the title line and every other prop a tag. A molecule with more than
+    three bonds per atom (atoms packed closer than bond lengths) is written as a V3000 block
+    of our own, since RDKit's writer needs memory that grows far faster than its bonds.
     """
     from rdkit import Chem
 
     from symdiff_cli.chem.rdkit_mol import rdkit_mol_from_bonds
 
     stored = Molecule(mol.atomic_numbers, stored_positions(mol.positions, "sdf"), mol.bonds, mol.props)
-    rd_mol = rdkit_mol_from_bonds(stored, perceive_bonds(stored, bonds))
+    bond_rows = perceive_bonds(stored, bonds)
+    if _too_dense_for_rdkit(stored, bond_rows):
+        return _v3000_block(stored, bond_rows)
+    rd_mol = rdkit_mol_from_bonds(stored, bond_rows)
     rd_mol.SetProp("_Name", _single_line(mol.props.get("name", "")))
     for key, value in mol.props.items():
         if key != "name":
@@ -637,7 +676,10 @@ def smiles_line(mol: Molecule, bonds: str = "benchmark") -> str | None:
 
     from symdiff_cli.chem.rdkit_mol import rdkit_mol_from_bonds
 
-    rd_mol = rdkit_mol_from_bonds(mol, perceive_bonds(mol, bonds))
+    bond_rows = perceive_bonds(mol, bonds)
+    if _too_dense_for_rdkit(mol, bond_rows):
+        return None  # more bonds than any valence allows: no valid SMILES, and RDKit would not finish
+    rd_mol = rdkit_mol_from_bonds(mol, bond_rows)
     try:
         with _captured_rdkit_errors():
             Chem.SanitizeMol(rd_mol)
