@@ -459,3 +459,27 @@ def test_train_survives_stop_signals_at_random_moments(tmp_path, small_npz):
             _check_resumable(run, small_npz)
         else:  # stopped before the first step: nothing of the run is left but its log
             assert not run.exists() or not any(r.get("event") == "end" for r in read_log(run))
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_stops_every_rank_at_one_step_with_a_checkpoint(tmp_path, small_npz):
+    from test_train import TORCHRUN_CLI
+
+    run = tmp_path / "ddp"
+    cmd = TORCHRUN_CLI + _train_cmd(run, small_npz, "--checkpoint-every", "1h", "--max-steps", "100000")[3:]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    _wait_for(lambda: _steps_logged(run) >= 12, proc, timeout=180)
+    # torchrun passes SIGTERM on to its workers, as Slurm does to every task.
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    stderr = stderr.decode()
+    # torchrun reports its own signal with a traceback of its own; none may come from symdiff.
+    assert "symdiff_cli/" not in stderr, stderr[-3000:]
+    log = read_log(run)
+    stopped = [r for r in log if r.get("event") == "signal"]
+    assert len(stopped) == 1 and stopped[0]["signal"] == "SIGTERM"
+    assert [r for r in log if r.get("event") == "ranks_in_sync"][-1]["value"] is True
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["state"]["step"] == stopped[0]["step"]
+    assert _leftovers(run) == [] and not (run / "train.lock").exists()
+    _check_resumable(run, small_npz)
