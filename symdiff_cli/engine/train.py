@@ -375,7 +375,7 @@ def _train_locked(cfg: TrainConfig, model_cfg: ModelConfig | None, stops: StopSi
             try:
                 _write_or_explain(ckpt_path, lambda: atomic_torch_save(payload, ckpt_path))
             except SymdiffError as problem:
-                kept = f"; the checkpoint of an earlier step is kept" if ckpt_path.exists() else ""
+                kept = "; the checkpoint of an earlier step is kept" if ckpt_path.exists() else ""
                 raise SymdiffError(f"{problem} at step {state.step}{kept}") from None
             log.write({"event": "checkpoint", "step": state.step, "time": round(state.elapsed, 2)})
 
