@@ -1,10 +1,12 @@
 # Two commands do everything on a fresh machine: `make generate` and `make test`.
+# `make test-fast` skips the tests marked slow (training runs, torchrun, QM9 processing): under
+# two minutes on two cores, for the edit-test loop; `make test` (CI) runs everything.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test generate clean
+.PHONY: install test test-fast generate clean
 
 install: $(STAMP)
 
@@ -19,6 +21,9 @@ $(STAMP): pyproject.toml
 
 test: install
 	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
 
 generate: install
 	$(VENV)/bin/symdiff generate --n 100 --out mols.sdf

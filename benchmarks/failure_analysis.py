@@ -6,7 +6,11 @@ each SDF given and for a sample of the QM9 test split:
 - the share of each element's atoms per bond-order sum (valence), so under- and over-bonded
   heavy atoms can be told apart;
 - the share of C-C and C-H pairs per distance bin (Å), over pairs closer than 2 Å, which shows
-  how sharp the bond lengths are.
+  how sharp the bond lengths are;
+- composition against geometry (chem/composition.py): how many unstable molecules no geometry
+  could make stable (an odd electron count), with their hydrogen balance (hydrogens minus what
+  the heavy atoms' perceived skeleton needs) and atoms with no bond, and how many have a
+  composition that allows a stable bonding but the wrong bond lengths.
 
     python benchmarks/failure_analysis.py mols.sdf [more.sdf ...] --reference 1000
 """
@@ -20,6 +24,7 @@ import numpy as np
 
 from symdiff_cli.chem.bonds import bond_order_matrix, pairwise_distances_pm
 from symdiff_cli.chem.elements import element_symbol
+from symdiff_cli.chem.metrics import MoleculeReport, evaluate_molecule
 from symdiff_cli.io.formats import read_molecules
 from symdiff_cli.io.molecule import Molecule
 
@@ -52,8 +57,34 @@ def pair_distances(mols: list[Molecule], pair: tuple[str, str], cutoff: float = 
     return np.concatenate(found) if found else np.zeros(0)
 
 
+def composition_table(reports: list[MoleculeReport]) -> list[tuple[str, int, str]]:
+    """Rows (label, count, share) of the composition-against-geometry breakdown."""
+    n = len(reports)
+    unstable = [r for r in reports if not r.stable]
+    composition = [r for r in unstable if r.failure == "composition"]
+    geometry = [r for r in unstable if r.failure == "geometry"]
+
+    def row(label: str, count: int, of: int) -> tuple[str, int, str]:
+        return label, count, f"{100 * count / of:.1f} % of {of}" if of else "-"
+
+    return [
+        row("stable", n - len(unstable), n),
+        row("unstable", len(unstable), n),
+        row("  composition (no geometry can make it stable)", len(composition), len(unstable)),
+        row("    of which odd electron count", sum(r.odd_electrons for r in composition), len(composition)),
+        row("    hydrogen deficit (balance < 0)", sum(r.hydrogen_balance < 0 for r in composition), len(composition)),
+        row("    hydrogen excess (balance > 0)", sum(r.hydrogen_balance > 0 for r in composition), len(composition)),
+        row("  geometry (composition allows a stable bonding)", len(geometry), len(unstable)),
+        row("    with an atom with no bond", sum(r.isolated_atoms > 0 for r in geometry), len(geometry)),
+        row("    hydrogen balance != 0", sum(r.hydrogen_balance != 0 for r in geometry), len(geometry)),
+        row("stable with an odd electron count", sum(r.odd_electrons for r in reports if r.stable), n - len(unstable)),
+    ]
+
+
 def print_report(name: str, mols: list[Molecule]) -> None:
     print(f"\n== {name}: {len(mols)} molecules")
+    for label, count, share in composition_table([evaluate_molecule(m) for m in mols]):
+        print(f"  {label:<52} {count:>6}  {share}")
     shares = valence_shares(mols)
     for symbol in ("H", *HEAVY):
         counts = shares.get(symbol)

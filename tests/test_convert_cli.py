@@ -193,6 +193,7 @@ def _tiny_release(path, seed: int):
     return save_release(path, cfg, SymmetrisedDenoiser(cfg).state_dict(), {5: 1}, "qm9", {"step": seed})
 
 
+@pytest.mark.slow
 def test_a_release_gets_a_guide_and_a_new_weight(tmp_path):
     import json
 
@@ -210,6 +211,7 @@ def test_a_release_gets_a_guide_and_a_new_weight(tmp_path):
     assert json.loads((tmp_path / "guided" / "config.json").read_text())["guidance"]["weight"] == 1.5
 
 
+@pytest.mark.slow
 def test_a_guide_of_several_releases(tmp_path):
     import json
 

@@ -134,6 +134,7 @@ def test_tags_agree_with_the_coordinates_in_the_file(env, tmp_path, capsys, monk
     assert "molecule stability 0.0 %" in stderr
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_and_other_seed_differs(env, tmp_path, capsys):
     args = ["--n", "9", "--model", "tiny", "--quiet", *FAST]
     for name, seed in (("a.sdf", "5"), ("b.sdf", "5"), ("c.sdf", "6")):
@@ -143,6 +144,7 @@ def test_same_seed_same_bytes_and_other_seed_differs(env, tmp_path, capsys):
     assert (tmp_path / "a.sdf").read_bytes() != (tmp_path / "c.sdf").read_bytes()
 
 
+@pytest.mark.slow
 def test_bf16_and_fp32_sampling_are_each_reproducible(env, tmp_path, capsys):
     files = {}
     for precision in ("fp32", "bf16", "bf16"):
@@ -238,6 +240,7 @@ def test_shard_arithmetic():
             parse_shard(bad, {})
 
 
+@pytest.mark.slow
 def test_stdout_carries_only_sdf_and_pipes_into_convert(env, tmp_path):
     cmd = [sys.executable, "-m", "symdiff_cli"]
     generate = subprocess.run([*cmd, "generate", "--n", "20", "--out", "-", "--model", "tiny", *FAST],
@@ -326,6 +329,7 @@ def _restore_default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_finished_batches(env, tmp_path):
     """SIGINT after the first batch: a complete, shorter SDF and exit code 130."""
     out = tmp_path / "mols.sdf"
@@ -363,3 +367,56 @@ def test_help_explains_every_option(capsys, monkeypatch):
                    "--precision"):
         assert option in stdout, option
     assert "eps_guide + W (eps_main - eps_guide)" in stdout and "1 samples the main model alone" in stdout
+
+
+def test_valence_guidance_wraps_the_sampler_s_network_at_the_release_s_or_the_given_scale(env, tmp_path):
+    import json
+    import shutil
+
+    from symdiff_cli.engine.generate import valence_guided
+    from symdiff_cli.engine.release import load_release
+    from symdiff_cli.model.valence import ValenceGuidedDenoiser
+
+    plain = load_release("tiny", torch.device("cpu"), show_progress=False)
+    assert valence_guided(plain.model, plain, None) is plain.model  # older releases: off
+    assert valence_guided(plain.model, plain, 0.0) is plain.model
+    wrapped = valence_guided(plain.model, plain, 0.02)
+    assert isinstance(wrapped, ValenceGuidedDenoiser) and wrapped.scale == 0.02 and wrapped.inner is plain.model
+
+    release = tmp_path / "tiny-valence"
+    shutil.copytree(env / "tiny", release)
+    config = json.loads((release / "config.json").read_text())
+    config["sampling"]["valence_guidance"] = {"scale": 0.03, "max_t": 250, "width": 0.04, "temperature": 0.2}
+    (release / "config.json").write_text(json.dumps(config))
+    own = load_release(str(release), torch.device("cpu"), show_progress=False)
+    wrapped = valence_guided(own.model, own, None)
+    assert (wrapped.scale, wrapped.max_t, wrapped.width, wrapped.temperature) == (0.03, 250, 0.04, 0.2)
+    assert valence_guided(own.model, own, 0.0) is own.model
+    assert valence_guided(own.model, own, 0.5).max_t == 250  # the scale overrides, the rest stays
+
+
+def test_valence_guidance_option_reaches_the_sampler_and_bad_values_are_one_line(env, tmp_path, capsys, monkeypatch):
+    import json
+    import shutil
+
+    import symdiff_cli.engine.generate as engine
+
+    seen = []
+    real = engine.valence_guided
+    monkeypatch.setattr(engine, "valence_guided", lambda d, r, s: seen.append(s) or real(d, r, s))
+    code, _, stderr = run_cli(capsys, "generate", "--n", "2", "--out", str(tmp_path / "a.sdf"), "--model", "tiny",
+                              *FAST, "--valence-guidance", "0.02")
+    assert code == 0, stderr
+    assert seen == [0.02]
+    code, _, stderr = run_cli(capsys, "generate", "--n", "2", "--out", str(tmp_path / "b.sdf"), "--model", "tiny",
+                              *FAST, "--valence-guidance", "-1")
+    assert code != 0 and "--valence-guidance must be a number >= 0" in stderr and "Traceback" not in stderr
+    release = tmp_path / "tiny-bad"
+    shutil.copytree(env / "tiny", release)
+    config = json.loads((release / "config.json").read_text())
+    config["sampling"]["valence_guidance"] = {"scale": "strong"}
+    (release / "config.json").write_text(json.dumps(config))
+    code, _, stderr = run_cli(capsys, "generate", "--n", "2", "--out", str(tmp_path / "c.sdf"), "--model", str(release),
+                              *FAST)
+    assert code != 0 and "valence_guidance" in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "c.sdf").exists()

@@ -196,6 +196,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, expected: str) ->
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_download_generate_then_offline_from_cache(hub, tmp_path):
     hf_home = tmp_path / "hf"
     online = symdiff(generate_args("test-org/tiny", "online.sdf"), hub.url, hf_home, tmp_path)
@@ -222,6 +223,7 @@ def test_download_generate_then_offline_from_cache(hub, tmp_path):
     assert (tmp_path / "env.sdf").read_bytes() == online_bytes == (tmp_path / "flag.sdf").read_bytes()
 
 
+@pytest.mark.slow
 def test_a_guided_release_downloads_with_its_guide(hub, tmp_path):
     hf_home = tmp_path / "hf"
     guided = symdiff(generate_args("test-org/tiny-guided", "guided.sdf"), hub.url, hf_home, tmp_path)
@@ -235,6 +237,7 @@ def test_a_guided_release_downloads_with_its_guide(hub, tmp_path):
     assert (tmp_path / "guided.sdf").read_bytes() != (tmp_path / "unguided.sdf").read_bytes()
 
 
+@pytest.mark.slow
 def test_missing_repo_revision_and_non_release(hub, tmp_path):
     hf_home = tmp_path / "hf"
     missing = symdiff(generate_args("test-org/missing", "x.sdf"), hub.url, hf_home, tmp_path)
@@ -247,6 +250,7 @@ def test_missing_repo_revision_and_non_release(hub, tmp_path):
     assert not (tmp_path / "x.sdf").exists()
 
 
+@pytest.mark.slow
 def test_offline_without_cache_fails_cleanly(hub, tmp_path):
     hf_home = tmp_path / "empty-cache"
     by_flag = symdiff(generate_args("test-org/tiny", "x.sdf", "--offline"), hub.url, hf_home, tmp_path)

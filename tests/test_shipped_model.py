@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from symdiff_cli.engine.release import load_release
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "qm9"
@@ -23,6 +25,7 @@ def test_shipped_model_loads_and_is_under_50_mb():
     assert sum(released.histogram.values()) == 100_000  # the QM9 train split's atom counts
 
 
+@pytest.mark.slow
 def test_generate_uses_the_shipped_model_by_default(tmp_path):
     out = tmp_path / "mols.sdf"
     env = {k: v for k, v in os.environ.items() if k not in ("SYMDIFF_WEIGHTS",) and not k.startswith("SLURM_")}

@@ -62,6 +62,7 @@ def dataset_loss(model_cfg, state_dict, packed, repeats: int = 20) -> float:
     return total / (repeats * len(packed))
 
 
+@pytest.mark.slow
 def test_tiny_preset_overfits_32_molecules(tmp_path, small_npz, small_packed):
     model_cfg = model_config_from_preset("tiny")
     cfg = tiny_config(tmp_path / "run", small_npz, max_steps=3500, lr=3e-3, log_every=50)
@@ -74,6 +75,7 @@ def test_tiny_preset_overfits_32_molecules(tmp_path, small_npz, small_packed):
     assert after < before / 5, f"loss fell only from {before:.3f} to {after:.3f}"
 
 
+@pytest.mark.slow
 def test_resumed_run_matches_uninterrupted_run(tmp_path, small_npz):
     model_cfg = model_config_from_preset("tiny")
     train(tiny_config(tmp_path / "a", small_npz, max_steps=40), model_cfg, console_print=lambda s: None)
@@ -89,6 +91,7 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, small_npz):
         assert torch.equal(ck_a["ema"][k], ck_b["ema"][k]), k
 
 
+@pytest.mark.slow
 def test_sigkill_loses_at_most_one_checkpoint_interval(tmp_path, small_npz):
     run = tmp_path / "run"
     cmd = CLI + ["train", "--data", str(small_npz), "--preset", "tiny", "--out", str(run), "--batch-size", "8",
@@ -125,6 +128,7 @@ def test_sigkill_loses_at_most_one_checkpoint_interval(tmp_path, small_npz):
     assert resumed["step"] == saved["step"] and last_step >= saved["step"]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_keep_identical_parameters(tmp_path, small_npz):
     run = tmp_path / "ddp"
     cmd = TORCHRUN_CLI + ["train", "--data", str(small_npz), "--preset", "tiny", "--out", str(run),
@@ -162,6 +166,7 @@ def run_diverging_training(launch: list[str], run: Path, data: Path, *options: s
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launch", [CLI, TORCHRUN_CLI], ids=["one-process", "torchrun"])
 def test_diverged_run_stops_with_a_message_and_no_checkpoint(tmp_path, small_npz, launch):
     run = tmp_path / "diverged"
@@ -175,6 +180,7 @@ def test_diverged_run_stops_with_a_message_and_no_checkpoint(tmp_path, small_npz
     assert not (run / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 def test_divergence_between_loss_reads_keeps_the_last_finite_checkpoint(tmp_path, small_npz):
     # A checkpoint after every step, the loss read only at the end of the first epoch: the weights
     # go NaN before any loss is read, and no checkpoint may hold them.
@@ -235,6 +241,7 @@ def test_learning_rate_warms_up_then_follows_the_cosine_over_the_budget():
     assert budget_fraction(5, 5.0, TrainConfig(), steps_per_epoch=10) is None
 
 
+@pytest.mark.slow
 def test_cosine_run_logs_the_decaying_rate(tmp_path, small_npz):
     cfg = tiny_config(tmp_path / "r", small_npz, lr=1e-3, min_lr=1e-4, lr_schedule="cosine", max_steps=20,
                       log_every=1)
@@ -245,6 +252,7 @@ def test_cosine_run_logs_the_decaying_rate(tmp_path, small_npz):
     assert all(a >= b for a, b in zip(rates, rates[1:]))
 
 
+@pytest.mark.slow
 def test_existing_run_needs_resume(tmp_path, small_npz):
     run = tmp_path / "r"
     base = CLI + ["train", "--out", str(run), "--data", str(small_npz), "--preset", "tiny", "--max-steps", "2",
@@ -254,6 +262,7 @@ def test_existing_run_needs_resume(tmp_path, small_npz):
     assert again.returncode != 0 and "--resume" in again.stderr
 
 
+@pytest.mark.slow
 def test_resume_with_budget_spent_makes_no_step_and_logs_strict_json(tmp_path, small_npz):
     run = tmp_path / "r"
     base = CLI + ["train", "--out", str(run), "--data", str(small_npz), "--preset", "tiny", "--max-steps", "2",
@@ -322,6 +331,7 @@ def test_init_from_grows_a_release_into_a_deeper_model_that_starts_as_the_same_f
     assert model_config_from_release(release_cfg, dataclasses.replace(cfg, depth=5), explicit={"depth"}).depth == 5
 
 
+@pytest.mark.slow
 def test_train_cli_grows_a_release_and_refuses_to_shrink_it(tmp_path, small_npz):
     trained_looking_release(tmp_path / "rel")
 
@@ -351,6 +361,7 @@ def test_train_cli_grows_a_release_and_refuses_to_shrink_it(tmp_path, small_npz)
     assert not (tmp_path / "shallow" / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("guided", [False, True, "override"])
 def test_gpu_train_script_smoke_run_on_cpu(tmp_path, small_npz, guided):
     """scripts/gpu_train.sh continues a release for a time budget and exports a loadable model,
@@ -388,6 +399,7 @@ def test_gpu_train_script_smoke_run_on_cpu(tmp_path, small_npz, guided):
             assert all(torch.equal(net.state_dict()[k], v) for k, v in member.state_dict().items())
 
 
+@pytest.mark.slow
 def test_gpu_train_script_reports_a_failed_start_and_exports_nothing(tmp_path, small_npz):
     script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_train.sh"
     env = dict(os.environ, PYTHON=sys.executable, TRAIN_DATA=str(small_npz), BATCH_SIZE="8")
@@ -399,6 +411,7 @@ def test_gpu_train_script_reports_a_failed_start_and_exports_nothing(tmp_path, s
     assert not (tmp_path / "out" / "model").exists()
 
 
+@pytest.mark.slow
 def test_geom_configuration_trains_on_processed_geom_file(tmp_path):
     """GEOM-Drugs layout: (atoms x 5) rows of conformer id, Z, x, y, z, with GEOM-only elements."""
     import numpy as np

@@ -170,3 +170,23 @@ def bonds_from_matrix(orders: np.ndarray) -> np.ndarray:
     orders = np.asarray(orders)
     i, j = np.nonzero(np.triu(orders, k=1))
     return np.stack([i, j, orders[i, j]], axis=1).astype(np.int64).reshape(-1, 3)
+
+
+def bond_thresholds_angstrom(atom_types: tuple[str, ...] | list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The rules for a vocabulary of atom types, for smooth (differentiable) bond counting.
+
+    Returns (K, K, 3) float64 thresholds in Angstrom for bond order >= 1, 2, 3 between types a
+    and b (table length plus margin; -1 where the pair has no such order, which no distance is
+    below) and the (K,) allowed valence of each type (the lowest where several are allowed, 0
+    where the rules list none).
+    """
+    rules = load_bond_rules()
+    z = [SYMBOL_TO_Z[s] for s in atom_types]
+    thresholds = np.full((len(z), len(z), 3), -1.0)
+    for a, za in enumerate(z):
+        for b, zb in enumerate(z):
+            for k, table in enumerate((rules.single, rules.double, rules.triple)):
+                if np.isfinite(table[za, zb]):
+                    thresholds[a, b, k] = table[za, zb] / 100.0
+    valences = np.array([float(min(rules.allowed_valences(zi) or (0,))) for zi in z])
+    return thresholds, valences

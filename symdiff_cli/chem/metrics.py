@@ -20,6 +20,7 @@ import numpy as np
 from rdkit import Chem, rdBase
 
 from symdiff_cli.chem.bonds import bond_order_matrix, load_bond_rules
+from symdiff_cli.chem.composition import check_composition, failure_cause
 from symdiff_cli.chem.rdkit_mol import to_rdkit_mol
 from symdiff_cli.io.molecule import Molecule, PackedMolecules
 
@@ -63,6 +64,11 @@ class MoleculeReport:
     strict_valid: bool
     smiles: str | None
     fragments: int
+    # Composition diagnostics (chem/composition.py): why an unstable molecule is unstable.
+    odd_electrons: bool = False
+    hydrogen_balance: int = 0
+    isolated_atoms: int = 0
+    failure: str = "stable"
 
 
 def rdkit_validity(rdmol: Chem.Mol) -> tuple[bool, str | None, int]:
@@ -89,18 +95,24 @@ def evaluate_molecule(mol: Molecule) -> MoleculeReport:
     A molecule without atoms is reported unstable and invalid rather than vacuously stable.
     """
     if mol.num_atoms == 0:
-        return MoleculeReport(0, 0, False, False, False, None, 0)
+        return MoleculeReport(0, 0, False, False, False, None, 0, failure="composition")
     orders = bond_order_matrix(mol.atomic_numbers, mol.positions)
     num_stable = int(stable_atoms(mol.atomic_numbers, orders).sum())
     valid, smiles, fragments = rdkit_validity(to_rdkit_mol(mol, orders))
+    stable = num_stable == mol.num_atoms
+    composition = check_composition(mol.atomic_numbers, orders)
     return MoleculeReport(
         num_atoms=mol.num_atoms,
         num_stable_atoms=num_stable,
-        stable=num_stable == mol.num_atoms,
+        stable=stable,
         valid=valid,
         strict_valid=valid and fragments == 1,
         smiles=smiles,
         fragments=fragments,
+        odd_electrons=composition.odd_electrons,
+        hydrogen_balance=composition.hydrogen_balance,
+        isolated_atoms=composition.isolated_atoms,
+        failure=failure_cause(stable, composition),
     )
 
 

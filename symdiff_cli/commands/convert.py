@@ -143,6 +143,21 @@ def convert_command(
 
     Example: symdiff generate --n 100 --out - | symdiff convert - mols.xyz --from sdf
     """
+    from symdiff_cli.chem.quiet import quiet_library_warnings
+
+    with quiet_library_warnings():
+        _convert(input_path, output_path, from_format, to_format, bonds, weights, guide, guidance, strict)
+
+
+def _convert(input_path: str, output_path: str, from_format: Optional[str], to_format: Optional[str],
+             bonds: BondPerception, weights: CheckpointWeights, guide: Optional[List[str]],
+             guidance: Optional[float], strict: bool) -> None:
+    """convert_command's dispatch: a checkpoint, a release directory, or molecule files."""
+    from symdiff_cli.io.paths import refuse_overwriting_inputs
+
+    is_model = input_path.endswith(".pt") or Path(input_path).is_dir()
+    if is_model and output_path == "-":
+        raise UsageError("a release is a directory of files and cannot go to standard output: give OUT a directory")
     if input_path.endswith(".pt"):
         from symdiff_cli.engine.release import convert_checkpoint_to_release, guide_from_releases
 
@@ -164,6 +179,7 @@ def convert_command(
         raise UsageError("--weights applies only to a training checkpoint (IN ending in .pt)")
     if guide or guidance is not None:
         raise UsageError("--guide and --guidance apply only to a training checkpoint or a release directory")
+    refuse_overwriting_inputs({"OUT": output_path}, [input_path])
     _convert_molecules(input_path, output_path, from_format, to_format, bonds.value, strict)
 
 

@@ -27,7 +27,10 @@ class SplitChoice(str, Enum):
     all = "all"
 
 
-PER_MOLECULE_COLUMNS = ("index", "source", "num_atoms", "stable_atoms", "stable", "valid", "strict_valid", "smiles")
+PER_MOLECULE_COLUMNS = (
+    "index", "source", "num_atoms", "stable_atoms", "stable", "valid", "strict_valid", "smiles",
+    "failure", "odd_electrons", "hydrogen_balance", "isolated_atoms",
+)
 
 
 def _write_text_atomic(path: str, text: str) -> None:
@@ -42,7 +45,7 @@ def _write_text_atomic(path: str, text: str) -> None:
         raise SymdiffError(f"cannot write {path}: {err.strerror or err}") from None
 
 
-def _read_inputs(files: list[str], strict: bool):
+def _read_inputs(files: list[str], strict: bool, fmt: Optional[str] = None):
     """Molecules of every file plus (source, index-in-source) per molecule; warns on skips."""
     from symdiff_cli.io.formats import read_molecules
 
@@ -50,7 +53,7 @@ def _read_inputs(files: list[str], strict: bool):
         raise UsageError("standard input ('-') can be given only once")
     molecules, origins = [], []
     for path in files:
-        mols, unreadable = read_molecules(path, strict=strict)
+        mols, unreadable = read_molecules(path, fmt=fmt, strict=strict)
         source = "stdin" if path == "-" else path
         if unreadable:
             total = len(mols) + unreadable
@@ -127,6 +130,10 @@ def _per_molecule_csv(result, origins) -> str:
                 int(report.valid),
                 int(report.strict_valid),
                 report.smiles or "",
+                report.failure,
+                int(report.odd_electrons),
+                report.hydrogen_balance,
+                report.isolated_atoms,
             ]
         )
     return buffer.getvalue()
@@ -163,7 +170,17 @@ def evaluate_command(
         "--per-molecule",
         metavar="CSV",
         help="Write one CSV row per molecule (index, source, atoms, stable atoms, stable, valid, strict_valid, "
-        "SMILES) to CSV ('-' for standard output).",
+        "SMILES, and why it is unstable: failure = stable|composition|geometry, where composition means no "
+        "geometry can make it stable (e.g. an odd electron count); odd_electrons; hydrogen_balance = hydrogens "
+        "minus those the heavy atoms' valences need; isolated_atoms) to CSV ('-' for standard output).",
+        show_default=False,
+    ),
+    from_format: Optional[str] = typer.Option(
+        None,
+        "--from",
+        metavar="FORMAT",
+        help="Format of every FILE (sdf, xyz, smi, npz), overriding the extension; needed for SMILES "
+        "on standard input, e.g. echo CCO | symdiff evaluate - --from smi.",
         show_default=False,
     ),
     strict: bool = typer.Option(
@@ -178,17 +195,28 @@ def evaluate_command(
     ),
 ) -> None:
     """Stability, validity, uniqueness and novelty of molecules, by the QM9 benchmark rules (EDM)."""
+    from symdiff_cli.chem.quiet import quiet_library_warnings
+
+    with quiet_library_warnings():
+        _evaluate(list(files or []), dataset, split, json_path, per_molecule, from_format, strict, no_novelty)
+
+
+def _evaluate(files: list[str], dataset: DatasetChoice, split: Optional[SplitChoice], json_path: Optional[str],
+              per_molecule: Optional[str], from_format: Optional[str], strict: bool, no_novelty: bool) -> None:
     from rich.console import Console
 
     from symdiff_cli.chem.metrics import evaluate_molecules
+    from symdiff_cli.io.paths import refuse_overwriting_inputs
 
-    files = list(files or [])
     if files and split is not None:
         raise UsageError("give molecule files or --split, not both")
     if not files and split is None:
         raise UsageError("nothing to evaluate: give molecule files (or '-' for stdin), or --split to evaluate the dataset")
     if json_path == "-" and per_molecule == "-":
         raise UsageError("--json and --per-molecule cannot both write to standard output")
+    if from_format is not None and split is not None:
+        raise UsageError("--from applies to molecule files, not to --split")
+    refuse_overwriting_inputs({"--per-molecule": per_molecule, "--json": json_path}, files)
 
     if split is not None:
         if dataset is not DatasetChoice.qm9:
@@ -200,7 +228,7 @@ def evaluate_command(
         origins = [(f"qm9:{split.value}", k) for k in range(len(molecules))]
         title = f"QM9 {split.value} split ({len(molecules)} molecules)"
     else:
-        molecules, origins = _read_inputs(files, strict)
+        molecules, origins = _read_inputs(files, strict, from_format)
         _warn_foreign_elements(molecules, dataset.value)
         title = f"{len(molecules)} molecules from {', '.join('stdin' if f == '-' else f for f in files)}"
 

@@ -45,6 +45,15 @@ def generate_command(
              "the mean of several releases' predictions. Needs --guidance for a model that ships no "
              "guide.",
     ),
+    valence_guidance: Optional[float] = typer.Option(
+        None, "--valence-guidance", metavar="S",
+        help="Valence guidance scale: at every step below the model's noise threshold, move the "
+             "predicted clean molecule down the gradient of a smooth valence energy (soft bond orders "
+             "from the benchmark's distance thresholds against each atom type's valence), steering "
+             "atom types and bonds towards molecules whose atoms all have their valence. 0 turns it "
+             "off. Default: the model's own (see its README.md; none for older releases).",
+        show_default=False,
+    ),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed and options give the same file."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA if available), cpu, cuda or cuda:N."),
     num_atoms: Optional[int] = typer.Option(
@@ -85,6 +94,7 @@ def generate_command(
         n=n, out=out, fmt=fmt, batch_size=batch_size, steps=steps, seed=seed, device=device,
         num_atoms=num_atoms, model=model, offline=offline, shard=shard, quiet=quiet, threads=threads,
         precision=precision, spacing=spacing, guidance=guidance, guide=guide,
+        valence_guidance=valence_guidance,
     ))
     if result.exit_code:
         raise typer.Exit(result.exit_code)

@@ -203,6 +203,11 @@ def train_command(
         raise SymdiffError(f"{cfg.out} already holds a run: pass --resume to continue it, or choose another --out")
     if resume and not has_checkpoint:
         raise SymdiffError(f"--resume: no checkpoint in {cfg.out}")
+    from symdiff_cli.engine.release import is_release_directory
+
+    if is_release_directory(Path(cfg.out)):
+        # A run writes its own config.json, which would replace the release's.
+        raise UsageError(f"--out {cfg.out} is a release directory, not a run directory: choose another --out")
     model_cfg: ModelConfig | None = None
     if not has_checkpoint:
         model_cfg = model_config_from_preset(cfg.preset)

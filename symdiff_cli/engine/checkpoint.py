@@ -3,10 +3,17 @@
 Saved with torch.save and loaded only with `weights_only=True`, so a checkpoint cannot run
 code when opened. Writes go to a temporary file that is renamed into place: a crash or a
 SIGKILL leaves the previous checkpoint intact.
+
+`save_checkpoint` stores a SHA-256 of the checkpoint's content (every tensor's bytes, dtype and
+shape, and every other value) under `sha256`; `load_checkpoint` recomputes it. A flipped byte in
+the weights still unpickles into plausible numbers, so without it a damaged checkpoint would
+resume or export without complaint. Checkpoints written before the digest have none and load
+as before.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -17,6 +24,7 @@ from symdiff_cli.errors import SymdiffError
 from symdiff_cli.io.atomic import atomic_output
 
 CHECKPOINT_NAME = "checkpoint.pt"
+CHECKSUM_KEY = "sha256"
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -27,16 +35,53 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         torch.save(obj, f)
 
 
+def _feed(digest: Any, obj: Any) -> None:
+    # Type tags and lengths keep distinct structures from hashing alike (["ab"] vs ["a", "b"]).
+    if isinstance(obj, torch.Tensor):
+        tensor = obj.detach().cpu().contiguous()
+        digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(obj, dict):
+        digest.update(b"D%d" % len(obj))
+        for key in sorted(obj, key=repr):
+            _feed(digest, key)
+            _feed(digest, obj[key])
+    elif isinstance(obj, (list, tuple)):
+        digest.update(b"L%d" % len(obj))
+        for item in obj:
+            _feed(digest, item)
+    else:
+        digest.update(b"V" + repr(obj).encode() + b"\0")
+
+
+def content_sha256(ckpt: dict[str, Any]) -> str:
+    """The SHA-256 of a checkpoint's content, its own `sha256` entry left out."""
+    digest = hashlib.sha256()
+    _feed(digest, {key: value for key, value in ckpt.items() if key != CHECKSUM_KEY})
+    return digest.hexdigest()
+
+
+def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write a training checkpoint atomically, with the digest `load_checkpoint` verifies."""
+    atomic_torch_save({**ckpt, CHECKSUM_KEY: content_sha256(ckpt)}, path)
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A checked training checkpoint (a file, or the run directory holding checkpoint.pt)."""
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise SymdiffError(f"no checkpoint at {path}")
+    if path.stat().st_size == 0:
+        raise SymdiffError(f"checkpoint {path} is empty (0 bytes): it was never written completely")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unreadable, truncated, or needs unpickling of arbitrary objects
-        raise SymdiffError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise SymdiffError(f"cannot read checkpoint {path} (truncated or damaged?): {reason}") from None
     if not isinstance(ckpt, dict) or "model_config" not in ckpt or "ema" not in ckpt:
         raise SymdiffError(f"{path} is not a symdiff training checkpoint")
+    if CHECKSUM_KEY in ckpt and content_sha256(ckpt) != ckpt[CHECKSUM_KEY]:
+        raise SymdiffError(f"checkpoint {path} is damaged: its content does not match its SHA-256")
     return ckpt

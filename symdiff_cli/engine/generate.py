@@ -60,6 +60,7 @@ class GenerateOptions:
     spacing: str = DEFAULT_SPACING
     guidance: float | None = None  # autoguidance weight; None: the release's (1 = the main model alone)
     guide: Sequence[str] | None = None  # other releases as the guide (their mean), in place of the release's own
+    valence_guidance: float | None = None  # valence-guidance scale; None: the release's (0 = off)
 
 
 @dataclass
@@ -197,6 +198,8 @@ def _check_options(opts: GenerateOptions) -> None:
         raise UsageError(f"--spacing must be one of {', '.join(SPACING_CHOICES)}, not {opts.spacing!r}")
     if opts.guidance is not None and not (math.isfinite(opts.guidance) and opts.guidance >= 0):
         raise UsageError(f"--guidance must be a number >= 0 (1: no guidance), not {opts.guidance}")
+    if opts.valence_guidance is not None and not (math.isfinite(opts.valence_guidance) and opts.valence_guidance >= 0):
+        raise UsageError(f"--valence-guidance must be a number >= 0 (0: off), not {opts.valence_guidance}")
 
 
 def guided_denoiser(release: ReleasedModel, guidance: float | None, guide_specs: Sequence[str] | str | None,
@@ -215,7 +218,7 @@ def guided_denoiser(release: ReleasedModel, guidance: float | None, guide_specs:
         guide_specs = [guide_specs]
     guide_specs = list(guide_specs or [])
     weight = release.guidance_weight if guidance is None else float(guidance)
-    if guide_specs and guidance is None and release.guide is None:
+    if guide_specs and guidance is None and not release.ships_guide:
         raise UsageError("--guide needs --guidance W (a weight above 1 steers away from the guide; the shipped "
                          f"model uses {DEFAULT_GUIDANCE_WEIGHT:g})")
     if weight == 1.0:
@@ -224,9 +227,34 @@ def guided_denoiser(release: ReleasedModel, guidance: float | None, guide_specs:
     if guide_specs:
         guide = mean_of([load_guide_from_release(spec, release.cfg, release.device, offline=offline,
                                                  show_progress=show_progress) for spec in guide_specs])
+    if guide is None and release.ships_guide:
+        raise RuntimeError("guided_denoiser needs the release loaded with load_guide=True")
     if guide is None:
         raise UsageError(f"--guidance {weight:g} needs a guide model: this release ships none; pass --guide MODEL")
     return AutoGuidedDenoiser(release.model, guide, weight), weight
+
+
+def valence_guided(denoiser: torch.nn.Module, release: ReleasedModel, scale: float | None) -> torch.nn.Module:
+    """Wrap the sampler's network in valence guidance (model/valence.py) at the release's settings.
+
+    `scale` None keeps the release's own scale (none: off); 0 turns it off. A release that
+    states no valence guidance samples exactly as before it existed.
+    """
+    from symdiff_cli.chem.bonds import bond_thresholds_angstrom
+    from symdiff_cli.engine.release import valence_guidance_settings
+    from symdiff_cli.model.diffusion import NoiseSchedule
+    from symdiff_cli.model.valence import ValenceGuidedDenoiser
+
+    settings = valence_guidance_settings(release.config)
+    if scale is not None:
+        settings = settings.with_scale(scale)
+    if settings.scale == 0 and not settings.type_scale:
+        return denoiser
+    thresholds, valences = bond_thresholds_angstrom(release.cfg.atom_types)
+    schedule = NoiseSchedule(release.cfg.timesteps, release.cfg.noise_precision)
+    return ValenceGuidedDenoiser(denoiser, schedule, thresholds, valences, release.cfg.norm_one_hot,
+                                 settings.scale, settings.max_t, settings.width, settings.temperature,
+                                 settings.type_scale)
 
 
 def _tag_molecules(mols: list, with_metrics: bool) -> list:
@@ -393,7 +421,10 @@ def generate(opts: GenerateOptions) -> GenerateResult:
         stop_signal: int | None = None
         try:
             stops.raise_if_received()
-            release = load_release(opts.model, device, offline=opts.offline, show_progress=not opts.quiet)
+            # The release's own guide is read only when it will be called: --guidance 1 samples
+            # the main model alone and --guide replaces it, so a damaged guide file blocks neither.
+            release = load_release(opts.model, device, offline=opts.offline, show_progress=not opts.quiet,
+                                   load_guide=opts.guidance != 1.0 and not opts.guide)
             cfg = release.cfg
             if opts.num_atoms is not None and opts.num_atoms > cfg.max_atoms:
                 raise UsageError(f"--num-atoms {opts.num_atoms} is above this model's maximum of {cfg.max_atoms} atoms")
@@ -406,6 +437,7 @@ def generate(opts: GenerateOptions) -> GenerateResult:
             # size; docs/training.md), so auto keeps float32 there.
             use_bf16 = opts.precision == "bf16" or (opts.precision == "auto" and device.type == "cuda")
             denoiser, _ = guided_denoiser(release, opts.guidance, opts.guide, opts.offline, not opts.quiet)
+            denoiser = valence_guided(denoiser, release, opts.valence_guidance)
             sampler = Sampler(denoiser, cfg, device, autocast_bf16=use_bf16, spacing=opts.spacing)
             # Metrics feed the SDF tags and the summary; skip them when neither is wanted.
             with_metrics = fmt == "sdf" or not opts.quiet
@@ -454,4 +486,4 @@ def generate(opts: GenerateOptions) -> GenerateResult:
 
 
 __all__ = ["GenerateOptions", "GenerateResult", "generate", "parse_shard", "shard_share", "shard_seed_sequence",
-           "plan_for_shard", "iter_plan_for_shard", "guided_denoiser", "INTERRUPTED_EXIT_CODE"]
+           "plan_for_shard", "iter_plan_for_shard", "guided_denoiser", "valence_guided", "INTERRUPTED_EXIT_CODE"]

@@ -17,15 +17,21 @@ A release is a directory with three files, and guide files when it samples with 
 
 Loading checks the config and every tensor name and shape against a freshly built network
 and names what does not match, so a wrong or truncated download fails with one clear line
-instead of a shape error deep inside PyTorch.
+instead of a shape error deep inside PyTorch. `config.json` also records the SHA-256 of every
+weights file (`sha256`: {file name: hex digest}); a file that no longer matches (a flipped
+byte on disk or in transit, which still parses and would sample garbage) is refused by name.
+Releases written before the digests were recorded have no `sha256` and load as they always did.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import re
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +42,7 @@ import torch
 from symdiff_cli.errors import SymdiffError
 from symdiff_cli.io.atomic import current_umask
 from symdiff_cli.model.config import ModelConfig
+from symdiff_cli.model.valence import ValenceGuidanceSettings
 
 RELEASE_FORMAT = "symdiff-release"
 # Version 2 added the optional guide, version 3 a guide of several networks. Each release is
@@ -62,6 +69,20 @@ DEFAULT_STEPS_CUDA = 1000
 
 # How many shape mismatches an error message lists before summarising the rest.
 _MISMATCHES_SHOWN = 3
+
+# The config.json key of the weights files' SHA-256 digests.
+CHECKSUMS_KEY = "sha256"
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_GUIDE_FILE_PATTERN = re.compile(r"guide(-[0-9]+)?\.safetensors")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, as lowercase hex (read in chunks: weights can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------
@@ -287,6 +308,27 @@ def parse_guidance(config: dict[str, Any], main_cfg: ModelConfig,
     return networks, weight
 
 
+def _check_atom_types(model_cfg: ModelConfig, source: str) -> None:
+    """Atom types must be distinct element symbols: the sampler maps each to an atomic number
+    after every denoising step, too late for a typo in config.json to fail cleanly."""
+    from symdiff_cli.chem.elements import SYMBOL_TO_Z
+
+    types = model_cfg.atom_types
+    if not types:
+        raise SymdiffError(f"{source}: model_config.atom_types is empty")
+    for symbol in types:
+        if not isinstance(symbol, str) or symbol not in SYMBOL_TO_Z:
+            raise SymdiffError(f"{source}: model_config.atom_types holds {symbol!r}, which is not an element symbol "
+                               "(write them as H, C, N, O, F, Cl, ...)")
+    if len(set(types)) != len(types):
+        raise SymdiffError(f"{source}: model_config.atom_types lists an element twice ({' '.join(types)})")
+
+
+def expected_checksum(config: dict[str, Any], weights_file: str) -> str | None:
+    """The SHA-256 that a checked config.json records for `weights_file`, or None (older releases)."""
+    return config.get(CHECKSUMS_KEY, {}).get(weights_file)
+
+
 def parse_release_config(config: Any, source: str) -> tuple[ModelConfig, dict[int, int]]:
     """Check a loaded config.json; returns the model config and the atom-count histogram."""
     if not isinstance(config, dict):
@@ -310,8 +352,14 @@ def parse_release_config(config: Any, source: str) -> tuple[ModelConfig, dict[in
         raise SymdiffError(f"{source}: {err}") from None
     except (TypeError, ValueError) as err:
         raise SymdiffError(f"{source}: invalid model_config ({err})") from None
+    _check_atom_types(model_cfg, source)
     histogram = _histogram_from_json(config.get("atom_count_histogram"), model_cfg, source)
     parse_guidance(config, model_cfg, source)
+    checksums = config.get(CHECKSUMS_KEY, {})
+    if not isinstance(checksums, dict) or not all(
+            isinstance(name, str) and isinstance(value, str) and _SHA256_HEX.fullmatch(value)
+            for name, value in checksums.items()):
+        raise SymdiffError(f"{source}: {CHECKSUMS_KEY} must map weights file names to SHA-256 hex digests")
     sampling = config.get("sampling", {})
     if not isinstance(sampling, dict):
         raise SymdiffError(f"{source}: sampling must be an object")
@@ -420,7 +468,8 @@ def model_card(config: dict[str, Any], num_parameters: int | None = None,
 # Saving
 
 
-def _looks_like_release(path: Path) -> bool:
+def is_release_directory(path: Path) -> bool:
+    """Whether `path` holds a symdiff release (a config.json of the release format)."""
     config_path = path / CONFIG_FILE
     if not config_path.is_file():
         return False
@@ -433,6 +482,57 @@ def _looks_like_release(path: Path) -> bool:
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
+
+
+def _stale_guide_files(out_dir: Path, written: list[str]) -> list[str]:
+    """Guide files of the release in `out_dir` that the new release does not have: its own
+    files, named in its config.json, not the user's."""
+    try:
+        old_config = json.loads((out_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+        names = [entry.get("weights_file") for entry in guide_entries(old_config) if isinstance(entry, dict)]
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return []
+    return sorted({name for name in names if isinstance(name, str) and _GUIDE_FILE_PATTERN.fullmatch(name)
+                   and name not in written and (out_dir / name).is_file()})
+
+
+def _swap_release_files(staging: Path, out_dir: Path, names: list[str], stale: list[str]) -> None:
+    """Move the release files `names` from `staging` into the existing directory `out_dir` and
+    retire its `stale` guide files; every other file there (the user's notes, samples, ...)
+    stays untouched.
+
+    Each file is replaced atomically, config.json first: it records the digests of the new
+    weights, so a reader between two renames gets a clear checksum error, never a silent mix
+    of old and new weights. On an error the previous files are put back. A replaced file
+    keeps its permission bits.
+    """
+    backup = staging / ".previous"
+    backup.mkdir()
+    moved: list[str] = []
+    retired: list[str] = []
+    try:
+        for name in names:
+            target = out_dir / name
+            if target.is_file():
+                os.chmod(staging / name, stat.S_IMODE(target.stat().st_mode))
+                try:
+                    os.link(target, backup / name)
+                except OSError:  # a file system without hard links
+                    shutil.copy2(target, backup / name)
+            os.replace(staging / name, target)
+            moved.append(name)
+        for name in stale:
+            os.replace(out_dir / name, backup / name)
+            retired.append(name)
+    except BaseException:
+        for name in retired:
+            os.replace(backup / name, out_dir / name)
+        for name in reversed(moved):
+            if (backup / name).exists():
+                os.replace(backup / name, out_dir / name)
+            else:
+                (out_dir / name).unlink(missing_ok=True)
+        raise
 
 
 def save_release(
@@ -451,18 +551,22 @@ def save_release(
     """Write a release directory atomically and return its path.
 
     The weights (and a guide's) are checked against `model_cfg` first, so a release that cannot
-    be loaded is never written. Files go into a temporary directory next to `out_dir` that is
-    renamed into place; an existing release at `out_dir` is replaced, while any other non-empty directory
-    is refused (it is not ours to delete). `card_text` None writes a generated model card.
+    be loaded is never written; config.json records the SHA-256 of each weights file. A new
+    `out_dir` is built in a temporary directory next to it and renamed into place. In an
+    existing release (or empty directory) only the release's own files are replaced, one
+    atomic rename each, and guide files the new release lacks are removed: anything else the
+    user keeps there stays. Any other non-empty directory is refused (it is not ours to write
+    into). `card_text` None writes a generated model card.
     """
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
     model_cfg = model_cfg.validate()
+    _check_atom_types(model_cfg, "the model config")
     tensors = _checked_tensors(state_dict, model_cfg, "the weights do not match the model config")
     if out_dir.exists() and not out_dir.is_dir():
         raise SymdiffError(f"cannot write a release to {out_dir}: it exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not _looks_like_release(out_dir):
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not is_release_directory(out_dir):
         raise SymdiffError(f"refusing to replace {out_dir}: it is a non-empty directory that is not a symdiff release")
     for steps in (default_steps_cpu, default_steps_cuda):
         if not 1 <= int(steps) <= model_cfg.timesteps:
@@ -483,42 +587,40 @@ def save_release(
     if card_text is None:
         card_text = model_card(config, num_parameters=sum(t.numel() for t in tensors.values()))
 
-    parent = out_dir.absolute().parent
+    in_place = out_dir.is_dir()
+    # Staging inside an existing directory keeps the renames on one file system, and needs no
+    # write access to its parent.
+    staging_parent = out_dir if in_place else out_dir.absolute().parent
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=parent))
+        staging_parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=staging_parent))
     except OSError as err:
         raise SymdiffError(f"cannot write a release to {out_dir}: {err.strerror or err}") from None
-    retired: Path | None = None
     try:
         metadata = {"format": "pt", "symdiff_release": str(config["format_version"])}
         save_file(tensors, str(staging / WEIGHTS_FILE), metadata=metadata)
-        written = list(RELEASE_FILES)
+        weights_files = [WEIGHTS_FILE]
         for index, tensors_of_guide in enumerate(guide_tensors):
             save_file(tensors_of_guide, str(staging / guide_weights_file(index)), metadata=metadata)
-            written.append(guide_weights_file(index))
+            weights_files.append(guide_weights_file(index))
+        config[CHECKSUMS_KEY] = {name: file_sha256(staging / name) for name in weights_files}
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n", encoding="utf-8")
         (staging / CARD_FILE).write_text(card_text if card_text.endswith("\n") else card_text + "\n", encoding="utf-8")
+        written = [CONFIG_FILE, *weights_files, CARD_FILE]
         for name in written:
             _fsync_file(staging / name)
             os.chmod(staging / name, 0o666 & ~current_umask())  # safetensors writes 0600
-        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it 0700; use what mkdir would
-        if out_dir.exists():
-            # POSIX cannot swap two directories atomically: move the old one aside first, so
-            # at every moment out_dir is either the complete old or the complete new release.
-            retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=parent))
-            os.rmdir(retired)
-            os.replace(out_dir, retired)
-        os.replace(staging, out_dir)
+        if in_place:
+            _swap_release_files(staging, out_dir, written, _stale_guide_files(out_dir, written))
+        else:
+            os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it 0700; use what mkdir would
+            os.replace(staging, out_dir)
     except BaseException as err:
         shutil.rmtree(staging, ignore_errors=True)
-        if retired is not None and retired.exists() and not out_dir.exists():
-            os.replace(retired, out_dir)
         if isinstance(err, OSError):
             raise SymdiffError(f"cannot write a release to {out_dir}: {err.strerror or err}") from None
         raise
-    if retired is not None:
-        shutil.rmtree(retired, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)
     return out_dir
 
 
@@ -538,6 +640,7 @@ class ReleasedModel:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     guide: torch.nn.Module | None = None  # the release's guide (a MeanDenoiser of several networks), eval mode
     guidance_weight: float = 1.0  # the release's default; 1 samples the main model alone
+    ships_guide: bool = False  # whether the release has a guide, loaded into `guide` or not
 
     def default_steps(self, device_type: str) -> int:
         """The release's default number of sampling steps for "cpu" or "cuda"."""
@@ -550,6 +653,19 @@ def default_sampling_steps(config: dict[str, Any], model_cfg: ModelConfig, devic
     if device_type == "cuda":
         return int(sampling.get("default_steps_cuda", min(DEFAULT_STEPS_CUDA, model_cfg.timesteps)))
     return int(sampling.get("default_steps_cpu", min(DEFAULT_STEPS_CPU, model_cfg.timesteps)))
+
+
+def valence_guidance_settings(config: dict[str, Any]) -> ValenceGuidanceSettings:
+    """The release's valence guidance (config.json sampling.valence_guidance); off when absent."""
+    raw = config.get("sampling", {}).get("valence_guidance")
+    if raw is None:
+        return ValenceGuidanceSettings()
+    try:
+        if not isinstance(raw, dict):
+            raise ValueError("it must be an object")
+        return ValenceGuidanceSettings.from_dict(raw)
+    except (TypeError, ValueError) as err:
+        raise SymdiffError(f"invalid sampling.valence_guidance in the release config ({err})") from None
 
 
 def read_release_config(release_dir: Path) -> tuple[dict[str, Any], ModelConfig, dict[int, int]]:
@@ -567,8 +683,13 @@ def read_release_config(release_dir: Path) -> tuple[dict[str, Any], ModelConfig,
     return config, model_cfg, histogram
 
 
-def _read_weights(weights_path: Path, model_cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """Load the safetensors weights after checking every name and shape against the config."""
+def _read_weights(weights_path: Path, model_cfg: ModelConfig, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """Load the safetensors weights after checking every name and shape against the config and,
+    when the release records one, the file's digest.
+
+    The names and shapes come first: a weights file that does not fit its config is the more
+    telling message. The digest then catches what still parses: flipped bytes in the data.
+    """
     from safetensors import safe_open
 
     if not weights_path.is_file():
@@ -579,6 +700,9 @@ def _read_weights(weights_path: Path, model_cfg: ModelConfig) -> dict[str, torch
             mismatch = state_dict_mismatch(shapes, expected_tensor_shapes(model_cfg))
             if mismatch:
                 raise SymdiffError(f"the weights in {weights_path} do not match its {CONFIG_FILE}: {mismatch}")
+            if expected_sha256 is not None and file_sha256(weights_path) != expected_sha256:
+                raise SymdiffError(f"{weights_path} is damaged: its SHA-256 does not match the one in {CONFIG_FILE} "
+                                   "(copy, download or export the release again)")
             tensors = {name: handle.get_tensor(name) for name in shapes}
     except SymdiffError:
         raise
@@ -600,8 +724,8 @@ def load_release_state_dict(
     from symdiff_cli.engine.registry import resolve_model
 
     release_dir = resolve_model(None if spec is None else str(spec), offline=offline)
-    _, model_cfg, _ = read_release_config(release_dir)
-    return model_cfg, _read_weights(release_dir / WEIGHTS_FILE, model_cfg)
+    config, model_cfg, _ = read_release_config(release_dir)
+    return model_cfg, _read_weights(release_dir / WEIGHTS_FILE, model_cfg, expected_checksum(config, WEIGHTS_FILE))
 
 
 def load_release(
@@ -609,7 +733,7 @@ def load_release(
     show_progress: bool = True, load_guide: bool = True,
 ) -> ReleasedModel:
     """Resolve, check and load a release; the model (and its guide, if any and `load_guide`) are
-    in eval mode on `device`."""
+    in eval mode on `device`. The release's guidance weight is read either way."""
     from symdiff_cli.engine.registry import resolve_model
     from symdiff_cli.model.dit import SymmetrisedDenoiser
     from symdiff_cli.model.guidance import mean_of
@@ -620,17 +744,21 @@ def load_release(
 
     def network(cfg: ModelConfig, weights_file: str) -> torch.nn.Module:
         model = SymmetrisedDenoiser(cfg)
-        model.load_state_dict(_read_weights(release_dir / weights_file, cfg), strict=True)
+        model.load_state_dict(_read_weights(release_dir / weights_file, cfg, expected_checksum(config, weights_file)),
+                              strict=True)
         return model.to(device).eval()
 
     model = network(model_cfg, WEIGHTS_FILE)
     guide, weight = None, 1.0
-    guidance = parse_guidance(config, model_cfg, str(release_dir / CONFIG_FILE)) if load_guide else None
+    guidance = parse_guidance(config, model_cfg, str(release_dir / CONFIG_FILE))
     if guidance is not None:
         networks, weight = guidance
-        guide = mean_of([network(guide_cfg, weights_file) for guide_cfg, weights_file in networks])
+        # Not even opened unless wanted: a damaged guide must not block sampling without it.
+        if load_guide:
+            guide = mean_of([network(guide_cfg, weights_file) for guide_cfg, weights_file in networks])
     return ReleasedModel(model=model, cfg=model_cfg, histogram=histogram, config=config,
-                         path=release_dir, device=device, guide=guide, guidance_weight=weight)
+                         path=release_dir, device=device, guide=guide, guidance_weight=weight,
+                         ships_guide=guidance is not None)
 
 
 def load_guide_from_release(
@@ -660,7 +788,7 @@ def guide_from_releases(specs: Sequence[str | os.PathLike], weight: float, offli
     for spec in specs:
         release_dir = resolve_model(str(spec), offline=offline)
         config, guide_cfg, _ = read_release_config(release_dir)
-        state = _read_weights(release_dir / WEIGHTS_FILE, guide_cfg)
+        state = _read_weights(release_dir / WEIGHTS_FILE, guide_cfg, expected_checksum(config, WEIGHTS_FILE))
         networks.append(GuideNetwork(guide_cfg, state, {"release": str(spec), **config.get("provenance", {})}))
     if not networks:
         raise SymdiffError("a guide needs at least one release")
@@ -678,7 +806,9 @@ def shipped_guide(spec: str | os.PathLike, weight: float | None = None) -> Guide
         return None
     networks, shipped_weight = guidance
     weight = shipped_weight if weight is None else check_guidance_weight(weight, "--guidance")
-    return Guide([GuideNetwork(guide_cfg, _read_weights(release_dir / weights_file, guide_cfg), entry.get("provenance", {}))
+    return Guide([GuideNetwork(guide_cfg, _read_weights(release_dir / weights_file, guide_cfg,
+                                                        expected_checksum(config, weights_file)),
+                               entry.get("provenance", {}))
                   for (guide_cfg, weights_file), entry in zip(networks, guide_entries(config))], weight)
 
 
@@ -690,7 +820,7 @@ def attach_guide(release_spec: str | os.PathLike, out_dir: str | os.PathLike, gu
 
     release_dir = resolve_model(str(release_spec))
     config, model_cfg, histogram = read_release_config(release_dir)
-    state = _read_weights(release_dir / WEIGHTS_FILE, model_cfg)
+    state = _read_weights(release_dir / WEIGHTS_FILE, model_cfg, expected_checksum(config, WEIGHTS_FILE))
     return save_release(
         out_dir, model_cfg, state, histogram, str(config.get("dataset", model_cfg.dataset)),
         config.get("provenance", {}), card_text,
@@ -761,5 +891,6 @@ __all__ = [
     "save_release", "load_release", "load_guide_from_release", "guide_from_release", "guide_from_releases",
     "shipped_guide", "attach_guide", "guide_weights_file",
     "load_release_state_dict", "read_release_config", "convert_checkpoint_to_release", "model_card",
-    "release_config", "expected_tensor_shapes", "state_dict_mismatch",
+    "release_config", "expected_tensor_shapes", "state_dict_mismatch", "CHECKSUMS_KEY", "expected_checksum",
+    "file_sha256", "is_release_directory",
 ]

@@ -24,7 +24,8 @@ import torch.distributed as dist
 
 from symdiff_cli.chem.elements import DatasetInfo, dataset_info
 from symdiff_cli.data.batching import MoleculeTensors, SizeGroupedBatches
-from symdiff_cli.engine.checkpoint import CHECKPOINT_NAME, atomic_torch_save, load_checkpoint
+from symdiff_cli.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from symdiff_cli.engine.checkpoint import save_checkpoint as write_checkpoint
 from symdiff_cli.engine.device import resolve_device
 from symdiff_cli.engine.metrics_log import MetricsLog
 from symdiff_cli.engine.run_lock import RunLock
@@ -373,7 +374,7 @@ def _train_locked(cfg: TrainConfig, model_cfg: ModelConfig | None, stops: StopSi
                 "atom_count_histogram": histogram, "dataset": info.name, "world_size": world_size,
             }
             try:
-                _write_or_explain(ckpt_path, lambda: atomic_torch_save(payload, ckpt_path))
+                _write_or_explain(ckpt_path, lambda: write_checkpoint(payload, ckpt_path))
             except SymdiffError as problem:
                 kept = "; the checkpoint of an earlier step is kept" if ckpt_path.exists() else ""
                 raise SymdiffError(f"{problem} at step {state.step}{kept}") from None

@@ -8,12 +8,15 @@ keep the temporary file open across many writes (MoleculeWriter).
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 from contextlib import contextmanager
 from typing import IO, Iterator
 
-__all__ = ["atomic_output", "commit_temp_file", "discard_temp_file", "file_mode_from_umask", "open_temp_file"]
+__all__ = ["atomic_output", "commit_temp_file", "discard_temp_file", "file_mode_from_umask", "open_temp_file",
+           "write_target"]
 
 
 def current_umask() -> int:
@@ -28,15 +31,44 @@ def file_mode_from_umask() -> int:
     return 0o666 & ~current_umask()
 
 
+def write_target(path: str | os.PathLike) -> str:
+    """The absolute path a write to `path` lands on: the file a symlink points to.
+
+    A plain open() writes through a symlink; renaming a temporary file onto the link itself
+    would instead replace the link with a regular file and leave its target stale.
+    """
+    return os.path.realpath(os.path.abspath(os.fspath(path)))
+
+
+def _finished_mode(target: str) -> int:
+    """The permission bits a finished output gets: an overwritten file keeps its own (a 0600
+    file must not become world-readable), a new one gets what a plain open() would."""
+    try:
+        return stat.S_IMODE(os.stat(target).st_mode)
+    except OSError:
+        return file_mode_from_umask()
+
+
 def open_temp_file(path: str | os.PathLike, mode: str = "wb", suffix: str = ".tmp") -> tuple[IO, str]:
     """A new temporary file `.NAME.XXXX<suffix>` in the folder of `path`, open for writing.
 
-    mode "wb" gives a binary file, "w" a UTF-8 text file that writes newlines as given.
-    Returns (file object, temporary path). Raises OSError (the folder must exist).
+    When `path` is a symlink the temporary file goes next to the file it points to, so that
+    the final rename stays on one file system. mode "wb" gives a binary file, "w" a UTF-8
+    text file that writes newlines as given. Returns (file object, temporary path). Raises
+    OSError (the folder must exist; an existing `path` must be a regular file).
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"mode must be 'w' or 'wb', not {mode!r}")
-    target = os.path.abspath(os.fspath(path))
+    target = write_target(path)
+    try:
+        existing = os.stat(target).st_mode
+    except OSError:
+        existing = None
+    if existing is not None and not stat.S_ISREG(existing):
+        # A rename would replace a device or pipe (/dev/null, /dev/stdout, a FIFO) with a
+        # regular file; the user meant a stream, which is what '-' is for.
+        kind = "a directory" if stat.S_ISDIR(existing) else "not a regular file"
+        raise OSError(errno.EINVAL, f"{kind}; write to '-' and redirect standard output instead", os.fspath(path))
     fd, temp_path = tempfile.mkstemp(
         dir=os.path.dirname(target), prefix=f".{os.path.basename(target)}.", suffix=suffix
     )
@@ -53,13 +85,16 @@ def open_temp_file(path: str | os.PathLike, mode: str = "wb", suffix: str = ".tm
 
 
 def commit_temp_file(handle: IO, temp_path: str, path: str | os.PathLike) -> None:
-    """Flush, fsync and close `handle`, give it plain-open() permissions, move it onto `path`."""
+    """Flush, fsync and close `handle` and move it onto `path` (through a symlink, onto the
+    file it points to), with the permissions of the file it replaces or, for a new file,
+    those of a plain open()."""
     handle.flush()
     os.fsync(handle.fileno())
     handle.close()
-    # mkstemp creates 0600; a finished output gets the permissions a plain open() would.
-    os.chmod(temp_path, file_mode_from_umask())
-    os.replace(temp_path, path)
+    target = write_target(path)
+    # mkstemp creates 0600, which is right only where the replaced file was 0600 itself.
+    os.chmod(temp_path, _finished_mode(target))
+    os.replace(temp_path, target)
 
 
 def discard_temp_file(handle: IO | None, temp_path: str | None) -> None:

@@ -121,7 +121,11 @@ def _captured_rdkit_errors() -> Iterator[list[str]]:
         try:
             yield messages
         finally:
-            messages.extend(_clean_rdkit_messages(capture.messages))
+            try:
+                raw = capture.messages
+            except UnicodeDecodeError:  # RDKit echoes input bytes that are not UTF-8
+                raw = "RDKit could not parse it (the record is not UTF-8 text)"
+            messages.extend(_clean_rdkit_messages(raw))
 
 
 def _clean_rdkit_messages(raw: str) -> list[str]:
@@ -246,11 +250,28 @@ def _read_source_bytes(path: str) -> bytes:
         raise SymdiffError(f"cannot read {path}: {err.strerror or err}") from None
 
 
+# Leading bytes of the compressed and archive formats a molecule file most often arrives in.
+_BINARY_MAGIC = (
+    (b"\x1f\x8b", "gzip-compressed"),
+    (b"BZh", "bzip2-compressed"),
+    (b"\xfd7zXZ\x00", "xz-compressed"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed"),
+    (b"PK\x03\x04", "a zip archive"),
+)
+
+
 def _decode_text(data: bytes, source: str) -> str:
+    """The text of a text-format molecule file; one clear error for binary or compressed data,
+    which would otherwise surface as a decoding error deep inside a parser or RDKit."""
+    for magic, kind in _BINARY_MAGIC:
+        if data.startswith(magic):
+            raise SymdiffError(f"{source} is not a text molecule file ({kind} data); decompress it first")
+    if b"\x00" in data:
+        raise SymdiffError(f"{source} is not a text molecule file (binary or compressed data)")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise SymdiffError(f"{source} is not a text file (not UTF-8); is the format right?") from None
+        raise SymdiffError(f"{source} is not a text molecule file (binary or compressed data, not UTF-8 text)") from None
 
 
 def _sniff_format(data: bytes) -> str | None:
@@ -537,6 +558,7 @@ def read_molecules(path: str, fmt: str | None = None, strict: bool = False) -> t
             raise SymdiffError(f"no molecules in {source} (it is empty)")
         sniffed = _sniff_format(data)
         if sniffed is None:
+            _decode_text(data, source)  # binary data gets its own message
             raise SymdiffError(
                 "cannot tell the format of standard input; give it explicitly "
                 f"(one of {', '.join(FORMAT_EXTENSIONS)})"
@@ -554,7 +576,8 @@ def read_molecules(path: str, fmt: str | None = None, strict: bool = False) -> t
     elif file_format == "xyz":
         molecules = _parse_xyz(_decode_text(data, source), source)
     elif file_format == "sdf":
-        molecules = _parse_sdf(data, source, problems)
+        # RDKit would hand undecodable bytes back to Python as a UnicodeDecodeError.
+        molecules = _parse_sdf(_decode_text(data, source).encode("utf-8"), source, problems)
     else:
         molecules = _parse_smiles(_decode_text(data, source), source, problems)
     if not molecules:
