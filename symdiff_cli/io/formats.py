@@ -638,7 +638,9 @@ def _too_dense_for_rdkit(mol: Molecule, bond_rows: np.ndarray) -> bool:
 def _v3000_block(mol: Molecule, bond_rows: np.ndarray) -> str:
     """A V3000 mol block written directly, for molecules RDKit cannot handle in bounded memory.
 
-    Readers (RDKit included) read it like RDKit's own; no charges, stereo or query features.
+    No charges, stereo or query features. RDKit's reader rejects such a record once atoms carry
+    far more bonds than any valence (it assigns chirality from 3D, which needs valences), so
+    reading it back is a one-line "cannot read SDF record" error; XYZ output keeps everything.
     """
     d = STORED_COORDINATE_DECIMALS["sdf"]
     lines = [_single_line(mol.props.get("name", "")), "     symdiff        3D", "",
