@@ -449,7 +449,7 @@ def test_train_survives_stop_signals_at_random_moments(tmp_path, small_npz):
         signum = rng.choice([signal.SIGINT, signal.SIGTERM])
         proc = subprocess.Popen(_train_cmd(run, small_npz, "--checkpoint-every", "1h", "--max-steps", "100000"),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_child_setup())
-        time.sleep(rng.uniform(1.0, 12.0))
+        time.sleep(rng.uniform(1.0, 8.0))
         proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=120)
         assert proc.returncode == EXIT[signum], (proc.returncode, stderr.decode())
