@@ -483,3 +483,25 @@ def test_sigterm_to_torchrun_stops_every_rank_at_one_step_with_a_checkpoint(tmp_
     assert torch.load(run / "checkpoint.pt", weights_only=True)["state"]["step"] == stopped[0]["step"]
     assert _leftovers(run) == [] and not (run / "train.lock").exists()
     _check_resumable(run, small_npz)
+
+
+@pytest.mark.slow
+def test_a_stop_signal_cuts_an_evaluation_short_and_keeps_the_checkpoint(tmp_path, small_npz):
+    """Slurm waits some 30 s between SIGTERM and SIGKILL; an evaluation may take far longer."""
+    run = tmp_path / "run"
+    # An evaluation after step 1 that would sample for hours.
+    proc = subprocess.Popen(_train_cmd(run, small_npz, "--checkpoint-every", "1h", "--max-steps", "100000",
+                                       "--eval-every", "1", "--eval-samples", "100000", "--eval-steps", "1000"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_child_setup())
+    try:
+        _wait_for(lambda: _steps_logged(run) >= 1, proc)
+        time.sleep(1.0)  # into the evaluation
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, stderr.decode()
+    log = read_log(run)
+    assert not any(r.get("event") == "eval" for r in log)
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["state"]["step"] == 1

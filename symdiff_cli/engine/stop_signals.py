@@ -8,7 +8,8 @@ for Ctrl-C applies), and the process ends with the shell's code 128 + signal num
 
 Work that must not be cut in half (renaming a finished file, one training step) runs inside
 `stops.deferred()`: a signal arriving there is only recorded, and the caller looks at
-`stops.received` when the work is whole. Only the first signal counts; later ones are ignored
+`stops.received` when the work is whole; `stops.interruptible()` reopens a deferred stretch
+for work that may be abandoned. Only the first signal counts; later ones are ignored
 so that a run already cleaning up is not cut short again.
 
 Only this module knows which signals stop a run; nothing here imports torch.
@@ -101,6 +102,18 @@ class StopSignals:
             yield
         finally:
             self._depth -= 1
+
+    @contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """A block within deferred code that a stop signal cuts short after all, by raising
+        Interrupted: for work that is safe to abandon and may outlast a scheduler's grace
+        between SIGTERM and SIGKILL (sampling for an evaluation)."""
+        self.raise_if_received()
+        depth, self._depth = self._depth, 0
+        try:
+            yield
+        finally:
+            self._depth = depth
 
     def defer(self) -> None:
         """Treat the rest of the `with StopSignals()` block as one deferred block."""

@@ -29,7 +29,7 @@ from symdiff_cli.engine.checkpoint import save_checkpoint as write_checkpoint
 from symdiff_cli.engine.device import resolve_device
 from symdiff_cli.engine.metrics_log import MetricsLog
 from symdiff_cli.engine.run_lock import RunLock
-from symdiff_cli.engine.stop_signals import StopSignals, signal_name
+from symdiff_cli.engine.stop_signals import Interrupted, StopSignals, signal_name
 from symdiff_cli.errors import SymdiffError, write_error
 from symdiff_cli.io.molecule import PackedMolecules
 from symdiff_cli.model.config import ModelConfig
@@ -221,9 +221,10 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
 
     Rank 0 holds the run directory's lock (engine/run_lock.py) for the whole run: a second run
     on the same directory is refused. SIGINT, SIGTERM or SIGHUP during training ends the run
-    at the end of the current step with a checkpoint of that step; the summary's "signal" then
-    holds the signal number and "stop_reason" its name. Before the first step a signal raises
-    Interrupted and nothing is written.
+    at the end of the current step with a checkpoint of that step (an evaluation in progress
+    is abandoned); the summary's "signal" then holds the signal number and "stop_reason" its
+    name (or the budget's, when the signal cut short the final evaluation). Before the first
+    step a signal raises Interrupted and nothing is written.
     """
     is_main = int(os.environ.get("RANK", "0")) == 0
     out = Path(cfg.out)
@@ -416,6 +417,17 @@ def _train_locked(cfg: TrainConfig, model_cfg: ModelConfig | None, stops: StopSi
         due, rank0_elapsed = t.tolist()
         return bool(due), rank0_elapsed
 
+    def interruptible_evaluation() -> dict[str, Any] | None:
+        """evaluate_samples at this step, or None when a stop signal cuts it short: sampling can
+        take longer than a scheduler waits between SIGTERM and SIGKILL, and would cost the
+        checkpoint. A cut-short evaluation leaves nothing to undo."""
+        try:
+            with stops.interruptible():
+                return evaluate_samples(ema, model_cfg, histogram, cfg.eval_samples, cfg.eval_steps,
+                                        cfg.seed + state.step, device)
+        except Interrupted:
+            return None
+
     def agree_on_signal() -> int | None:
         """The stop signal any rank received (the largest number if several): every rank stops
         at the same step, or those still training would wait for the others forever."""
@@ -477,10 +489,11 @@ def _train_locked(cfg: TrainConfig, model_cfg: ModelConfig | None, stops: StopSi
                 window_mols, window_start, loss_n = 0, now, 0
             if cfg.eval_every and cfg.eval_samples and state.step % cfg.eval_every == 0 and is_main:
                 wall0, cpu0 = time.perf_counter(), time.process_time()
-                log.write({"event": "eval", "step": state.step, "epoch": state.epoch,
-                           "time": round(state.elapsed, 2), "cpu_time": round(state.cpu_time, 2),
-                           **evaluate_samples(ema, model_cfg, histogram, cfg.eval_samples, cfg.eval_steps,
-                                              cfg.seed + state.step, device)})
+                evaluation = interruptible_evaluation()
+                if evaluation is not None:
+                    log.write({"event": "eval", "step": state.step, "epoch": state.epoch,
+                               "time": round(state.elapsed, 2), "cpu_time": round(state.cpu_time, 2),
+                               **evaluation})
                 eval_wall += time.perf_counter() - wall0
                 eval_cpu += time.process_time() - cpu0
             if state.step % sync_every == 0 or state.batch_in_epoch == len(epoch_batches):
@@ -508,9 +521,13 @@ def _train_locked(cfg: TrainConfig, model_cfg: ModelConfig | None, stops: StopSi
         summary["signal"] = stop_signal
         log.write({"event": "signal", "signal": stop_reason, "step": state.step})
     if cfg.eval_samples and is_main and stop_signal is None:
-        summary["eval"] = evaluate_samples(ema, model_cfg, histogram, cfg.eval_samples, cfg.eval_steps,
-                                           cfg.seed + state.step, device)
-        log.write({"event": "eval", "step": state.step, "time": round(state.elapsed, 2), **summary["eval"]})
+        evaluation = interruptible_evaluation()
+        if evaluation is None:  # the checkpoint above is already written: only the evaluation is lost
+            summary["signal"] = stops.received
+            log.write({"event": "signal", "signal": signal_name(stops.received), "step": state.step})
+        else:
+            summary["eval"] = evaluation
+            log.write({"event": "eval", "step": state.step, "time": round(state.elapsed, 2), **evaluation})
     if distributed:
         sums: list[Any] = [None] * world_size
         dist.all_gather_object(sums, parameter_checksum(model))
