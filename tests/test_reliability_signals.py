@@ -302,6 +302,30 @@ def test_a_huge_n_starts_sampling_at_once_in_bounded_memory(env, tmp_path):
     assert _check_complete_sdf_or_none(out, 10**9) >= 4
 
 
+def test_npz_output_holds_one_batch_in_memory_not_the_whole_run(tmp_path):
+    import tracemalloc
+
+    from symdiff_cli.io.formats import MoleculeWriter
+    from symdiff_cli.io.molecule import Molecule
+
+    rng = np.random.default_rng(0)
+    batch = [Molecule(rng.integers(1, 10, 20), rng.normal(size=(20, 3))) for _ in range(1000)]
+    writer = MoleculeWriter(str(tmp_path / "run.npz"))
+    tracemalloc.start()
+    try:
+        for _ in range(100):  # 2 million atoms: 64 MB of arrays if the writer gathered them
+            writer.write(batch)
+        writer.close()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"peak {peak / 2**20:.0f} MiB"
+    archive = np.load(tmp_path / "run.npz")
+    assert archive["positions"].shape == (2_000_000, 3) and archive["num_atoms"].shape == (100_000,)
+    assert np.array_equal(archive["positions"][-20:], batch[-1].positions)
+    assert [p.name for p in tmp_path.iterdir()] == ["run.npz"]
+
+
 def test_benchmark_bonds_are_the_rows_of_the_dense_matrix_in_bounded_chunks(monkeypatch):
     import symdiff_cli.chem.bonds as bonds
 

@@ -719,14 +719,55 @@ def smiles_line(mol: Molecule, bonds: str = "benchmark") -> str | None:
     return f"{smiles} {name}\n" if name else f"{smiles}\n"
 
 
-def _write_npz(stream: IO[bytes], mols: list[Molecule]) -> None:
-    packed = PackedMolecules.from_molecules(mols)
-    np.savez_compressed(
-        stream,
-        positions=packed.positions.astype(np.float64),
-        atomic_numbers=packed.atomic_numbers.astype(np.int64),
-        num_atoms=packed.num_atoms.astype(np.int64),
-    )
+class _NpzSpill:
+    """The arrays of an npz file being written, spilled batch by batch into anonymous temporary
+    files and zipped at the end: memory holds one batch however many molecules are written.
+
+    The archive is what np.savez_compressed writes (deflated .npy members positions float64
+    (rows, 3), atomic_numbers int64, num_atoms int64). The temporary files have no name, so a
+    crash leaves nothing behind.
+    """
+
+    _DTYPES = {"positions": np.float64, "atomic_numbers": np.int64, "num_atoms": np.int64}
+
+    def __init__(self, directory: str | None) -> None:
+        import tempfile
+
+        self._files: dict[str, IO[bytes]] = {}
+        try:
+            for key in _NPZ_KEYS:
+                self._files[key] = tempfile.TemporaryFile(dir=directory)
+        except BaseException:
+            self.close()
+            raise
+        self._rows = dict.fromkeys(_NPZ_KEYS, 0)
+
+    def add(self, mols: list[Molecule]) -> None:
+        packed = PackedMolecules.from_molecules(mols)
+        for key, array in (("positions", packed.positions), ("atomic_numbers", packed.atomic_numbers),
+                           ("num_atoms", packed.num_atoms)):
+            self._files[key].write(np.ascontiguousarray(array, dtype=self._DTYPES[key]).tobytes())
+            self._rows[key] += len(array)
+
+    def write_npz(self, stream: IO[bytes]) -> None:
+        import shutil
+        import zipfile
+
+        with zipfile.ZipFile(stream, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
+            for key in _NPZ_KEYS:
+                shape = (self._rows[key], 3) if key == "positions" else (self._rows[key],)
+                header = {"descr": np.lib.format.dtype_to_descr(np.dtype(self._DTYPES[key])),
+                          "fortran_order": False, "shape": shape}
+                with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array_header_1_0(member, header)
+                    spill = self._files[key]
+                    spill.flush()
+                    spill.seek(0)
+                    shutil.copyfileobj(spill, member, 1 << 20)
+
+    def close(self) -> None:
+        for spill in self._files.values():
+            spill.close()
 
 
 # --------------------------------------------------------------------------------------
@@ -743,7 +784,8 @@ class MoleculeWriter:
     keeps the finished molecules on KeyboardInterrupt and discards everything on any other
     exception. `path == "-"` writes each batch straight to standard output.
 
-    npz output is buffered in memory and written when the writer is closed.
+    npz output is spilled batch by batch into anonymous temporary files (memory holds one
+    batch) and zipped into the file when the writer is closed.
     `written` counts the molecules written, `skipped` those left out (SMILES output only:
     molecules RDKit cannot sanitise have no SMILES).
     """
@@ -756,7 +798,7 @@ class MoleculeWriter:
         self.bonds = bonds
         self.written = 0
         self.skipped = 0
-        self._npz_molecules: list[Molecule] = []
+        self._npz: _NpzSpill | None = None
         self._temp_path: str | None = None
         self._stream: IO[bytes] | None = None
         self._committed_bytes = 0
@@ -825,7 +867,14 @@ class MoleculeWriter:
                         f"cannot write molecule {number} to {_display_name(self.path)}: "
                         "coordinates contain NaN or infinity"
                     )
-            self._npz_molecules.extend(batch)
+            try:
+                if self._npz is None:
+                    directory = None if self._stream is None else os.path.dirname(os.path.abspath(self.path))
+                    self._npz = _NpzSpill(directory)
+                self._npz.add(batch)
+            except OSError as err:
+                self._discard()
+                raise write_error(err, _display_name(self.path)) from None
             self.written += len(batch)
             return
         data = self._render(mols)
@@ -846,12 +895,15 @@ class MoleculeWriter:
             return
         try:
             if self.format == "npz":
+                if self._npz is None:
+                    self._npz = _NpzSpill(None)
                 if self._stream is None:
                     buffer = io.BytesIO()
-                    _write_npz(buffer, self._npz_molecules)
+                    self._npz.write_npz(buffer)
                     self._write_stdout(buffer.getvalue())
                 else:
-                    _write_npz(self._stream, self._npz_molecules)
+                    self._npz.write_npz(self._stream)
+                self._npz.close()
             if self._stream is not None:
                 commit_temp_file(self._stream, self._temp_path, self.path)
                 self._temp_path = None
@@ -886,6 +938,8 @@ class MoleculeWriter:
 
     def _discard(self) -> None:
         self._finished = True
+        if self._npz is not None:
+            self._npz.close()
         discard_temp_file(self._stream, self._temp_path)
         self._temp_path = None
 
