@@ -81,10 +81,14 @@ def generate_command(
     """Sample 3D molecules from a SymDiff model.
 
     Molecules are written as their batches finish; the file appears complete or not at all.
-    Ctrl-C keeps the finished molecules in a complete file and exits with code 130.
+    Ctrl-C, SIGTERM (timeout, Slurm) and SIGHUP keep the finished molecules in a complete file
+    and exit with code 130, 143 and 129. A molecule whose sampled coordinates are not finite
+    (NaN or infinity: the sample diverged) is left out and counted in the summary; the others
+    keep their names, so the gap in the numbering shows which. With --out - and a reader that
+    stops early (| head), the run ends quietly with code 141, as Unix tools do on SIGPIPE.
     SDF records carry perceived bonds and the tags symdiff_stable, symdiff_valid and smiles.
     """
-    from symdiff_cli.engine.generate import INTERRUPTED_EXIT_CODE, GenerateOptions, generate
+    from symdiff_cli.engine.generate import GenerateOptions, generate
 
     result = generate(GenerateOptions(
         n=n, out=out, fmt=fmt, batch_size=batch_size, steps=steps, seed=seed, device=device,
@@ -92,5 +96,5 @@ def generate_command(
         precision=precision, spacing=spacing, guidance=guidance, guide=guide,
         valence_guidance=valence_guidance,
     ))
-    if result.interrupted:
-        raise typer.Exit(INTERRUPTED_EXIT_CODE)
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import re
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
@@ -27,6 +29,97 @@ def parse_duration(text: str) -> float:
     if pos != len(text) or not text or total <= 0:
         raise UsageError(f"cannot read duration {text!r} (examples: 90s, 30m, 2h, 1h30m)")
     return total
+
+
+def _read_config_file(config: Path) -> dict[str, dict]:
+    """The {"model": {...}, "train": {...}} of a --config file; any other content is one line."""
+    if not config.is_file():
+        raise SymdiffError(f"config file {config} does not exist")
+    try:
+        loaded = json.loads(config.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise SymdiffError(f"config file {config} is not a text file (expected JSON)") from None
+    except json.JSONDecodeError as err:
+        raise SymdiffError(f"config file {config} is not valid JSON: {err}") from None
+    except OSError as err:
+        raise SymdiffError(f"cannot read config file {config}: {err.strerror or err}") from None
+    expected = 'a JSON object {"model": {...}, "train": {...}}'
+    if not isinstance(loaded, dict):
+        raise SymdiffError(f"config file {config} must hold {expected}, not a JSON {type(loaded).__name__}")
+    unknown = sorted(set(loaded) - {"model", "train"})
+    if unknown:
+        raise SymdiffError(f"config file {config}: unknown section(s) {', '.join(map(repr, unknown))}; expected {expected}")
+    for section in ("model", "train"):
+        if not isinstance(loaded.get(section, {}), dict):
+            raise SymdiffError(f"config file {config}: {section!r} must be a JSON object of settings")
+    return {"model": dict(loaded.get("model", {})), "train": dict(loaded.get("train", {}))}
+
+
+def _with_settings(obj: Any, overrides: dict[str, Any], scope: str) -> Any:
+    """apply_overrides one setting at a time, so that a value of the wrong type is named."""
+    from symdiff_cli.model.config import apply_overrides
+
+    for key, value in overrides.items():
+        try:
+            obj = apply_overrides(obj, {key: value})
+        except (TypeError, ValueError, OverflowError):
+            kind = type(getattr(obj, key)).__name__
+            raise UsageError(f"{scope}.{key}={value!r}: expected a value of type {kind}") from None
+        changed = getattr(obj, key)
+        if isinstance(changed, float) and not math.isfinite(changed):
+            option = f"--{key.replace('_', '-')} ({scope}.{key})" if scope == "train" else f"{scope}.{key}"
+            raise UsageError(f"{option} must be a finite number, not {changed}")
+    return obj
+
+
+def _check_model_settings(cfg: Any) -> None:
+    """Sizes and scales of a model must be positive: zero or negative ones fail deep in torch."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if not value > 0:
+            raise UsageError(f"model.{f.name} must be positive, not {value}")
+
+
+def _check_train_settings(cfg: Any) -> None:
+    """The checks on a TrainConfig that the engine relies on, each a one-line UsageError."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"--{f.name.replace('_', '-')} must be a finite number, not {value}")
+    if cfg.data_format not in ("auto", "geom"):
+        raise UsageError(f"--data-format must be auto or geom, not {cfg.data_format!r}")
+    if cfg.precision not in ("auto", "fp32", "bf16"):
+        raise UsageError(f"--precision must be auto, fp32 or bf16, not {cfg.precision!r}")
+    if cfg.lr_schedule not in ("constant", "cosine"):
+        raise UsageError(f"--lr-schedule must be constant or cosine, not {cfg.lr_schedule!r}")
+    if cfg.lr_schedule == "cosine" and not (cfg.max_time or cfg.max_steps or cfg.epochs):
+        raise UsageError("--lr-schedule cosine needs a budget to decay over: --max-time, --max-steps or --epochs")
+    if cfg.batch_size < 1 or cfg.lr <= 0 or cfg.log_every < 1:
+        raise UsageError("--batch-size, --lr and --log-every must be positive")
+    if cfg.min_lr < 0 or cfg.min_lr > cfg.lr:
+        raise UsageError("--min-lr must lie between 0 and --lr")
+    if not 0.0 <= cfg.low_noise_fraction <= 1.0:
+        raise UsageError("--low-noise-fraction must lie between 0 and 1")
+    # 1 would freeze the released weights at initialisation; above 1 they diverge.
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise UsageError(f"--ema-decay must be in [0, 1), not {cfg.ema_decay}")
+    if cfg.grad_clip <= 0 or cfg.weight_decay < 0:
+        raise UsageError("--grad-clip must be positive and train.weight_decay not negative")
+    for name in ("warmup_steps", "eval_every", "eval_samples", "threads"):
+        if getattr(cfg, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must not be negative")
+    # Settings whose default is None are not coerced by apply_overrides: check their type here.
+    for name in ("epochs", "max_steps"):
+        value = getattr(cfg, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UsageError(f"--{name.replace('_', '-')} must be a whole number of at least 1, not {value!r}")
+    if cfg.max_time is not None and (isinstance(cfg.max_time, bool) or not isinstance(cfg.max_time, (int, float))
+                                     or not math.isfinite(cfg.max_time) or cfg.max_time <= 0):
+        raise UsageError(f"train.max_time must be a positive number of seconds, not {cfg.max_time!r}")
+    if cfg.eval_steps < 1:
+        raise UsageError("--eval-steps must be at least 1")
 
 
 def train_command(
@@ -62,23 +155,25 @@ def train_command(
     threads: int = typer.Option(0, help="CPU threads per process (0: torch's default)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
-    """Train a SymDiff model (or resume a run). Works under torchrun for multi-GPU / multi-node DDP."""
+    """Train a SymDiff model (or resume a run). Works under torchrun for multi-GPU / multi-node DDP.
+
+    One run at a time per --out: the run holds the lock file train.lock there, and a second run
+    on the same directory is refused with the pid and host of the first. Ctrl-C, SIGTERM
+    (timeout, Slurm) and SIGHUP end the run after the current step with a checkpoint of that
+    step (continue it with --resume) and exit with code 130, 143 and 129.
+    """
     import os
 
+    from symdiff_cli.engine.stop_signals import exit_code_for
     from symdiff_cli.engine.train import TrainConfig, train
-    from symdiff_cli.model.config import ModelConfig, apply_overrides, model_config_from_preset, parse_override
+    from symdiff_cli.model.config import ModelConfig, model_config_from_preset, parse_override
 
     model_over: dict = {}
     train_over: dict = {}
     if config is not None:
-        if not config.is_file():
-            raise SymdiffError(f"config file {config} does not exist")
-        try:
-            loaded = json.loads(config.read_text())
-        except json.JSONDecodeError as err:
-            raise SymdiffError(f"config file {config} is not valid JSON: {err}") from None
-        model_over.update(loaded.get("model", {}))
-        train_over.update(loaded.get("train", {}))
+        loaded = _read_config_file(config)
+        model_over.update(loaded["model"])
+        train_over.update(loaded["train"])
     for item in set_ or []:
         key, value = parse_override(item)
         scope, _, name = key.partition(".")
@@ -100,21 +195,8 @@ def train_command(
                  eval_samples=eval_samples, eval_steps=eval_steps, log_every=log_every, seed=seed,
                  device=device, precision=precision, init_from=init_from, threads=threads)
     train_over.update({k: v for k, v in given.items() if v is not None})
-    cfg = apply_overrides(TrainConfig(), train_over)
-    if cfg.data_format not in ("auto", "geom"):
-        raise UsageError(f"--data-format must be auto or geom, not {cfg.data_format!r}")
-    if cfg.precision not in ("auto", "fp32", "bf16"):
-        raise UsageError(f"--precision must be auto, fp32 or bf16, not {cfg.precision!r}")
-    if cfg.lr_schedule not in ("constant", "cosine"):
-        raise UsageError(f"--lr-schedule must be constant or cosine, not {cfg.lr_schedule!r}")
-    if cfg.lr_schedule == "cosine" and not (cfg.max_time or cfg.max_steps or cfg.epochs):
-        raise UsageError("--lr-schedule cosine needs a budget to decay over: --max-time, --max-steps or --epochs")
-    if cfg.min_lr < 0 or cfg.min_lr > cfg.lr:
-        raise UsageError("--min-lr must lie between 0 and --lr")
-    if not 0.0 <= cfg.low_noise_fraction <= 1.0:
-        raise UsageError("--low-noise-fraction must lie between 0 and 1")
-    if cfg.batch_size < 1 or cfg.lr <= 0 or cfg.log_every < 1:
-        raise UsageError("--batch-size, --lr and --log-every must be positive")
+    cfg = _with_settings(TrainConfig(), train_over, "train")
+    _check_train_settings(cfg)
 
     has_checkpoint = (Path(cfg.out) / "checkpoint.pt").exists()
     if has_checkpoint and not resume:
@@ -129,7 +211,10 @@ def train_command(
     model_cfg: ModelConfig | None = None
     if not has_checkpoint:
         model_cfg = model_config_from_preset(cfg.preset)
-        model_cfg = apply_overrides(model_cfg, model_over).validate() if model_over else model_cfg
+        if model_over:
+            model_cfg = _with_settings(model_cfg, model_over, "model")
+            _check_model_settings(model_cfg)
+            model_cfg = model_cfg.validate()
 
     is_main = int(os.environ.get("RANK", "0")) == 0
     from rich.console import Console
@@ -161,8 +246,12 @@ def train_command(
     if is_main:
         line = (f"Stopped ({summary['stop_reason']}) at step {summary['step']}, epoch {summary['epoch']}, "
                 f"{summary['time']:.0f} s of training; checkpoint in {summary['out']}/checkpoint.pt")
+        if "signal" in summary:
+            line += " (continue with --resume)"
         console.print(line)
         if "eval" in summary:
             e = summary["eval"]
             console.print(f"Evaluation on {e['num_molecules']} samples: " + ", ".join(
                 f"{k} {100 * e[k]:.1f} %" for k in ("atom_stability", "molecule_stability", "validity") if k in e))
+    if "signal" in summary:
+        raise typer.Exit(exit_code_for(summary["signal"]))

@@ -7,18 +7,21 @@ generates its own share of n (n split as evenly as possible). Every batch of the
 its own seed, so the file is the same however the run is scheduled.
 
 Output is streamed batch by batch through MoleculeWriter, which writes a temporary file and
-renames it into place: an error leaves no file; Ctrl-C leaves a complete file holding the
-finished batches and exits with code 130 (the shell's code for SIGINT), so a pipeline or job
-script can tell the output is short.
+renames it into place: an error leaves no file; Ctrl-C, SIGTERM (timeout, Slurm's time limit,
+pre-emption) and SIGHUP leave a complete file holding the finished batches and exit with the
+shell's code for the signal (130, 143, 129), so a pipeline or job script can tell the output is
+short. Planning is lazy (PLAN_CHUNK molecules at a time) and the summary keeps running sums, so
+memory does not grow with --n.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import signal
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -62,7 +65,7 @@ class GenerateOptions:
 
 @dataclass
 class GenerateResult:
-    """What a run produced. `interrupted`: Ctrl-C stopped it; the file holds `written` molecules."""
+    """What a run produced. `interrupted`: a stop signal ended it early; the file holds `written` molecules."""
 
     requested: int
     written: int
@@ -72,10 +75,19 @@ class GenerateResult:
     out: str
     interrupted: bool = False
     metrics: dict[str, float] = field(default_factory=dict)
+    stop_signal: int | None = None  # the signal that stopped the run (SIGINT, SIGTERM, SIGHUP)
+    non_finite: int = 0  # molecules left out because their sampled coordinates were not finite
 
     @property
     def molecules_per_second(self) -> float:
         return self.written / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def exit_code(self) -> int:
+        """0, or the shell's code for the stop signal (130 SIGINT, 143 SIGTERM, 129 SIGHUP)."""
+        from symdiff_cli.engine.stop_signals import exit_code_for
+
+        return 0 if self.stop_signal is None else exit_code_for(self.stop_signal)
 
 
 # --------------------------------------------------------------------------------------
@@ -124,19 +136,42 @@ def shard_seed_sequence(seed: int, index: int, count: int) -> np.random.SeedSequ
     return np.random.SeedSequence([int(seed), int(index), int(count)])
 
 
-def plan_for_shard(histogram: dict[int, int], n: int, num_atoms: int | None, batch_size: int,
-                   seed: int, shard: tuple[int, int]):
-    """The SamplePlan of one shard: its atom counts (fixed or drawn from the histogram) in
-    batches, each batch with its own seed."""
+# Molecules planned at a time. A shard of up to this many molecules gets the plan it always had
+# (every atom count drawn, then grouped by size); a larger one is planned chunk by chunk, so that
+# memory follows the chunk and the first batch starts at once: planning --n 10^9 up front took
+# 20 GB and 40 s before a single molecule.
+PLAN_CHUNK = 1 << 20
+
+
+def iter_plan_for_shard(histogram: dict[int, int], n: int, num_atoms: int | None, batch_size: int,
+                        seed: int, shard: tuple[int, int],
+                        chunk: int = PLAN_CHUNK) -> Iterator[tuple[int, int, int]]:
+    """The batches (atom count, batch size, seed) of one shard, planned `chunk` molecules at a
+    time: atom counts fixed or drawn from the histogram, grouped by size within each chunk."""
     from symdiff_cli.engine.sampling import draw_atom_counts, plan_batches
 
     counts_seq, batches_seq = shard_seed_sequence(seed, *shard).spawn(2)
-    if num_atoms is not None:
-        counts = np.full(n, int(num_atoms), dtype=np.int64)
-    else:
-        counts = draw_atom_counts(histogram, n, np.random.default_rng(counts_seq))
+    counts_rng = np.random.default_rng(counts_seq)
     plan_seed = int(batches_seq.generate_state(1, dtype=np.uint64)[0] & 0x7FFFFFFFFFFFFFFF)
-    return plan_batches(counts, batch_size, plan_seed)
+    for index, start in enumerate(range(0, n, chunk)):
+        size = min(chunk, n - start)
+        if num_atoms is not None:
+            counts = np.full(size, int(num_atoms), dtype=np.int64)
+        else:
+            counts = draw_atom_counts(histogram, size, counts_rng)
+        # The first chunk keeps the seed of the whole-run plan; later ones get their own streams.
+        chunk_seed = plan_seed if index == 0 else int(
+            np.random.SeedSequence(plan_seed, spawn_key=(index,)).generate_state(1, dtype=np.uint64)[0]
+            & 0x7FFFFFFFFFFFFFFF)
+        yield from plan_batches(counts, batch_size, chunk_seed).batches
+
+
+def plan_for_shard(histogram: dict[int, int], n: int, num_atoms: int | None, batch_size: int,
+                   seed: int, shard: tuple[int, int]):
+    """The whole SamplePlan of one shard (see iter_plan_for_shard; for small n and tests)."""
+    from symdiff_cli.engine.sampling import SamplePlan
+
+    return SamplePlan(list(iter_plan_for_shard(histogram, n, num_atoms, batch_size, seed, shard)))
 
 
 # --------------------------------------------------------------------------------------
@@ -222,17 +257,14 @@ def valence_guided(denoiser: torch.nn.Module, release: ReleasedModel, scale: flo
                                  settings.type_scale, settings.over_weight)
 
 
-def _tag_molecules(mols: list, first_index: int, name_prefix: str, with_metrics: bool) -> list:
-    """Give each molecule a deterministic title and the per-molecule metric tags.
-
-    Returns the metric reports (empty when not computed).
-    """
+def _tag_molecules(mols: list, with_metrics: bool) -> list:
+    """Give each molecule the per-molecule metric tags; returns the metric reports (empty when
+    not computed)."""
     from symdiff_cli.chem.metrics import evaluate_molecule
     from symdiff_cli.chem.rdkit_mol import heavy_atom_smiles
 
     reports = []
-    for k, mol in enumerate(mols):
-        mol.props["name"] = f"{name_prefix}{first_index + k:07d}"
+    for mol in mols:
         if with_metrics:
             report = evaluate_molecule(mol)
             reports.append(report)
@@ -297,12 +329,20 @@ def _print_summary(result: GenerateResult, quiet: bool) -> None:
     console = Console(stderr=True, highlight=False)
     where = "standard output" if result.out == "-" else result.out
     shard = f" (shard {result.shard[0]}/{result.shard[1]})" if result.shard[1] > 1 else ""
-    head = "Interrupted: wrote" if result.interrupted else "Wrote"
+    head = "Wrote"
+    if result.interrupted:
+        from symdiff_cli.engine.stop_signals import signal_name
+
+        by = "" if result.stop_signal in (None, signal.SIGINT) else f" by {signal_name(result.stop_signal)}"
+        head = f"Interrupted{by}: wrote"
     of = f" of {result.requested}" if result.interrupted else ""
     console.print(
         f"{head} {result.written}{of} molecules{shard} to {where} in {result.seconds:.1f} s "
         f"({result.molecules_per_second:.2f} molecules/s)"
     )
+    if result.non_finite:
+        console.print(f"{result.non_finite} molecules with non-finite coordinates (a diverged sample) were left out; "
+                      "the gaps in the numbering of the names show which")
     if result.skipped:
         console.print(f"{result.skipped} molecules without a valid SMILES were left out of the SMILES file")
     if result.metrics:
@@ -317,14 +357,45 @@ def _print_summary(result: GenerateResult, quiet: bool) -> None:
 # The run
 
 
+class _MetricTotals:
+    """Running sums of the metrics the summary shows: memory stays flat however many molecules."""
+
+    def __init__(self) -> None:
+        self.molecules = self.atoms = self.stable_atoms = self.stable = self.valid = 0
+
+    def add(self, reports: list) -> None:
+        for report in reports:
+            self.molecules += 1
+            self.atoms += report.num_atoms
+            self.stable_atoms += report.num_stable_atoms
+            self.stable += bool(report.stable)
+            self.valid += bool(report.valid)
+
+    def as_dict(self) -> dict[str, float]:
+        if not self.molecules:
+            return {}
+        return {"atom_stability": self.stable_atoms / self.atoms if self.atoms else 0.0,
+                "molecule_stability": self.stable / self.molecules, "validity": self.valid / self.molecules}
+
+
+def _finite_only(mols: list) -> list:
+    """The molecules whose coordinates are all finite (a diverged sample has NaN or inf)."""
+    return [mol for mol in mols if np.isfinite(mol.positions).all()]
+
+
 def generate(opts: GenerateOptions) -> GenerateResult:
-    """Sample `opts.n` molecules (this shard's share) and write them to `opts.out`."""
+    """Sample `opts.n` molecules (this shard's share) and write them to `opts.out`.
+
+    SIGINT, SIGTERM and SIGHUP stop the run with the finished batches kept in a complete file
+    (`stop_signal` says which). Molecules with non-finite coordinates are left out and counted
+    in `non_finite`; a run in which every molecule is non-finite is an error.
+    """
     import torch
 
-    from symdiff_cli.chem.metrics import summarise
     from symdiff_cli.engine.device import resolve_device
     from symdiff_cli.engine.release import load_release
     from symdiff_cli.engine.sampling import Sampler
+    from symdiff_cli.engine.stop_signals import StopSignals, signal_of
     from symdiff_cli.io.formats import STDIO_PATH, MoleculeWriter, resolve_format, round_to_stored_precision
 
     _check_options(opts)
@@ -339,65 +410,80 @@ def generate(opts: GenerateOptions) -> GenerateResult:
         torch.set_num_threads(opts.threads)
 
     started = time.perf_counter()
-    writer = MoleculeWriter(opts.out, fmt)  # checks the output path before the slow model load
-    sampled = 0  # molecules of the batches handed to the writer completely
-    in_file, left_out = 0, 0  # the writer's counts after the last complete batch
-    reports: list = []
-    interrupted = False
-    try:
-        # The release's own guide is read only when it will be called: --guidance 1 samples
-        # the main model alone and --guide replaces it, so a damaged guide file blocks neither.
-        release = load_release(opts.model, device, offline=opts.offline, show_progress=not opts.quiet,
-                               load_guide=opts.guidance != 1.0 and not opts.guide)
-        cfg = release.cfg
-        if opts.num_atoms is not None and opts.num_atoms > cfg.max_atoms:
-            raise UsageError(f"--num-atoms {opts.num_atoms} is above this model's maximum of {cfg.max_atoms} atoms")
-        steps = opts.steps if opts.steps is not None else release.default_steps(device.type)
-        if steps > cfg.timesteps:
-            raise UsageError(f"--steps {steps} is above the model's {cfg.timesteps} diffusion steps")
-        batch_size = opts.batch_size or (DEFAULT_BATCH_SIZE_CUDA if device.type == "cuda" else DEFAULT_BATCH_SIZE_CPU)
-        plan = plan_for_shard(release.histogram, n_shard, opts.num_atoms, batch_size, opts.seed, shard)
-        # On CPUs bf16 measured no faster end to end (elementwise work dominates at this model
-        # size; docs/training.md), so auto keeps float32 there.
-        use_bf16 = opts.precision == "bf16" or (opts.precision == "auto" and device.type == "cuda")
-        denoiser, _ = guided_denoiser(release, opts.guidance, opts.guide, opts.offline, not opts.quiet)
-        denoiser = valence_guided(denoiser, release, opts.valence_guidance)
-        sampler = Sampler(denoiser, cfg, device, autocast_bf16=use_bf16, spacing=opts.spacing)
-        # Metrics feed the SDF tags and the summary; skip them when neither is wanted.
-        with_metrics = fmt == "sdf" or not opts.quiet
-        name_prefix = f"symdiff-seed{opts.seed}-" + (f"shard{shard[0]}of{shard[1]}-" if shard[1] > 1 else "")
-        with _Progress(n_shard, steps, enabled=not opts.quiet, description="sampling") as progress:
-            for mols in sampler.sample(plan, steps, on_step=progress.on_step):
-                # Tags and summary from the coordinates the file will hold, so that `symdiff
-                # evaluate` on the file agrees with them molecule by molecule.
-                round_to_stored_precision(mols, fmt)
-                batch_reports = _tag_molecules(mols, sampled, name_prefix, with_metrics)
-                writer.write(mols)
-                reports += batch_reports
-                sampled += len(mols)
-                in_file, left_out = writer.written, writer.skipped
-                progress.batch_done(sampled)
-    except KeyboardInterrupt:
-        interrupted = True
-        # The finished batches form a complete, shorter file; with none finished, no file.
-        writer.abort(keep=sampled > 0)
-    except BaseException:
-        writer.abort(keep=False)
-        raise
-    else:
-        writer.close()
-        in_file, left_out = writer.written, writer.skipped
+    with StopSignals() as stops:
+        # Deferred: a signal between creating the temporary file and holding it in `writer`
+        # would leave a .partial file that nothing removes.
+        with stops.deferred():
+            writer = MoleculeWriter(opts.out, fmt)  # checks the output path before the slow model load
+        sampled = 0  # molecules of the batches handed to the writer completely, non-finite ones included
+        in_file, left_out, non_finite = 0, 0, 0  # counts after the last complete batch
+        totals = _MetricTotals()
+        stop_signal: int | None = None
+        try:
+            stops.raise_if_received()
+            # The release's own guide is read only when it will be called: --guidance 1 samples
+            # the main model alone and --guide replaces it, so a damaged guide file blocks neither.
+            release = load_release(opts.model, device, offline=opts.offline, show_progress=not opts.quiet,
+                                   load_guide=opts.guidance != 1.0 and not opts.guide)
+            cfg = release.cfg
+            if opts.num_atoms is not None and opts.num_atoms > cfg.max_atoms:
+                raise UsageError(f"--num-atoms {opts.num_atoms} is above this model's maximum of {cfg.max_atoms} atoms")
+            steps = opts.steps if opts.steps is not None else release.default_steps(device.type)
+            if steps > cfg.timesteps:
+                raise UsageError(f"--steps {steps} is above the model's {cfg.timesteps} diffusion steps")
+            batch_size = opts.batch_size or (DEFAULT_BATCH_SIZE_CUDA if device.type == "cuda" else DEFAULT_BATCH_SIZE_CPU)
+            plan = iter_plan_for_shard(release.histogram, n_shard, opts.num_atoms, batch_size, opts.seed, shard)
+            # On CPUs bf16 measured no faster end to end (elementwise work dominates at this model
+            # size; docs/training.md), so auto keeps float32 there.
+            use_bf16 = opts.precision == "bf16" or (opts.precision == "auto" and device.type == "cuda")
+            denoiser, _ = guided_denoiser(release, opts.guidance, opts.guide, opts.offline, not opts.quiet)
+            denoiser = valence_guided(denoiser, release, opts.valence_guidance)
+            sampler = Sampler(denoiser, cfg, device, autocast_bf16=use_bf16, spacing=opts.spacing)
+            # Metrics feed the SDF tags and the summary; skip them when neither is wanted.
+            with_metrics = fmt == "sdf" or not opts.quiet
+            name_prefix = f"symdiff-seed{opts.seed}-" + (f"shard{shard[0]}of{shard[1]}-" if shard[1] > 1 else "")
+            with _Progress(n_shard, steps, enabled=not opts.quiet, description="sampling") as progress:
+                for mols in sampler.sample(plan, steps, on_step=progress.on_step):
+                    # Tags and summary from the coordinates the file will hold, so that `symdiff
+                    # evaluate` on the file agrees with them molecule by molecule.
+                    round_to_stored_precision(mols, fmt)
+                    # Names are given before the non-finite ones are dropped: the gap in the
+                    # numbering shows which were left out, and the others keep their names.
+                    for k, mol in enumerate(mols):
+                        mol.props["name"] = f"{name_prefix}{sampled + k:07d}"
+                    finite = _finite_only(mols)
+                    batch_reports = _tag_molecules(finite, with_metrics)
+                    with stops.deferred():
+                        writer.write(finite)
+                        totals.add(batch_reports)
+                        non_finite += len(mols) - len(finite)
+                        sampled += len(mols)
+                        in_file, left_out = writer.written, writer.skipped
+                    stops.raise_if_received()
+                    progress.batch_done(sampled)
+            if non_finite == sampled > 0:
+                raise SymdiffError(f"all {sampled} sampled molecules have non-finite coordinates "
+                                   "(the model diverged); nothing was written")
+        except KeyboardInterrupt as interrupt:
+            stop_signal = signal_of(interrupt)
+            with stops.deferred():
+                # The finished batches form a complete, shorter file; with none finished, no file.
+                writer.abort(keep=in_file + left_out > 0)
+        except BaseException:
+            with stops.deferred():
+                writer.abort(keep=False)
+            raise
+        else:
+            with stops.deferred():
+                writer.close()
+            in_file, left_out = writer.written, writer.skipped
     seconds = time.perf_counter() - started
-    metrics: dict[str, float] = {}
-    if reports:
-        summary = summarise(reports)
-        metrics = {"atom_stability": summary.atom_stability, "molecule_stability": summary.molecule_stability,
-                   "validity": summary.validity}
     result = GenerateResult(requested=n_shard, written=in_file, skipped=left_out, seconds=seconds, shard=shard,
-                            out=opts.out, interrupted=interrupted, metrics=metrics)
+                            out=opts.out, interrupted=stop_signal is not None, metrics=totals.as_dict(),
+                            stop_signal=stop_signal, non_finite=non_finite)
     _print_summary(result, opts.quiet)
     return result
 
 
 __all__ = ["GenerateOptions", "GenerateResult", "generate", "parse_shard", "shard_share", "shard_seed_sequence",
-           "plan_for_shard", "guided_denoiser", "valence_guided", "INTERRUPTED_EXIT_CODE"]
+           "plan_for_shard", "iter_plan_for_shard", "guided_denoiser", "valence_guided", "INTERRUPTED_EXIT_CODE"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -37,8 +37,9 @@ def plan_batches(atom_counts: Sequence[int], batch_size: int, seed: int) -> Samp
     any batch can be reproduced on its own (interrupted runs, shards)."""
     counts = np.asarray(atom_counts, dtype=np.int64)
     batches = []
-    for n in sorted(set(int(c) for c in counts)):
-        k = int((counts == n).sum())
+    # np.unique: sorted sizes and their counts without a Python object per molecule.
+    for n, k in zip(*np.unique(counts, return_counts=True)):
+        n, k = int(n), int(k)
         for start in range(0, k, batch_size):
             batches.append((n, min(batch_size, k - start)))
     seeds = np.random.SeedSequence(seed).generate_state(len(batches), dtype=np.uint64) if batches else []
@@ -84,12 +85,15 @@ class Sampler:
         )
         return decode(x, h, self.cfg)
 
-    def sample(self, plan: SamplePlan, steps: int,
+    def sample(self, plan: SamplePlan | Iterable[tuple[int, int, int]], steps: int,
                on_step: Callable[[int], None] | None = None) -> Iterator[list[Molecule]]:
         """Yield the molecules of each planned batch as it finishes.
 
-        on_step(k) is called after every denoising step with the number of molecules it advanced.
+        `plan` is a SamplePlan or any iterable of (atom count, batch size, seed), which may be
+        a generator that plans as it goes. on_step(k) is called after every denoising step with
+        the number of molecules it advanced.
         """
-        for n, b, seed in plan.batches:
+        batches = plan.batches if isinstance(plan, SamplePlan) else plan
+        for n, b, seed in batches:
             callback = (lambda b=b: on_step(b)) if on_step is not None else None
             yield self.sample_batch(n, b, steps, seed, callback)

@@ -28,7 +28,9 @@ from symdiff_cli.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from symdiff_cli.engine.checkpoint import save_checkpoint as write_checkpoint
 from symdiff_cli.engine.device import resolve_device
 from symdiff_cli.engine.metrics_log import MetricsLog
-from symdiff_cli.errors import SymdiffError
+from symdiff_cli.engine.run_lock import RunLock
+from symdiff_cli.engine.stop_signals import Interrupted, StopSignals, signal_name
+from symdiff_cli.errors import SymdiffError, write_error
 from symdiff_cli.io.molecule import PackedMolecules
 from symdiff_cli.model.config import ModelConfig
 from symdiff_cli.model.diffusion import Batch, NoiseSchedule, VPDiffusion
@@ -216,7 +218,49 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
     model_cfg is required for a new run; a resumed run takes its model configuration from the
     checkpoint. `on_progress` is called with a dict after every optimiser step (rank 0 only).
     `explicit_model_keys`: the model settings the user set, which decide what --init-from grows.
+
+    Rank 0 holds the run directory's lock (engine/run_lock.py) for the whole run: a second run
+    on the same directory is refused. SIGINT, SIGTERM or SIGHUP during training ends the run
+    at the end of the current step with a checkpoint of that step (an evaluation in progress
+    is abandoned); the summary's "signal" then holds the signal number and "stop_reason" its
+    name (or the budget's, when the signal cut short the final evaluation). Before the first
+    step a signal raises Interrupted and nothing is written.
     """
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    out = Path(cfg.out)
+    created = not out.exists()
+    lock = RunLock(out) if is_main else None
+    with StopSignals() as stops:
+        with stops.deferred():
+            if lock is not None:
+                lock.acquire()
+        try:
+            stops.raise_if_received()
+            return _train_locked(cfg, model_cfg, stops, on_progress, console_print, explicit_model_keys)
+        finally:
+            with stops.deferred():
+                if lock is not None:
+                    lock.release()
+                # A run that failed before writing anything leaves no empty directory behind.
+                if created and is_main and out.is_dir() and not any(out.iterdir()):
+                    out.rmdir()
+
+
+def _write_or_explain(path: Path, write: Callable[[], None]) -> None:
+    """Run `write` (which writes `path`); a full disk or a failed write becomes one line."""
+    try:
+        write()
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
+        problem = write_error(err, path)
+        if problem is None:
+            raise
+        raise problem from None
+
+
+def _train_locked(cfg: TrainConfig, model_cfg: ModelConfig | None, stops: StopSignals,
+                  on_progress: Callable[[dict[str, Any]], None] | None,
+                  console_print: Callable[[str], None],
+                  explicit_model_keys: Collection[str] | None) -> dict[str, Any]:
     # ---- distributed setup (torchrun sets RANK/WORLD_SIZE/LOCAL_RANK) ----
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     distributed = world_size > 1
@@ -292,8 +336,9 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
 
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(
-            {"model": model_cfg.to_dict(), "train": cfg.to_dict(), "world_size": world_size}, indent=2))
+        config_text = json.dumps({"model": model_cfg.to_dict(), "train": cfg.to_dict(), "world_size": world_size},
+                                 indent=2)
+        _write_or_explain(out / "config.json", lambda: (out / "config.json").write_text(config_text))
     log = MetricsLog(out / "metrics.jsonl", is_main)
     if is_main:
         log.write({"event": "resume" if resume_ckpt else "start", "step": state.step, "epoch": state.epoch,
@@ -323,12 +368,17 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
             rng = [g[0] for g in gathered]
             cuda_rng = [g[1] for g in gathered] if cuda_rng else []
         if is_main:
-            write_checkpoint({
+            payload = {
                 "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
                 "state": dataclasses.asdict(state), "rng_per_rank": rng, "cuda_rng_per_rank": cuda_rng,
                 "model_config": model_cfg.to_dict(), "train_config": cfg.to_dict(),
                 "atom_count_histogram": histogram, "dataset": info.name, "world_size": world_size,
-            }, ckpt_path)
+            }
+            try:
+                _write_or_explain(ckpt_path, lambda: write_checkpoint(payload, ckpt_path))
+            except SymdiffError as problem:
+                kept = "; the checkpoint of an earlier step is kept" if ckpt_path.exists() else ""
+                raise SymdiffError(f"{problem} at step {state.step}{kept}") from None
             log.write({"event": "checkpoint", "step": state.step, "time": round(state.elapsed, 2)})
 
     # ---- the loop ----
@@ -367,9 +417,34 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
         due, rank0_elapsed = t.tolist()
         return bool(due), rank0_elapsed
 
+    def interruptible_evaluation() -> dict[str, Any] | None:
+        """evaluate_samples at this step, or None when a stop signal cuts it short: sampling can
+        take longer than a scheduler waits between SIGTERM and SIGKILL, and would cost the
+        checkpoint. A cut-short evaluation leaves nothing to undo."""
+        try:
+            with stops.interruptible():
+                return evaluate_samples(ema, model_cfg, histogram, cfg.eval_samples, cfg.eval_steps,
+                                        cfg.seed + state.step, device)
+        except Interrupted:
+            return None
+
+    def agree_on_signal() -> int | None:
+        """The stop signal any rank received (the largest number if several): every rank stops
+        at the same step, or those still training would wait for the others forever."""
+        if not distributed:
+            return stops.received
+        t = torch.tensor([stops.received or 0], dtype=torch.int64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t.item()) or None
+
     # Wall-clock decisions are synchronised every few steps under DDP (a broadcast is a host sync).
     sync_every = 10 if distributed else 1
     agreed_elapsed = state.elapsed  # the clock the time budget and learning rate follow: rank 0's
+    stop_signal: int | None = None
+
+    # From here on a stop signal only marks the run: the step in progress finishes, the ranks
+    # agree on stopping, and the checkpoint after the loop records that step.
+    stops.defer()
 
     while (stop_reason := budget_reached()) is None:
         epoch_batches = batches.epoch(state.epoch)
@@ -414,13 +489,17 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
                 window_mols, window_start, loss_n = 0, now, 0
             if cfg.eval_every and cfg.eval_samples and state.step % cfg.eval_every == 0 and is_main:
                 wall0, cpu0 = time.perf_counter(), time.process_time()
-                log.write({"event": "eval", "step": state.step, "epoch": state.epoch,
-                           "time": round(state.elapsed, 2), "cpu_time": round(state.cpu_time, 2),
-                           **evaluate_samples(ema, model_cfg, histogram, cfg.eval_samples, cfg.eval_steps,
-                                              cfg.seed + state.step, device)})
+                evaluation = interruptible_evaluation()
+                if evaluation is not None:
+                    log.write({"event": "eval", "step": state.step, "epoch": state.epoch,
+                               "time": round(state.elapsed, 2), "cpu_time": round(state.cpu_time, 2),
+                               **evaluation})
                 eval_wall += time.perf_counter() - wall0
                 eval_cpu += time.process_time() - cpu0
             if state.step % sync_every == 0 or state.batch_in_epoch == len(epoch_batches):
+                stop_signal = agree_on_signal()
+                if stop_signal is not None:
+                    break  # the checkpoint after the loop records this step
                 checkpoint_due, agreed_elapsed = agree_with_rank0(
                     time.perf_counter() - last_ckpt >= cfg.checkpoint_every, state.elapsed)
                 if checkpoint_due:
@@ -431,14 +510,24 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
         if state.batch_in_epoch >= len(epoch_batches):
             state.epoch += 1
             state.batch_in_epoch = 0
+        if stop_signal is not None:
+            stop_reason = signal_name(stop_signal)
+            break
 
     save_checkpoint()
     summary: dict[str, Any] = {"stop_reason": stop_reason, "step": state.step, "epoch": state.epoch,
                                "time": round(state.elapsed, 2), "loss": last_loss, "out": str(out)}
-    if cfg.eval_samples and is_main:
-        summary["eval"] = evaluate_samples(ema, model_cfg, histogram, cfg.eval_samples, cfg.eval_steps,
-                                           cfg.seed + state.step, device)
-        log.write({"event": "eval", "step": state.step, "time": round(state.elapsed, 2), **summary["eval"]})
+    if stop_signal is not None:
+        summary["signal"] = stop_signal
+        log.write({"event": "signal", "signal": stop_reason, "step": state.step})
+    if cfg.eval_samples and is_main and stop_signal is None:
+        evaluation = interruptible_evaluation()
+        if evaluation is None:  # the checkpoint above is already written: only the evaluation is lost
+            summary["signal"] = stops.received
+            log.write({"event": "signal", "signal": signal_name(stops.received), "step": state.step})
+        else:
+            summary["eval"] = evaluation
+            log.write({"event": "eval", "step": state.step, "time": round(state.elapsed, 2), **evaluation})
     if distributed:
         sums: list[Any] = [None] * world_size
         dist.all_gather_object(sums, parameter_checksum(model))

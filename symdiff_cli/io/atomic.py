@@ -100,7 +100,12 @@ def commit_temp_file(handle: IO, temp_path: str, path: str | os.PathLike) -> Non
 def discard_temp_file(handle: IO | None, temp_path: str | None) -> None:
     """Close `handle` (if open) and remove the temporary file (if still there)."""
     if handle is not None and not handle.closed:
-        handle.close()
+        try:
+            handle.close()
+        except OSError:
+            # On a full disk closing flushes the buffer again and fails again; the file is
+            # closed all the same, and must still be removed.
+            pass
     if temp_path is not None:
         try:
             os.unlink(temp_path)

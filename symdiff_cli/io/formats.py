@@ -26,7 +26,7 @@ from typing import IO, Iterable, Iterator
 import numpy as np
 
 from symdiff_cli.chem.elements import atomic_number, element_symbol
-from symdiff_cli.errors import SymdiffError
+from symdiff_cli.errors import SymdiffError, write_error
 from symdiff_cli.io.atomic import commit_temp_file, discard_temp_file, open_temp_file
 from symdiff_cli.io.molecule import Molecule, PackedMolecules
 
@@ -166,9 +166,9 @@ def _bonds_from_rdkit(rd_mol) -> np.ndarray:
 
 
 def _benchmark_bonds(mol: Molecule) -> np.ndarray:
-    from symdiff_cli.chem.bonds import bond_order_matrix, bonds_from_matrix
+    from symdiff_cli.chem.bonds import benchmark_bonds
 
-    return bonds_from_matrix(bond_order_matrix(mol.atomic_numbers, mol.positions))
+    return benchmark_bonds(mol.atomic_numbers, mol.positions)
 
 
 def _rdkit_perceived_bonds(mol: Molecule) -> np.ndarray | None:
@@ -625,19 +625,60 @@ def xyz_block(mol: Molecule) -> str:
     return "\n".join(lines) + "\n"
 
 
+# No real molecule has more bond rows than this per atom (sum of valences / 2 with valence
+# at most 6). Atoms packed closer than bond lengths (10,000 atoms in a 10 Angstrom cube) have
+# hundreds, and RDKit's ring perception on such a graph ran out of 24 GB of memory.
+_MAX_BONDS_PER_ATOM = 3
+
+
+def _too_dense_for_rdkit(mol: Molecule, bond_rows: np.ndarray) -> bool:
+    return len(bond_rows) > _MAX_BONDS_PER_ATOM * max(mol.num_atoms, 1)
+
+
+def _v3000_block(mol: Molecule, bond_rows: np.ndarray) -> str:
+    """A V3000 mol block written directly, for molecules RDKit cannot handle in bounded memory.
+
+    No charges, stereo or query features. RDKit's reader rejects such a record once atoms carry
+    far more bonds than any valence (it assigns chirality from 3D, which needs valences), so
+    reading it back is a one-line "cannot read SDF record" error; XYZ output keeps everything.
+    """
+    d = STORED_COORDINATE_DECIMALS["sdf"]
+    lines = [_single_line(mol.props.get("name", "")), "     symdiff        3D", "",
+             "  0  0  0  0  0  0  0  0  0  0999 V3000", "M  V30 BEGIN CTAB",
+             f"M  V30 COUNTS {mol.num_atoms} {len(bond_rows)} 0 0 0", "M  V30 BEGIN ATOM"]
+    for k, (z, (x, y, zc)) in enumerate(zip(mol.atomic_numbers.tolist(), mol.positions.tolist()), start=1):
+        lines.append(f"M  V30 {k} {element_symbol(z)} {x:.{d}f} {y:.{d}f} {zc:.{d}f} 0")
+    lines.append("M  V30 END ATOM")
+    if len(bond_rows):
+        lines.append("M  V30 BEGIN BOND")
+        for k, (i, j, order) in enumerate(np.asarray(bond_rows).tolist(), start=1):
+            lines.append(f"M  V30 {k} {order} {i + 1} {j + 1}")
+        lines.append("M  V30 END BOND")
+    lines += ["M  V30 END CTAB", "M  END"]
+    for key, value in mol.props.items():
+        if key != "name":
+            lines += [f">  <{key}>  (1) ", _single_line(value), ""]
+    return "\n".join(lines) + "\n$$$$\n"
+
+
 def sdf_block(mol: Molecule, bonds: str = "benchmark") -> str:
     """One SDF record (RDKit's mol block, not kekulised, never sanitised) with data tags.
 
     The molecule's own bonds are written if it has them, else perceived with `bonds` from the
     coordinates as the record stores them (4 decimals), so a reader perceives the same bonds;
-    props["name"] is the title line and every other prop a tag.
+    props["name"] is the title line and every other prop a tag. A molecule with more than
+    three bonds per atom (atoms packed closer than bond lengths) is written as a V3000 block
+    of our own, since RDKit's writer needs memory that grows far faster than its bonds.
     """
     from rdkit import Chem
 
     from symdiff_cli.chem.rdkit_mol import rdkit_mol_from_bonds
 
     stored = Molecule(mol.atomic_numbers, stored_positions(mol.positions, "sdf"), mol.bonds, mol.props)
-    rd_mol = rdkit_mol_from_bonds(stored, perceive_bonds(stored, bonds))
+    bond_rows = perceive_bonds(stored, bonds)
+    if _too_dense_for_rdkit(stored, bond_rows):
+        return _v3000_block(stored, bond_rows)
+    rd_mol = rdkit_mol_from_bonds(stored, bond_rows)
     rd_mol.SetProp("_Name", _single_line(mol.props.get("name", "")))
     for key, value in mol.props.items():
         if key != "name":
@@ -660,7 +701,10 @@ def smiles_line(mol: Molecule, bonds: str = "benchmark") -> str | None:
 
     from symdiff_cli.chem.rdkit_mol import rdkit_mol_from_bonds
 
-    rd_mol = rdkit_mol_from_bonds(mol, perceive_bonds(mol, bonds))
+    bond_rows = perceive_bonds(mol, bonds)
+    if _too_dense_for_rdkit(mol, bond_rows):
+        return None  # more bonds than any valence allows: no valid SMILES, and RDKit would not finish
+    rd_mol = rdkit_mol_from_bonds(mol, bond_rows)
     try:
         with _captured_rdkit_errors():
             Chem.SanitizeMol(rd_mol)
@@ -675,14 +719,55 @@ def smiles_line(mol: Molecule, bonds: str = "benchmark") -> str | None:
     return f"{smiles} {name}\n" if name else f"{smiles}\n"
 
 
-def _write_npz(stream: IO[bytes], mols: list[Molecule]) -> None:
-    packed = PackedMolecules.from_molecules(mols)
-    np.savez_compressed(
-        stream,
-        positions=packed.positions.astype(np.float64),
-        atomic_numbers=packed.atomic_numbers.astype(np.int64),
-        num_atoms=packed.num_atoms.astype(np.int64),
-    )
+class _NpzSpill:
+    """The arrays of an npz file being written, spilled batch by batch into anonymous temporary
+    files and zipped at the end: memory holds one batch however many molecules are written.
+
+    The archive is what np.savez_compressed writes (deflated .npy members positions float64
+    (rows, 3), atomic_numbers int64, num_atoms int64). The temporary files have no name, so a
+    crash leaves nothing behind.
+    """
+
+    _DTYPES = {"positions": np.float64, "atomic_numbers": np.int64, "num_atoms": np.int64}
+
+    def __init__(self, directory: str | None) -> None:
+        import tempfile
+
+        self._files: dict[str, IO[bytes]] = {}
+        try:
+            for key in _NPZ_KEYS:
+                self._files[key] = tempfile.TemporaryFile(dir=directory)
+        except BaseException:
+            self.close()
+            raise
+        self._rows = dict.fromkeys(_NPZ_KEYS, 0)
+
+    def add(self, mols: list[Molecule]) -> None:
+        packed = PackedMolecules.from_molecules(mols)
+        for key, array in (("positions", packed.positions), ("atomic_numbers", packed.atomic_numbers),
+                           ("num_atoms", packed.num_atoms)):
+            self._files[key].write(np.ascontiguousarray(array, dtype=self._DTYPES[key]).tobytes())
+            self._rows[key] += len(array)
+
+    def write_npz(self, stream: IO[bytes]) -> None:
+        import shutil
+        import zipfile
+
+        with zipfile.ZipFile(stream, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
+            for key in _NPZ_KEYS:
+                shape = (self._rows[key], 3) if key == "positions" else (self._rows[key],)
+                header = {"descr": np.lib.format.dtype_to_descr(np.dtype(self._DTYPES[key])),
+                          "fortran_order": False, "shape": shape}
+                with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array_header_1_0(member, header)
+                    spill = self._files[key]
+                    spill.flush()
+                    spill.seek(0)
+                    shutil.copyfileobj(spill, member, 1 << 20)
+
+    def close(self) -> None:
+        for spill in self._files.values():
+            spill.close()
 
 
 # --------------------------------------------------------------------------------------
@@ -699,7 +784,8 @@ class MoleculeWriter:
     keeps the finished molecules on KeyboardInterrupt and discards everything on any other
     exception. `path == "-"` writes each batch straight to standard output.
 
-    npz output is buffered in memory and written when the writer is closed.
+    npz output is spilled batch by batch into anonymous temporary files (memory holds one
+    batch) and zipped into the file when the writer is closed.
     `written` counts the molecules written, `skipped` those left out (SMILES output only:
     molecules RDKit cannot sanitise have no SMILES).
     """
@@ -712,7 +798,7 @@ class MoleculeWriter:
         self.bonds = bonds
         self.written = 0
         self.skipped = 0
-        self._npz_molecules: list[Molecule] = []
+        self._npz: _NpzSpill | None = None
         self._temp_path: str | None = None
         self._stream: IO[bytes] | None = None
         self._committed_bytes = 0
@@ -781,15 +867,26 @@ class MoleculeWriter:
                         f"cannot write molecule {number} to {_display_name(self.path)}: "
                         "coordinates contain NaN or infinity"
                     )
-            self._npz_molecules.extend(batch)
+            try:
+                if self._npz is None:
+                    directory = None if self._stream is None else os.path.dirname(os.path.abspath(self.path))
+                    self._npz = _NpzSpill(directory)
+                self._npz.add(batch)
+            except OSError as err:
+                self._discard()
+                raise write_error(err, _display_name(self.path)) from None
             self.written += len(batch)
             return
         data = self._render(mols)
         if self._stream is None:
             self._write_stdout(data)
             return
-        self._stream.write(data)
-        self._stream.flush()
+        try:
+            self._stream.write(data)
+            self._stream.flush()
+        except OSError as err:
+            self._discard()
+            raise write_error(err, self.path) from None
         self._committed_bytes += len(data)
 
     def close(self) -> None:
@@ -798,15 +895,24 @@ class MoleculeWriter:
             return
         try:
             if self.format == "npz":
+                if self._npz is None:
+                    self._npz = _NpzSpill(None)
                 if self._stream is None:
                     buffer = io.BytesIO()
-                    _write_npz(buffer, self._npz_molecules)
+                    self._npz.write_npz(buffer)
                     self._write_stdout(buffer.getvalue())
                 else:
-                    _write_npz(self._stream, self._npz_molecules)
+                    self._npz.write_npz(self._stream)
+                self._npz.close()
             if self._stream is not None:
                 commit_temp_file(self._stream, self._temp_path, self.path)
                 self._temp_path = None
+        except OSError as err:
+            self._discard()
+            problem = write_error(err, self.path) if self._stream is not None else None
+            if problem is None:  # standard output: BrokenPipeError and the like are the caller's
+                raise
+            raise problem from None
         except BaseException:
             self._discard()
             raise
@@ -822,12 +928,18 @@ class MoleculeWriter:
             return
         if self._stream is not None and self.format != "npz":
             # A batch interrupted mid-write must not leave a truncated record behind.
-            self._stream.flush()
-            self._stream.truncate(self._committed_bytes)
+            try:
+                self._stream.flush()
+                self._stream.truncate(self._committed_bytes)
+            except OSError as err:
+                self._discard()
+                raise write_error(err, self.path) from None
         self.close()
 
     def _discard(self) -> None:
         self._finished = True
+        if self._npz is not None:
+            self._npz.close()
         discard_temp_file(self._stream, self._temp_path)
         self._temp_path = None
 
