@@ -45,6 +45,12 @@ class ModelConfig:
     gamma_mlp_hidden: int = 64
     gamma_noise_channels: int = 3
 
+    # Self-conditioning (Chen et al. 2022, "Analog Bits"): the backbone also reads its own previous
+    # estimate of the clean molecule (x0_hat, h0_hat) through a zero-initialised linear added to
+    # the token embedding. False (the default, and every release without the key) adds no
+    # parameters; True with the new weights at zero computes the same function as without.
+    self_condition: bool = False
+
     # Diffusion (DESIGN.md 1.2).
     timesteps: int = 1000
     noise_schedule: str = "polynomial_2"
