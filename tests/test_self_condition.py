@@ -46,9 +46,11 @@ def estimate_like(x: torch.Tensor, h: torch.Tensor, seed: int = 9):
 def test_default_adds_nothing_and_old_configs_load_without_the_key():
     cfg = model_config_from_preset("tiny")
     assert cfg.self_condition is False
+    # described as before the setting existed (older symdiff reads the release), and read back
     old = cfg.to_dict()
-    del old["self_condition"]  # a release written before the setting existed
-    assert ModelConfig.from_dict(old) == cfg
+    assert "self_condition" not in old and ModelConfig.from_dict(old) == cfg
+    on = dataclasses.replace(cfg, self_condition=True)
+    assert on.to_dict()["self_condition"] is True and ModelConfig.from_dict(on.to_dict()) == on
     plain = SymmetrisedDenoiser(cfg).state_dict()
     assert not any(k.startswith(SELF_COND_PREFIX) for k in plain)
     with_sc = SymmetrisedDenoiser(dataclasses.replace(cfg, self_condition=True)).state_dict()
@@ -297,6 +299,10 @@ def test_release_round_trip_samples_identically(tmp_path):
         return np.concatenate([mol.positions for batch in Sampler(m, model.cfg).sample(plan, steps=4) for mol in batch])
 
     assert np.array_equal(draw(model), draw(loaded.model))
+    # a release without it says nothing of it, as before the setting existed
+    plain = sc_model(dtype=torch.float32, self_condition=False)
+    save_release(tmp_path / "plain", plain.cfg, plain.state_dict(), {5: 1}, "qm9", {"step": 0})
+    assert "self_condition" not in json.loads((tmp_path / "plain" / "config.json").read_text())["model_config"]
 
 
 def test_init_from_adds_self_conditioning_but_does_not_remove_it():
@@ -386,3 +392,22 @@ def test_train_cli_self_condition_from_a_release_then_convert_and_sample(tmp_pat
                                       "-o", str(tmp_path / "out.xyz"), "--quiet"],
                                capture_output=True, text=True, timeout=120)
     assert generated.returncode == 0, generated.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_self_conditioned_ranks_with_different_coins_stay_in_step(tmp_path, small_npz):
+    """Each rank draws its own coins (seed + rank), so some steps run the no-grad first pass on one
+    rank only: it must not enter a collective, or the ranks would hang or drift apart."""
+    import os
+
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "symdiff_cli", "train", "--data", str(small_npz), "--preset", "tiny", "--self-condition",
+           "--out", str(run), "--batch-size", "4", "--max-steps", "12", "--log-every", "4", "--quiet",
+           "--device", "cpu", "--warmup-steps", "0"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    from symdiff_cli.engine.metrics_log import read_metrics
+
+    sync = [r for r in read_metrics(run / "metrics.jsonl") if r.get("event") == "ranks_in_sync"]
+    assert sync and sync[0]["value"] is True and sync[0]["checksums"][0] == sync[0]["checksums"][1]

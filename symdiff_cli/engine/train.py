@@ -137,13 +137,13 @@ def model_config_from_release(release_cfg: ModelConfig, requested: ModelConfig,
     `explicit` (library callers), a request that differs from the release only in depths is
     taken as the growth it asks for.
     """
-    release, wanted = release_cfg.to_dict(), requested.to_dict()
+    release, wanted = dataclasses.asdict(release_cfg), dataclasses.asdict(requested)
     differing = {k for k in release if release[k] != wanted.get(k)}
     if explicit is None:
         explicit = differing if differing <= {*GROWABLE_DEPTHS, "self_condition"} else set()
     if "self_condition" in explicit and "self_condition" in differing:
         # Self-conditioning can be added (its embedding starts at zero), not removed.
-        if not wanted["self_condition"]:
+        if not requested.self_condition:
             raise SymdiffError("--init-from can add self-conditioning, not remove it: the release reads "
                                "its own estimates (model.self_condition=true)")
         release_cfg = dataclasses.replace(release_cfg, self_condition=True)

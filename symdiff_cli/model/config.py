@@ -82,6 +82,10 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["atom_types"] = list(self.atom_types)
+        # Written only when on: a model without it is described (in releases, checkpoints) as
+        # before the setting existed, so earlier symdiff versions keep reading its release.
+        if not self.self_condition:
+            del d["self_condition"]
         return d
 
     @classmethod
