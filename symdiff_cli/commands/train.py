@@ -135,6 +135,7 @@ def train_command(
     lr_schedule: Optional[str] = typer.Option(None, help="constant, or cosine: decay from --lr to --min-lr over the run's budget (--max-time, --max-steps or --epochs; default: constant)."),
     min_lr: Optional[float] = typer.Option(None, help="Final learning rate of the cosine schedule (default: 0)."),
     low_noise_fraction: Optional[float] = typer.Option(None, help="Share of each batch whose timestep is drawn from the lowest tenth of noise levels, where bond lengths are refined (default: 0, uniform timesteps as in the paper)."),
+    self_condition: bool = typer.Option(False, "--self-condition", help="Self-conditioning (Chen et al. 2022): the network also reads its own previous estimate of the clean molecule. In training half the batches first predict it without gradients and then learn from a second pass that reads it (about 1.5x the compute per step); in sampling each step reads the previous step's estimate. Same as --set model.self_condition=true; with --init-from the new input starts at zero, so the run starts from exactly the release's model."),
     ema_decay: Optional[float] = typer.Option(None, help="EMA decay of the weights that are evaluated and released (default: 0.9999)."),
     grad_clip: Optional[float] = typer.Option(None, help="Gradient norm clip (default: 2.0)."),
     epochs: Optional[int] = typer.Option(None, help="Stop after this many epochs (counted over the whole run)."),
@@ -185,6 +186,8 @@ def train_command(
             raise UsageError(f"--set {item!r}: keys start with model. or train.")
     if gamma is not None:
         model_over["gamma"] = gamma
+    if self_condition:
+        model_over["self_condition"] = True
 
     given = dict(out=str(out), dataset=dataset, data=list(data or []), data_format=data_format, preset=preset,
                  batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, lr_schedule=lr_schedule,

@@ -12,6 +12,7 @@ from symdiff_cli.chem.elements import SYMBOL_TO_Z
 from symdiff_cli.io.molecule import Molecule
 from symdiff_cli.model.config import DEFAULT_SPACING, ModelConfig
 from symdiff_cli.model.diffusion import NoiseSchedule, VPDiffusion
+from symdiff_cli.model.dit import uses_self_condition
 
 
 def draw_atom_counts(histogram: dict[int, int], n: int, rng: np.random.Generator) -> np.ndarray:
@@ -65,14 +66,15 @@ class Sampler:
         self.diffusion = VPDiffusion(NoiseSchedule(cfg.timesteps, cfg.noise_precision))
         self.autocast_bf16 = autocast_bf16
         self.spacing = spacing
+        self.self_condition = uses_self_condition(model)
 
-    def _denoise(self, x, h, t, mask, generator=None):
+    def _denoise(self, x, h, t, mask, generator=None, **kwargs):
         # Only the network runs in bf16; the ancestral update stays in float32, so rounding
         # errors enter as a small perturbation of eps rather than accumulating in positions.
         if not self.autocast_bf16:
-            return self.model(x, h, t, mask, generator=generator)
+            return self.model(x, h, t, mask, generator=generator, **kwargs)
         with torch.autocast(self.device.type, dtype=torch.bfloat16):
-            eps_x, eps_h = self.model(x, h, t, mask, generator=generator)
+            eps_x, eps_h = self.model(x, h, t, mask, generator=generator, **kwargs)
         return eps_x.float(), eps_h.float()
 
     @torch.inference_mode()
@@ -82,6 +84,7 @@ class Sampler:
         x, h = self.diffusion.sample(
             self._denoise, batch_size, num_atoms, self.cfg.feature_dim, steps,
             generator=generator, device=self.device, progress=on_step, spacing=self.spacing,
+            self_condition=self.self_condition,
         )
         return decode(x, h, self.cfg)
 

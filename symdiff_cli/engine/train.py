@@ -34,7 +34,7 @@ from symdiff_cli.errors import SymdiffError, write_error
 from symdiff_cli.io.molecule import PackedMolecules
 from symdiff_cli.model.config import ModelConfig
 from symdiff_cli.model.diffusion import Batch, NoiseSchedule, VPDiffusion
-from symdiff_cli.model.dit import SymmetrisedDenoiser, count_parameters
+from symdiff_cli.model.dit import SELF_COND_PREFIX, SymmetrisedDenoiser, count_parameters
 
 
 @dataclass
@@ -139,10 +139,16 @@ def model_config_from_release(release_cfg: ModelConfig, requested: ModelConfig,
     `explicit` (library callers), a request that differs from the release only in depths is
     taken as the growth it asks for.
     """
-    release, wanted = release_cfg.to_dict(), requested.to_dict()
+    release, wanted = dataclasses.asdict(release_cfg), dataclasses.asdict(requested)
     differing = {k for k in release if release[k] != wanted.get(k)}
     if explicit is None:
-        explicit = differing if differing <= set(GROWABLE_DEPTHS) else set()
+        explicit = differing if differing <= {*GROWABLE_DEPTHS, "self_condition"} else set()
+    if "self_condition" in explicit and "self_condition" in differing:
+        # Self-conditioning can be added (its embedding starts at zero), not removed.
+        if not requested.self_condition:
+            raise SymdiffError("--init-from can add self-conditioning, not remove it: the release reads "
+                               "its own estimates (model.self_condition=true)")
+        release_cfg = dataclasses.replace(release_cfg, self_condition=True)
     grow = sorted(k for k in GROWABLE_DEPTHS if k in explicit and k in differing)
     for key in grow:
         if wanted[key] < release[key]:
@@ -161,7 +167,9 @@ def load_release_weights(model: torch.nn.Module, state: dict[str, torch.Tensor])
     result = model.load_state_dict(state, strict=False)
     if result.unexpected_keys:
         raise SymdiffError(f"release weights do not fit the model: {result.unexpected_keys[:3]}")
-    not_block = [k for k in result.missing_keys if ".transformer.blocks." not in k]
+    # A self-conditioning embedding is zero-initialised too: added to a release, it changes nothing.
+    not_block = [k for k in result.missing_keys
+                 if ".transformer.blocks." not in k and not k.startswith(SELF_COND_PREFIX)]
     if not_block:
         raise SymdiffError(f"release weights lack tensors of the model: {not_block[:3]}")
     return list(result.missing_keys)
@@ -458,7 +466,8 @@ def _train_locked(cfg: TrainConfig, model_cfg: ModelConfig | None, stops: StopSi
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss = diffusion.loss(train_model, batch, low_noise_fraction=cfg.low_noise_fraction)
+                loss = diffusion.loss(train_model, batch, low_noise_fraction=cfg.low_noise_fraction,
+                                      self_condition=model_cfg.self_condition)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -561,7 +570,8 @@ def largest_fitting_batch(model_cfg: ModelConfig, device: torch.device, cap: int
             x = torch.randn(b, model_cfg.max_atoms, 3, device=device)
             h = torch.randn(b, model_cfg.max_atoms, model_cfg.feature_dim, device=device)
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = diffusion.loss(model, Batch(x - x.mean(1, keepdim=True), h, None))
+                loss = diffusion.loss(model, Batch(x - x.mean(1, keepdim=True), h, None),
+                                      self_condition=model_cfg.self_condition)
             loss.backward()
             model.zero_grad(set_to_none=True)
             best = b

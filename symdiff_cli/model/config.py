@@ -45,6 +45,12 @@ class ModelConfig:
     gamma_mlp_hidden: int = 64
     gamma_noise_channels: int = 3
 
+    # Self-conditioning (Chen et al. 2022, "Analog Bits"): the backbone also reads its own previous
+    # estimate of the clean molecule (x0_hat, h0_hat) through a zero-initialised linear added to
+    # the token embedding. False (the default, and every release without the key) adds no
+    # parameters; True with the new weights at zero computes the same function as without.
+    self_condition: bool = False
+
     # Diffusion (DESIGN.md 1.2).
     timesteps: int = 1000
     noise_schedule: str = "polynomial_2"
@@ -76,6 +82,10 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["atom_types"] = list(self.atom_types)
+        # Written only when on: a model without it is described (in releases, checkpoints) as
+        # before the setting existed, so earlier symdiff versions keep reading its release.
+        if not self.self_condition:
+            del d["self_condition"]
         return d
 
     @classmethod

@@ -74,6 +74,23 @@ def _expand(v: torch.Tensor) -> torch.Tensor:
     return v.view(-1, 1, 1)
 
 
+class SelfConditioning:
+    """A denoiser that feeds its previous call's clean estimate back in as `self_cond`.
+
+    One object per sampling chain: the estimate of step t is read at the next step.
+    """
+
+    def __init__(self, denoiser: Denoiser, diffusion: "VPDiffusion"):
+        self.denoiser = denoiser
+        self.diffusion = diffusion
+        self.estimate: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __call__(self, x, h, t, mask=None, **kwargs):
+        eps_x, eps_h = self.denoiser(x, h, t, mask, self_cond=self.estimate, **kwargs)
+        self.estimate = self.diffusion.clean_estimate(x, h, t, eps_x, eps_h, mask)
+        return eps_x, eps_h
+
+
 class VPDiffusion:
     """Forward noising, the l2 training loss, and ancestral sampling over any timestep subsequence."""
 
@@ -105,13 +122,43 @@ class VPDiffusion:
             t = torch.where(pick, low, t)
         return t
 
+    def clean_estimate(self, x_t: torch.Tensor, h_t: torch.Tensor, t: torch.Tensor, eps_x: torch.Tensor,
+                       eps_h: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0_hat, h0_hat) = (z_t - sigma_t eps) / alpha_t in float32, CoM-free and masked."""
+        gamma = self.schedule.gamma(t)
+        alpha, sigma = _expand(self.schedule.alpha(gamma)), _expand(self.schedule.sigma(gamma))
+        x0 = remove_mean((x_t.float() - sigma * eps_x.float()) / alpha, mask)
+        h0 = (h_t.float() - sigma * eps_h.float()) / alpha
+        if mask is not None:
+            h0 = h0 * mask.unsqueeze(-1)
+        return x0, h0
+
     def loss(self, denoiser: Denoiser, batch: Batch, generator: torch.Generator | None = None,
-             low_noise_fraction: float = 0.0) -> torch.Tensor:
-        """The "l2" objective: MSE between true and predicted noise over real atoms' entries."""
+             low_noise_fraction: float = 0.0, self_condition: bool = False) -> torch.Tensor:
+        """The "l2" objective: MSE between true and predicted noise over real atoms' entries.
+
+        With `self_condition` (a model with cfg.self_condition), half the batches, by a coin
+        drawn from `generator` (the global CPU generator when None), first run the denoiser
+        without gradients and without an estimate, and the loss is taken on a second pass that
+        reads that pass's clean estimate; the other half read zeros (no estimate), as the first
+        sampling step does. A DDP wrapper's first pass runs on its module: no collective, so
+        ranks whose coins differ stay in step.
+        """
         b = batch.x.shape[0]
         t = self.training_timesteps(b, batch.x.device, generator, low_noise_fraction)
         x_t, h_t, eps_x, eps_h = self.noise(batch, t, generator)
-        pred_x, pred_h = denoiser(x_t, h_t, t, batch.mask, generator=generator)
+        if self_condition:
+            # The coin is drawn on the generator's device: a CPU draw costs a GPU run no sync.
+            coin_device = generator.device if generator is not None else torch.device("cpu")
+            estimate = None
+            if bool(torch.rand((), generator=generator, device=coin_device) < 0.5):
+                with torch.no_grad():
+                    bare = getattr(denoiser, "module", denoiser)
+                    first_x, first_h = bare(x_t, h_t, t, batch.mask, generator=generator)
+                    estimate = self.clean_estimate(x_t, h_t, t, first_x, first_h, batch.mask)
+            pred_x, pred_h = denoiser(x_t, h_t, t, batch.mask, generator=generator, self_cond=estimate)
+        else:
+            pred_x, pred_h = denoiser(x_t, h_t, t, batch.mask, generator=generator)
         sq = ((pred_x - eps_x) ** 2).sum(-1) + ((pred_h - eps_h) ** 2).sum(-1)  # (B, N)
         dims = eps_x.shape[-1] + eps_h.shape[-1]
         if batch.mask is None:
@@ -197,9 +244,16 @@ class VPDiffusion:
         self, denoiser: Denoiser, batch_size: int, num_atoms: int, feature_dim: int, steps: int,
         generator: torch.Generator | None = None, device: torch.device | str = "cpu",
         mask: torch.Tensor | None = None, progress: Callable[[], None] | None = None,
-        spacing: str = DEFAULT_SPACING,
+        spacing: str = DEFAULT_SPACING, self_condition: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the reverse chain from z_T ~ N(0, I) (CoM-free x) and return (x, h) in model units."""
+        """Run the reverse chain from z_T ~ N(0, I) (CoM-free x) and return (x, h) in model units.
+
+        With `self_condition` each denoiser call also gets `self_cond=(x0_hat, h0_hat)`, the clean
+        estimate of the previous call (None at the first), computed from the eps the chain used
+        (guided, if the denoiser guides). Without it the chain is exactly as before.
+        """
+        if self_condition:
+            denoiser = SelfConditioning(denoiser, self)
         x = sample_com_free_noise((batch_size, num_atoms, 3), mask, generator, device)
         h = torch.randn(batch_size, num_atoms, feature_dim, generator=generator, device=device)
         if mask is not None:

@@ -126,8 +126,11 @@ class Transformer(nn.Module):
         self.t_embed = TimestepEmbedder(hidden)
         self.blocks = nn.ModuleList([DiTBlock(hidden, heads, mlp_ratio, swiglu) for _ in range(depth)])
 
-    def forward(self, tokens: torch.Tensor, t: torch.Tensor, attn_mask: torch.Tensor | None):
+    def forward(self, tokens: torch.Tensor, t: torch.Tensor, attn_mask: torch.Tensor | None,
+                extra: torch.Tensor | None = None):
         x = self.embed(tokens)
+        if extra is not None:  # an embedding added to the tokens' (self-conditioning)
+            x = x + extra
         c = self.t_embed(t)
         for block in self.blocks:
             x = block(x, c, attn_mask)
@@ -147,8 +150,18 @@ def _init_linear_layers(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
+# The parameters a self-conditioned model has beyond the same model without it: a release
+# without self-conditioning lacks only these (and starts them at zero) under --init-from.
+SELF_COND_PREFIX = "backbone.self_cond_embed."
+
+
 class DiTBackbone(nn.Module):
-    """f(x, h, t): per-atom eps for positions (3) and features (F), in the frame it is given."""
+    """f(x, h, t): per-atom eps for positions (3) and features (F), in the frame it is given.
+
+    With cfg.self_condition it also reads a clean-molecule estimate (x0_hat, h0_hat), in the same
+    frame as x, through `self_cond_embed`: zero-initialised and without bias, so at
+    initialisation, or with zero inputs, it adds nothing to the token embedding.
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -156,7 +169,11 @@ class DiTBackbone(nn.Module):
         in_dim = 3 + cfg.feature_dim + cfg.num_rbf
         self.transformer = Transformer(in_dim, cfg.hidden, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.swiglu)
         self.final = FinalLayer(cfg.hidden, 3 + cfg.feature_dim)
+        self.self_cond_embed = (nn.Linear(3 + cfg.feature_dim, cfg.hidden, bias=False)
+                                if cfg.self_condition else None)
         _init_linear_layers(self)
+        if self.self_cond_embed is not None:
+            nn.init.zeros_(self.self_cond_embed.weight)
         nn.init.normal_(self.transformer.t_embed.mlp[0].weight, std=0.02)
         nn.init.normal_(self.transformer.t_embed.mlp[2].weight, std=0.02)
         self.transformer.zero_init_modulation()
@@ -164,9 +181,12 @@ class DiTBackbone(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x, h, t, mask, attn_mask, rbf):
+    def forward(self, x, h, t, mask, attn_mask, rbf, self_cond=None):
         tokens = torch.cat([x, h, rbf], dim=-1)
-        y, c = self.transformer(tokens, t, attn_mask)
+        extra = None
+        if self.self_cond_embed is not None and self_cond is not None:
+            extra = self.self_cond_embed(torch.cat(self_cond, dim=-1))
+        y, c = self.transformer(tokens, t, attn_mask, extra)
         out = self.final(y, c)
         return out[..., :3], out[..., 3:]
 
@@ -211,6 +231,12 @@ class SymmetrisedDenoiser(nn.Module):
     float timesteps t (B,), and the real-atom mask (B, N) or None for an unpadded batch.
     `haar` and `gamma_noise` may be passed to couple draws (equivariance tests); otherwise they
     are drawn from `generator`.
+
+    Self-conditioning (cfg.self_condition): `self_cond` = (x0_hat, h0_hat), the previous estimate
+    of the clean molecule, (B, N, 3) and (B, N, F); None stands for zeros. x0_hat is a position:
+    it is made CoM-free and masked like x and rotated into the backbone's frame, R^-1 x0_hat, so
+    the denoiser stays equivariant. The orientation kernel does not read it. A model without
+    the flag ignores `self_cond`, so wrappers may pass it to every network they hold.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -246,6 +272,7 @@ class SymmetrisedDenoiser(nn.Module):
         self, x: torch.Tensor, h: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None = None,
         haar: torch.Tensor | None = None, gamma_noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        self_cond: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         attn_mask = attention_mask(mask)
         if attn_mask is None:
@@ -253,13 +280,35 @@ class SymmetrisedDenoiser(nn.Module):
         rbf = radial_basis_features(x, mask, self.cfg.num_rbf, self.cfg.rbf_cutoff)
         frame = self.sample_frame(x, h, t, mask, attn_mask, rbf, haar, gamma_noise, generator)
         x_in = x if frame is None else rotate_inverse(x, frame)
-        eps_x, eps_h = self.backbone(x_in, h, t, mask, attn_mask, rbf)
+        cond = self._self_cond_input(x, h, mask, frame, self_cond) if self.cfg.self_condition else None
+        eps_x, eps_h = self.backbone(x_in, h, t, mask, attn_mask, rbf, cond)
         if frame is not None:
             eps_x = rotate(eps_x, frame.to(eps_x.dtype))
         eps_x = remove_mean(eps_x, mask)
         if mask is not None:
             eps_h = eps_h * mask.unsqueeze(-1).to(eps_h.dtype)
         return eps_x, eps_h
+
+
+    @staticmethod
+    def _self_cond_input(x, h, mask, frame, self_cond):
+        """(R^-1 x0_hat, h0_hat), CoM-free and masked; zeros when there is no estimate yet."""
+        if self_cond is None:
+            return torch.zeros_like(x), torch.zeros_like(h)
+        x0, h0 = self_cond
+        x0 = remove_mean(x0.to(x.dtype), mask)  # zero on padding too
+        h0 = h0.to(h.dtype)
+        if mask is not None:
+            h0 = h0 * mask.unsqueeze(-1).to(h.dtype)
+        if frame is not None:
+            x0 = rotate_inverse(x0, frame)
+        return x0, h0
+
+
+def uses_self_condition(model: nn.Module) -> bool:
+    """Whether any network in `model` (a denoiser, or a guidance wrapper around some) reads a
+    self-conditioning estimate: the sampler then feeds one back."""
+    return any(isinstance(m, SymmetrisedDenoiser) and m.cfg.self_condition for m in model.modules())
 
 
 def count_parameters(model: nn.Module) -> int:
