@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--width", type=float, default=defaults.width)
     ap.add_argument("--temperature", type=float, default=defaults.temperature)
     ap.add_argument("--over-weight", type=float, default=defaults.over_weight)
+    ap.add_argument("--decisiveness", type=float, default=defaults.decisiveness)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None, help="also write the molecules (SDF)")
     args = ap.parse_args()
@@ -53,7 +54,8 @@ def main() -> None:
         schedule = Sampler(denoiser, release.cfg).diffusion.schedule
         denoiser = ValenceGuidedDenoiser(
             denoiser, schedule, *bond_thresholds_angstrom(release.cfg.atom_types), release.cfg.norm_one_hot,
-            args.scale, args.max_t, args.width, args.temperature, args.type_scale, args.over_weight)
+            args.scale, args.max_t, args.width, args.temperature, args.type_scale, args.over_weight,
+            args.decisiveness)
     sampler = Sampler(denoiser, release.cfg)
     steps = args.steps or release.default_steps("cpu")
     plan = plan_for_shard(release.histogram, args.n, None, DEFAULT_BATCH_SIZE_CPU, args.seed, (0, 1))

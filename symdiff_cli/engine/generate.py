@@ -254,7 +254,7 @@ def valence_guided(denoiser: torch.nn.Module, release: ReleasedModel, scale: flo
     schedule = NoiseSchedule(release.cfg.timesteps, release.cfg.noise_precision)
     return ValenceGuidedDenoiser(denoiser, schedule, thresholds, valences, release.cfg.norm_one_hot,
                                  settings.scale, settings.max_t, settings.width, settings.temperature,
-                                 settings.type_scale, settings.over_weight)
+                                 settings.type_scale, settings.over_weight, settings.decisiveness)
 
 
 def _tag_molecules(mols: list, with_metrics: bool) -> list:
