@@ -420,3 +420,13 @@ def test_valence_guidance_option_reaches_the_sampler_and_bad_values_are_one_line
                               *FAST)
     assert code != 0 and "valence_guidance" in stderr and "Traceback" not in stderr
     assert not (tmp_path / "c.sdf").exists()
+
+
+def test_rdkit_warnings_stay_off_stderr(env, tmp_path):
+    """The untrained tiny model makes molecules RDKit warns about (hydrogens without neighbours)."""
+    cmd = [sys.executable, "-m", "symdiff_cli", "generate", "--n", "12", "--out", str(tmp_path / "m.sdf"),
+           "--model", "tiny", *FAST]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(env), cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Wrote 12 molecules" in result.stderr
+    assert "WARNING" not in result.stderr and "RuntimeWarning" not in result.stderr

@@ -88,13 +88,16 @@ def generate_command(
     stops early (| head), the run ends quietly with code 141, as Unix tools do on SIGPIPE.
     SDF records carry perceived bonds and the tags symdiff_stable, symdiff_valid and smiles.
     """
+    from symdiff_cli.chem.quiet import quiet_library_warnings
     from symdiff_cli.engine.generate import GenerateOptions, generate
 
-    result = generate(GenerateOptions(
-        n=n, out=out, fmt=fmt, batch_size=batch_size, steps=steps, seed=seed, device=device,
-        num_atoms=num_atoms, model=model, offline=offline, shard=shard, quiet=quiet, threads=threads,
-        precision=precision, spacing=spacing, guidance=guidance, guide=guide,
-        valence_guidance=valence_guidance,
-    ))
+    # The SDF tags perceive every molecule with RDKit, which logs a warning for each odd one.
+    with quiet_library_warnings():
+        result = generate(GenerateOptions(
+            n=n, out=out, fmt=fmt, batch_size=batch_size, steps=steps, seed=seed, device=device,
+            num_atoms=num_atoms, model=model, offline=offline, shard=shard, quiet=quiet, threads=threads,
+            precision=precision, spacing=spacing, guidance=guidance, guide=guide,
+            valence_guidance=valence_guidance,
+        ))
     if result.exit_code:
         raise typer.Exit(result.exit_code)
