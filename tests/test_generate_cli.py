@@ -173,6 +173,7 @@ def test_spacing_changes_the_molecules_and_each_is_reproducible(env, tmp_path, c
     assert (tmp_path / "default.xyz").read_bytes() == files[0]
 
 
+@pytest.mark.slow  # eight sampling runs
 def test_guidance_from_the_release_or_the_command_line(env, tmp_path, capsys):
     def sample(name: str, *args: str) -> bytes:
         out = tmp_path / f"{name}.xyz"

@@ -58,6 +58,7 @@ def tiny_release(path: Path, seed: int = 0, **kwargs) -> Path:
 # The shipped releases
 
 
+@pytest.mark.slow  # a real convert of each shipped release in a subprocess
 @pytest.mark.parametrize("name", SHIPPED)
 def test_the_shipped_card_is_what_convert_writes(tmp_path, name):
     """`symdiff convert REL OUT` regenerates the committed card byte for byte, and carries
