@@ -1,6 +1,6 @@
 """The QM9 benchmark metrics: stability, validity, uniqueness, novelty (EDM protocol).
 
-Definitions follow Hoogeboom et al. 2022 (EDM) and DESIGN.md section 3:
+Definitions follow Hoogeboom et al. 2022 (EDM):
 - an atom is stable when the sum of its perceived bond orders is its allowed valence (or one
   of them); atom stability is pooled over all atoms of all molecules;
 - a molecule is stable when all its atoms are;
@@ -227,8 +227,8 @@ def evaluate_molecules(
     """Evaluate molecules one by one (bond perception is vectorised per molecule).
 
     `progress` shows a Rich progress bar labelled `description` on stderr, so stdout stays
-    clean for JSON. About 0.25 ms per QM9 molecule: the 13,083 test molecules take seconds,
-    so a process pool is not worth its start-up and pickling cost.
+    clean for JSON. One molecule is a fraction of a millisecond (benchmarks/eval_bench.py), so
+    the QM9 test split takes seconds and a process pool would not repay its start-up cost.
     """
     if isinstance(mols, PackedMolecules):
         mols = mols.to_molecules()

@@ -34,8 +34,8 @@ def generate_command(
         None, "--guidance", metavar="W",
         help="Autoguidance weight: each step extrapolates from a weaker guide model towards the main "
              "one, eps_guide + W (eps_main - eps_guide), for more stable molecules at the guide's extra "
-             "cost per step (about 2.3 times the time for the shipped model, whose guide is two "
-             "networks). 1 samples the main model alone. Default: the model's own (qm9: 5; see its "
+             "cost per step (each step also runs the guide's networks: two for the shipped model). "
+             "1 samples the main model alone. Default: the model's own (qm9: 5; see its "
              "README.md).",
     ),
     guide: Optional[List[str]] = typer.Option(
@@ -75,7 +75,7 @@ def generate_command(
     precision: str = typer.Option(
         "auto", "--precision",
         help="auto|fp32|bf16: run the network in bf16 autocast (the update maths stays float32). "
-             "auto: bf16 on CUDA, fp32 on CPU (bf16 measured no faster there).",
+             "auto: bf16 on CUDA, fp32 on CPU (where bf16 is no faster; docs/training.md).",
     ),
 ) -> None:
     """Sample 3D molecules from a SymDiff model.

@@ -51,7 +51,7 @@ class ModelConfig:
     # parameters; True with the new weights at zero computes the same function as without.
     self_condition: bool = False
 
-    # Diffusion (DESIGN.md 1.2).
+    # Diffusion: EDM's variance-preserving process (model/diffusion.py).
     timesteps: int = 1000
     noise_schedule: str = "polynomial_2"
     noise_precision: float = 1e-5

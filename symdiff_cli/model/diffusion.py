@@ -1,4 +1,4 @@
-"""Variance-preserving diffusion in discrete time (EDM's formulation, DESIGN.md 1.2).
+"""Variance-preserving diffusion in discrete time (EDM's formulation, Hoogeboom et al. 2022).
 
 z_t = alpha_t (x, h) + sigma_t eps with alpha_t^2 + sigma_t^2 = 1, tabulated through
 gamma_t = -log(alpha_t^2 / sigma_t^2) for t = 0..T. The networks live elsewhere: this module

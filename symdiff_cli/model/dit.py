@@ -1,7 +1,7 @@
 """The networks of SymDiff: a Diffusion Transformer backbone and the learned orientation kernel.
 
 Neither network is equivariant. `SymmetrisedDenoiser` makes the pair O(3)-equivariant in
-distribution by stochastic symmetrisation (DESIGN.md 1.3):
+distribution by stochastic symmetrisation (Zhang et al. 2025, SymDiff):
 
     eps_hat(z) = R . f(R^-1 . z, t),   R = g . Q_phi(g^-1 . z),   g ~ Haar(O(3)).
 
