@@ -6,9 +6,86 @@ from typing import List, Optional
 
 import typer
 
+from symdiff_cli.engine.generate import GenerateProgress, GenerateResult
 from symdiff_cli.model.config import DEFAULT_SPACING, SPACING_CHOICES
 
 _FORMATS = ("sdf", "xyz", "smi", "npz")
+
+
+# Display (stderr only: stdout may carry the molecules)
+
+
+class RichProgress(GenerateProgress):
+    """A Rich progress bar on stderr in molecule-steps (a smooth ETA) showing molecules done / total."""
+
+    def __init__(self, description: str):
+        self.description = description
+        self.steps = 1
+        self._bar = None
+
+    def start(self, total_molecules: int, steps: int) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.steps = steps
+        self._bar = Progress(
+            TextColumn(self.description),
+            BarColumn(),
+            TextColumn("{task.fields[done]}/{task.fields[total_molecules]} molecules"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self._task = self._bar.add_task(self.description, total=total_molecules * steps, done=0,
+                                        total_molecules=total_molecules)
+        self._bar.start()
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def on_step(self, molecules: int) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task, molecules)
+
+    def batch_done(self, done: int) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, done=done, completed=done * self.steps)
+
+
+def print_summary(result: GenerateResult) -> None:
+    """The closing lines on stderr: what was written where, how fast, and the metrics."""
+    from rich.console import Console
+
+    console = Console(stderr=True, highlight=False)
+    where = "standard output" if result.out == "-" else result.out
+    shard = f" (shard {result.shard[0]}/{result.shard[1]})" if result.shard[1] > 1 else ""
+    head = "Wrote"
+    if result.interrupted:
+        import signal
+
+        from symdiff_cli.engine.stop_signals import signal_name
+
+        by = "" if result.stop_signal in (None, signal.SIGINT) else f" by {signal_name(result.stop_signal)}"
+        head = f"Interrupted{by}: wrote"
+    of = f" of {result.requested}" if result.interrupted else ""
+    console.print(
+        f"{head} {result.written}{of} molecules{shard} to {where} in {result.seconds:.1f} s "
+        f"({result.molecules_per_second:.2f} molecules/s)"
+    )
+    if result.non_finite:
+        console.print(f"{result.non_finite} molecules with non-finite coordinates (a diverged sample) were left out; "
+                      "the gaps in the numbering of the names show which")
+    if result.skipped:
+        console.print(f"{result.skipped} molecules without a valid SMILES were left out of the SMILES file")
+    if result.metrics:
+        m = result.metrics
+        console.print(
+            f"atom stability {100 * m['atom_stability']:.1f} %, molecule stability "
+            f"{100 * m['molecule_stability']:.1f} %, validity {100 * m['validity']:.1f} %"
+        )
 
 
 def generate_command(
@@ -98,6 +175,8 @@ def generate_command(
             num_atoms=num_atoms, model=model, offline=offline, shard=shard, quiet=quiet, threads=threads,
             precision=precision, spacing=spacing, guidance=guidance, guide=guide,
             valence_guidance=valence_guidance,
-        ))
+        ), progress=None if quiet else RichProgress("sampling"))
+    if not quiet:
+        print_summary(result)
     if result.exit_code:
         raise typer.Exit(result.exit_code)

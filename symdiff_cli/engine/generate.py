@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
@@ -275,82 +274,24 @@ def _tag_molecules(mols: list, with_metrics: bool) -> list:
 
 
 # --------------------------------------------------------------------------------------
-# Progress display (stderr only: stdout may carry the molecules)
+# Progress reports (shown by the CLI, commands/generate.py)
 
 
-class _Progress:
-    """A Rich progress bar in molecule-steps (smooth ETA) that shows molecules done / total."""
+class GenerateProgress:
+    """What `generate` reports while it samples. This base reports to no one; the command line
+    shows a progress bar by overriding it, so the engine never draws on the terminal itself."""
 
-    def __init__(self, total_molecules: int, steps: int, enabled: bool, description: str):
-        self.enabled = enabled
-        self.steps = steps
-        self._bar = None
-        if not enabled:
-            return
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self._bar = Progress(
-            TextColumn(description),
-            BarColumn(),
-            TextColumn("{task.fields[done]}/{task.fields[total_molecules]} molecules"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=False,
-        )
-        self._task = self._bar.add_task(description, total=total_molecules * steps, done=0,
-                                        total_molecules=total_molecules)
-
-    def __enter__(self) -> "_Progress":
-        if self._bar is not None:
-            self._bar.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._bar is not None:
-            self._bar.stop()
+    def start(self, total_molecules: int, steps: int) -> None:
+        """Sampling begins: `total_molecules` in this shard, `steps` denoising steps each."""
 
     def on_step(self, molecules: int) -> None:
-        if self._bar is not None:
-            self._bar.advance(self._task, molecules)
+        """One denoising step advanced `molecules` molecules."""
 
     def batch_done(self, done: int) -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, done=done, completed=done * self.steps)
+        """`done` molecules are finished and in the file."""
 
-
-def _print_summary(result: GenerateResult, quiet: bool) -> None:
-    if quiet:
-        return
-    from rich.console import Console
-
-    console = Console(stderr=True, highlight=False)
-    where = "standard output" if result.out == "-" else result.out
-    shard = f" (shard {result.shard[0]}/{result.shard[1]})" if result.shard[1] > 1 else ""
-    head = "Wrote"
-    if result.interrupted:
-        from symdiff_cli.engine.stop_signals import signal_name
-
-        by = "" if result.stop_signal in (None, signal.SIGINT) else f" by {signal_name(result.stop_signal)}"
-        head = f"Interrupted{by}: wrote"
-    of = f" of {result.requested}" if result.interrupted else ""
-    console.print(
-        f"{head} {result.written}{of} molecules{shard} to {where} in {result.seconds:.1f} s "
-        f"({result.molecules_per_second:.2f} molecules/s)"
-    )
-    if result.non_finite:
-        console.print(f"{result.non_finite} molecules with non-finite coordinates (a diverged sample) were left out; "
-                      "the gaps in the numbering of the names show which")
-    if result.skipped:
-        console.print(f"{result.skipped} molecules without a valid SMILES were left out of the SMILES file")
-    if result.metrics:
-        m = result.metrics
-        console.print(
-            f"atom stability {100 * m['atom_stability']:.1f} %, molecule stability "
-            f"{100 * m['molecule_stability']:.1f} %, validity {100 * m['validity']:.1f} %"
-        )
+    def stop(self) -> None:
+        """Sampling ended (finished, interrupted or failed)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -383,8 +324,9 @@ def _finite_only(mols: list) -> list:
     return [mol for mol in mols if np.isfinite(mol.positions).all()]
 
 
-def generate(opts: GenerateOptions) -> GenerateResult:
-    """Sample `opts.n` molecules (this shard's share) and write them to `opts.out`.
+def generate(opts: GenerateOptions, progress: GenerateProgress | None = None) -> GenerateResult:
+    """Sample `opts.n` molecules (this shard's share) and write them to `opts.out`, reporting to
+    `progress` as batches advance.
 
     SIGINT, SIGTERM and SIGHUP stop the run with the finished batches kept in a complete file
     (`stop_signal` says which). Molecules with non-finite coordinates are left out and counted
@@ -392,6 +334,7 @@ def generate(opts: GenerateOptions) -> GenerateResult:
     """
     import torch
 
+    progress = progress or GenerateProgress()
     from symdiff_cli.engine.device import resolve_device
     from symdiff_cli.engine.release import load_release
     from symdiff_cli.engine.sampling import Sampler
@@ -442,7 +385,8 @@ def generate(opts: GenerateOptions) -> GenerateResult:
             # Metrics feed the SDF tags and the summary; skip them when neither is wanted.
             with_metrics = fmt == "sdf" or not opts.quiet
             name_prefix = f"symdiff-seed{opts.seed}-" + (f"shard{shard[0]}of{shard[1]}-" if shard[1] > 1 else "")
-            with _Progress(n_shard, steps, enabled=not opts.quiet, description="sampling") as progress:
+            progress.start(n_shard, steps)
+            try:
                 for mols in sampler.sample(plan, steps, on_step=progress.on_step):
                     # Tags and summary from the coordinates the file will hold, so that `symdiff
                     # evaluate` on the file agrees with them molecule by molecule.
@@ -461,6 +405,8 @@ def generate(opts: GenerateOptions) -> GenerateResult:
                         in_file, left_out = writer.written, writer.skipped
                     stops.raise_if_received()
                     progress.batch_done(sampled)
+            finally:
+                progress.stop()
             if non_finite == sampled > 0:
                 raise SymdiffError(f"all {sampled} sampled molecules have non-finite coordinates "
                                    "(the model diverged); nothing was written")
@@ -481,9 +427,8 @@ def generate(opts: GenerateOptions) -> GenerateResult:
     result = GenerateResult(requested=n_shard, written=in_file, skipped=left_out, seconds=seconds, shard=shard,
                             out=opts.out, interrupted=stop_signal is not None, metrics=totals.as_dict(),
                             stop_signal=stop_signal, non_finite=non_finite)
-    _print_summary(result, opts.quiet)
     return result
 
 
-__all__ = ["GenerateOptions", "GenerateResult", "generate", "parse_shard", "shard_share", "shard_seed_sequence",
+__all__ = ["GenerateOptions", "GenerateProgress", "GenerateResult", "generate", "parse_shard", "shard_share", "shard_seed_sequence",
            "plan_for_shard", "iter_plan_for_shard", "guided_denoiser", "valence_guided", "INTERRUPTED_EXIT_CODE"]
