@@ -118,17 +118,21 @@ def _orders(z_rows: np.ndarray, z_cols: np.ndarray, distance: np.ndarray, rules:
     return single.astype(np.int64) + double + triple
 
 
+def _prepared(atomic_numbers: np.ndarray, positions: np.ndarray) -> tuple[BondRules, np.ndarray, np.ndarray, int]:
+    """The rules, table rows, float64 (N, 3) positions and N of a molecule, checked to agree."""
+    z = _table_index(atomic_numbers)
+    x = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+    if len(x) != len(z):
+        raise ValueError("atomic_numbers and positions differ in length")
+    return load_bond_rules(), z, x, len(z)
+
+
 def bond_order_matrix(atomic_numbers: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """Symmetric (N, N) int64 bond orders (0 none, 1 single, 2 double, 3 triple).
 
     Elements without a single-bond entry for a pair (unknown elements included) get order 0.
     """
-    rules = load_bond_rules()
-    z = _table_index(atomic_numbers)
-    x = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
-    n = len(z)
-    if len(x) != n:
-        raise ValueError("atomic_numbers and positions differ in length")
+    rules, z, x, n = _prepared(atomic_numbers, positions)
     orders = np.zeros((n, n), dtype=np.int64)
     # Row blocks: the temporaries stay bounded; only the result is N x N.
     for start, stop in _row_blocks(n):
@@ -144,12 +148,7 @@ def benchmark_bonds(atomic_numbers: np.ndarray, positions: np.ndarray) -> np.nda
     Pairs are examined in row blocks (time still grows as N^2: about a second per ten million
     pairs), so converting a molecule of tens of thousands of atoms works in bounded memory.
     """
-    rules = load_bond_rules()
-    z = _table_index(atomic_numbers)
-    x = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
-    n = len(z)
-    if len(x) != n:
-        raise ValueError("atomic_numbers and positions differ in length")
+    rules, z, x, n = _prepared(atomic_numbers, positions)
     found = []
     for start, stop in _row_blocks(n):
         # Only pairs with j > i: columns from start + 1, then the lower part of the block masked.
