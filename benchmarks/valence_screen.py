@@ -18,13 +18,12 @@ import time
 
 import torch
 
-from symdiff_cli.chem.bonds import bond_thresholds_angstrom
 from symdiff_cli.chem.metrics import evaluate_molecule, summarise
-from symdiff_cli.engine.generate import DEFAULT_BATCH_SIZE_CPU, guided_denoiser, plan_for_shard
+from symdiff_cli.engine.generate import DEFAULT_BATCH_SIZE_CPU, guided_denoiser, plan_for_shard, with_valence_guidance
 from symdiff_cli.engine.release import load_release
 from symdiff_cli.engine.sampling import Sampler
 from symdiff_cli.io.formats import MoleculeWriter, round_to_stored_precision
-from symdiff_cli.model.valence import ValenceGuidanceSettings, ValenceGuidedDenoiser
+from symdiff_cli.model.valence import ValenceGuidanceSettings
 
 
 def main() -> None:
@@ -50,12 +49,10 @@ def main() -> None:
 
     release = load_release(args.model, torch.device("cpu"), show_progress=False)
     denoiser, weight = guided_denoiser(release, args.guidance, None, show_progress=False)
-    if args.scale or args.type_scale:
-        schedule = Sampler(denoiser, release.cfg).diffusion.schedule
-        denoiser = ValenceGuidedDenoiser(
-            denoiser, schedule, *bond_thresholds_angstrom(release.cfg.atom_types), release.cfg.norm_one_hot,
-            args.scale, args.max_t, args.width, args.temperature, args.type_scale, args.over_weight,
-            args.decisiveness)
+    settings = ValenceGuidanceSettings(scale=args.scale, max_t=args.max_t, width=args.width,
+                                       temperature=args.temperature, type_scale=args.type_scale,
+                                       over_weight=args.over_weight, decisiveness=args.decisiveness)
+    denoiser = with_valence_guidance(denoiser, release.cfg, settings)
     sampler = Sampler(denoiser, release.cfg)
     steps = args.steps or release.default_steps("cpu")
     plan = plan_for_shard(release.histogram, args.n, None, DEFAULT_BATCH_SIZE_CPU, args.seed, (0, 1))

@@ -46,6 +46,10 @@ class BondRules:
         z = int(z)
         return self.valence[z] if 0 <= z < len(self.valence) else ()
 
+    def lowest_valence(self, z: int) -> int:
+        """The smallest allowed valence of element z; 0 when the rules list none."""
+        return min(self.allowed_valences(z) or (0,))
+
 
 @lru_cache(maxsize=1)
 def load_bond_rules() -> BondRules:
@@ -187,5 +191,5 @@ def bond_thresholds_angstrom(atom_types: tuple[str, ...] | list[str]) -> tuple[n
             for k, table in enumerate((rules.single, rules.double, rules.triple)):
                 if np.isfinite(table[za, zb]):
                     thresholds[a, b, k] = table[za, zb] / 100.0
-    valences = np.array([float(min(rules.allowed_valences(zi) or (0,))) for zi in z])
+    valences = np.array([float(rules.lowest_valence(zi)) for zi in z])
     return thresholds, valences

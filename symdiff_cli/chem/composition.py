@@ -63,7 +63,7 @@ def composition_feasible(atomic_numbers: np.ndarray) -> bool:
             parity_free = True
         else:
             parity_fixed += next(iter(parities))
-        lowest.append(min(rules.allowed_valences(int(zi))))
+        lowest.append(rules.lowest_valence(int(zi)))
     if parity_fixed % 2 and not parity_free:
         return False
     lowest_arr = np.asarray(lowest)
@@ -82,7 +82,7 @@ def check_composition(atomic_numbers: np.ndarray, orders: np.ndarray) -> Composi
     rules = load_bond_rules()
     heavy = z != HYDROGEN
     heavy_orders = orders[np.ix_(heavy, heavy)].sum(axis=1) if heavy.any() else np.zeros(0, dtype=np.int64)
-    valences = np.array([min(rules.allowed_valences(int(zi)) or (0,)) for zi in z[heavy]], dtype=np.int64)
+    valences = np.array([rules.lowest_valence(int(zi)) for zi in z[heavy]], dtype=np.int64)
     needed = int(np.clip(valences - heavy_orders, 0, None).sum())
     hydrogens = int((~heavy).sum())
     return CompositionCheck(

@@ -31,6 +31,8 @@ if TYPE_CHECKING:  # torch is imported only when a command runs, so that --help 
     import torch
 
     from symdiff_cli.engine.release import ReleasedModel
+    from symdiff_cli.model.config import ModelConfig
+    from symdiff_cli.model.valence import ValenceGuidanceSettings
 
 PRECISION_CHOICES = ("auto", "fp32", "bf16")
 DEFAULT_BATCH_SIZE_CPU = 256
@@ -233,27 +235,34 @@ def guided_denoiser(release: ReleasedModel, guidance: float | None, guide_specs:
     return AutoGuidedDenoiser(release.model, guide, weight), weight
 
 
+def with_valence_guidance(denoiser: torch.nn.Module, cfg: ModelConfig,
+                          settings: ValenceGuidanceSettings) -> torch.nn.Module:
+    """`denoiser` wrapped in valence guidance (model/valence.py) at `settings`; as it is when off."""
+    from symdiff_cli.chem.bonds import bond_thresholds_angstrom
+    from symdiff_cli.model.diffusion import NoiseSchedule
+    from symdiff_cli.model.valence import ValenceGuidedDenoiser
+
+    if settings.scale == 0 and not settings.type_scale:
+        return denoiser
+    thresholds, valences = bond_thresholds_angstrom(cfg.atom_types)
+    schedule = NoiseSchedule(cfg.timesteps, cfg.noise_precision)
+    return ValenceGuidedDenoiser(denoiser, schedule, thresholds, valences, cfg.norm_one_hot,
+                                 settings.scale, settings.max_t, settings.width, settings.temperature,
+                                 settings.type_scale, settings.over_weight, settings.decisiveness)
+
+
 def valence_guided(denoiser: torch.nn.Module, release: ReleasedModel, scale: float | None) -> torch.nn.Module:
-    """Wrap the sampler's network in valence guidance (model/valence.py) at the release's settings.
+    """Wrap the sampler's network in valence guidance at the release's settings.
 
     `scale` None keeps the release's own scale (none: off); 0 turns it off. A release that
     states no valence guidance samples exactly as before it existed.
     """
-    from symdiff_cli.chem.bonds import bond_thresholds_angstrom
     from symdiff_cli.engine.release import valence_guidance_settings
-    from symdiff_cli.model.diffusion import NoiseSchedule
-    from symdiff_cli.model.valence import ValenceGuidedDenoiser
 
     settings = valence_guidance_settings(release.config)
     if scale is not None:
         settings = settings.with_scale(scale)
-    if settings.scale == 0 and not settings.type_scale:
-        return denoiser
-    thresholds, valences = bond_thresholds_angstrom(release.cfg.atom_types)
-    schedule = NoiseSchedule(release.cfg.timesteps, release.cfg.noise_precision)
-    return ValenceGuidedDenoiser(denoiser, schedule, thresholds, valences, release.cfg.norm_one_hot,
-                                 settings.scale, settings.max_t, settings.width, settings.temperature,
-                                 settings.type_scale, settings.over_weight, settings.decisiveness)
+    return with_valence_guidance(denoiser, release.cfg, settings)
 
 
 def _tag_molecules(mols: list, with_metrics: bool) -> list:
@@ -431,4 +440,4 @@ def generate(opts: GenerateOptions, progress: GenerateProgress | None = None) ->
 
 
 __all__ = ["GenerateOptions", "GenerateProgress", "GenerateResult", "generate", "parse_shard", "shard_share", "shard_seed_sequence",
-           "plan_for_shard", "iter_plan_for_shard", "guided_denoiser", "valence_guided", "INTERRUPTED_EXIT_CODE"]
+           "plan_for_shard", "iter_plan_for_shard", "guided_denoiser", "valence_guided", "with_valence_guidance", "INTERRUPTED_EXIT_CODE"]
