@@ -25,7 +25,7 @@ import numpy as np
 from symdiff_cli.chem.bonds import bond_order_matrix, pairwise_distances_pm
 from symdiff_cli.chem.elements import element_symbol
 from symdiff_cli.chem.metrics import MoleculeReport, evaluate_molecule
-from symdiff_cli.io.formats import read_molecules
+from symdiff_cli.io.reader import read_molecules
 from symdiff_cli.io.molecule import Molecule
 
 PAIR_BINS = {

@@ -9,7 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from symdiff_cli.io.formats import perceive_bonds, read_molecules, sdf_block, write_molecules
+from symdiff_cli.chem.perception import perceive_bonds
+from symdiff_cli.io.reader import read_molecules
+from symdiff_cli.io.sdf import sdf_block
+from symdiff_cli.io.writer import write_molecules
 from symdiff_cli.io.molecule import Molecule
 
 FORMALDEHYDE_XYZ = (

@@ -1,4 +1,4 @@
-"""Molecule file reading and writing (symdiff_cli.io.formats)."""
+"""Molecule file reading and writing (symdiff_cli.io)."""
 
 from __future__ import annotations
 
@@ -11,15 +11,12 @@ import pytest
 
 from symdiff_cli.chem.bonds import bond_order_matrix
 from symdiff_cli.errors import SymdiffError
-from symdiff_cli.io.formats import (
-    MoleculeWriter,
-    perceive_bonds,
-    read_molecules,
-    round_to_stored_precision,
-    sdf_block,
-    smiles_line,
-    write_molecules,
-)
+from symdiff_cli.chem.perception import perceive_bonds
+from symdiff_cli.io.formats import round_to_stored_precision
+from symdiff_cli.io.reader import read_molecules
+from symdiff_cli.io.sdf import sdf_block
+from symdiff_cli.io.smiles import smiles_line
+from symdiff_cli.io.writer import MoleculeWriter, write_molecules
 from symdiff_cli.io.molecule import Molecule
 
 # Formaldehyde at a realistic geometry (C=O 1.21 A): the benchmark rules see a double bond.
@@ -359,7 +356,7 @@ def test_interrupted_write_leaves_no_file(tmp_path, monkeypatch):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("symdiff_cli.io.formats.sdf_block", interrupt)
+    monkeypatch.setattr("symdiff_cli.io.writer.sdf_block", interrupt)
     with pytest.raises(KeyboardInterrupt):
         write_molecules(str(path), [FORMALDEHYDE])
     assert os.listdir(tmp_path) == []

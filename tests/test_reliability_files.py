@@ -212,7 +212,8 @@ def test_a_failed_swap_puts_the_previous_release_back(tmp_path, monkeypatch):
 
 @pytest.fixture
 def sdf_file(tmp_path) -> Path:
-    from symdiff_cli.io.formats import read_molecules, write_molecules
+    from symdiff_cli.io.reader import read_molecules
+    from symdiff_cli.io.writer import write_molecules
 
     xyz = tmp_path / "in.xyz"
     xyz.write_text(FORMALDEHYDE_XYZ + WATER_XYZ)

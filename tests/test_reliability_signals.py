@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 
-from symdiff_cli.io.formats import read_molecules
+from symdiff_cli.io.reader import read_molecules
 from test_generate_cli import FAST, env, run_cli, subprocess_env, weights  # noqa: F401 (fixtures)
 from test_train import CLI, read_log
 
@@ -305,7 +305,7 @@ def test_a_huge_n_starts_sampling_at_once_in_bounded_memory(env, tmp_path):
 def test_npz_output_holds_one_batch_in_memory_not_the_whole_run(tmp_path):
     import tracemalloc
 
-    from symdiff_cli.io.formats import MoleculeWriter
+    from symdiff_cli.io.writer import MoleculeWriter
     from symdiff_cli.io.molecule import Molecule
 
     rng = np.random.default_rng(0)
@@ -398,7 +398,7 @@ def test_generate_on_a_full_disk_is_one_line_and_leaves_no_temporary_file(env, s
 
 
 def test_convert_on_a_full_disk_is_one_line_and_leaves_no_temporary_file(small_disk, tmp_path, small_packed):
-    from symdiff_cli.io.formats import write_molecules
+    from symdiff_cli.io.writer import write_molecules
     from symdiff_cli.io.molecule import Molecule
 
     # Jittered copies: identical ones compress into an npz small enough to fit.

@@ -8,7 +8,7 @@ import pytest
 from symdiff_cli.chem.elements import GEOM, QM9
 from symdiff_cli.data.user_data import load_geom_processed, load_user_molecules
 from symdiff_cli.errors import SymdiffError
-from symdiff_cli.io.formats import write_molecules
+from symdiff_cli.io.writer import write_molecules
 from symdiff_cli.io.molecule import Molecule
 
 WATER = Molecule([8, 1, 1], [[0, 0, 0.1173], [0, 0.7572, -0.4692], [0, -0.7572, -0.4692]], props={"name": "water"})
@@ -72,7 +72,7 @@ def test_missing_paths_and_empty_directories(tmp_path):
 
 
 def test_unreadable_records_are_reported(tmp_path):
-    from symdiff_cli.io.formats import sdf_block
+    from symdiff_cli.io.sdf import sdf_block
 
     path = tmp_path / "mixed.sdf"
     path.write_text(sdf_block(WATER) + "broken\n\n\n  2  1  0  0  0  0  0  0  0  0999 V2000\nM  END\n$$$$\n")

@@ -76,3 +76,39 @@ def heavy_atom_smiles(smiles: str | None) -> str | None:
         return None
     parsed = Chem.MolFromSmiles(smiles)
     return Chem.MolToSmiles(parsed) if parsed is not None else None
+
+
+_RDKIT_ORDER_BY_TYPE_NAME = {"SINGLE": 1, "DOUBLE": 2, "TRIPLE": 3, "AROMATIC": 4}
+
+
+def bonds_from_rdkit(rd_mol) -> np.ndarray:
+    """(M, 3) bond rows of an RDKit molecule; bond types we cannot express are dropped.
+
+    Dative and other exotic bond types count as single bonds (they connect the atoms);
+    zero-order bonds are left out.
+    """
+    rows = []
+    for bond in rd_mol.GetBonds():
+        name = str(bond.GetBondType()).rsplit(".", 1)[-1]
+        order = _RDKIT_ORDER_BY_TYPE_NAME.get(name)
+        if order is None:
+            if bond.GetBondTypeAsDouble() == 0:
+                continue
+            order = 1
+        i, j = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
+        rows.append((min(i, j), max(i, j), order))
+    return np.array(rows, dtype=np.int64).reshape(-1, 3)
+
+
+
+def molecule_from_rdkit(rd_mol) -> Molecule:
+    numbers = np.array([atom.GetAtomicNum() for atom in rd_mol.GetAtoms()], dtype=np.int64)
+    if rd_mol.GetNumConformers():
+        positions = np.asarray(rd_mol.GetConformer().GetPositions(), dtype=np.float64)
+    else:
+        positions = np.zeros((len(numbers), 3))
+    props = {name: rd_mol.GetProp(name) for name in rd_mol.GetPropNames()}
+    title = rd_mol.GetProp("_Name").strip() if rd_mol.HasProp("_Name") else ""
+    if title:
+        props["name"] = title
+    return Molecule(numbers, positions, bonds=bonds_from_rdkit(rd_mol), props=props)

@@ -44,7 +44,9 @@ def _convert_molecules(
 ) -> None:
     """Read every molecule of IN and write them to OUT; a summary goes to stderr."""
     # Imported here so that `symdiff --help` does not load RDKit.
-    from symdiff_cli.io.formats import read_molecules, resolve_format, write_molecules
+    from symdiff_cli.io.formats import resolve_format
+    from symdiff_cli.io.reader import read_molecules
+    from symdiff_cli.io.writer import write_molecules
 
     # Check the output format before reading anything: a typo should fail fast.
     output_format = resolve_format(output_path, to_format)

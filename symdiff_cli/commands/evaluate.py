@@ -47,7 +47,7 @@ def _write_text_atomic(path: str, text: str) -> None:
 
 def _read_inputs(files: list[str], strict: bool, fmt: Optional[str] = None):
     """Molecules of every file plus (source, index-in-source) per molecule; warns on skips."""
-    from symdiff_cli.io.formats import read_molecules
+    from symdiff_cli.io.reader import read_molecules
 
     if files.count("-") > 1:
         raise UsageError("standard input ('-') can be given only once")

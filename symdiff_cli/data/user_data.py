@@ -14,7 +14,8 @@ import numpy as np
 
 from symdiff_cli.chem.elements import GEOM, DatasetInfo, element_symbol
 from symdiff_cli.errors import SymdiffError
-from symdiff_cli.io.formats import format_from_path, read_molecules
+from symdiff_cli.io.formats import format_from_path
+from symdiff_cli.io.reader import read_molecules
 from symdiff_cli.io.molecule import Molecule, PackedMolecules
 
 # The formats a training directory is scanned for (SMILES has no measured 3D geometry).

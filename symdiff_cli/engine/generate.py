@@ -348,7 +348,8 @@ def generate(opts: GenerateOptions, progress: GenerateProgress | None = None) ->
     from symdiff_cli.engine.release import load_release
     from symdiff_cli.engine.sampling import Sampler
     from symdiff_cli.engine.stop_signals import StopSignals, signal_of
-    from symdiff_cli.io.formats import STDIO_PATH, MoleculeWriter, resolve_format, round_to_stored_precision
+    from symdiff_cli.io.formats import STDIO_PATH, resolve_format, round_to_stored_precision
+    from symdiff_cli.io.writer import MoleculeWriter
 
     _check_options(opts)
     shard = parse_shard(opts.shard)
