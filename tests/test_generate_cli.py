@@ -18,7 +18,9 @@ import pytest
 import torch
 
 from symdiff_cli.engine.generate import parse_shard, shard_share
-from symdiff_cli.engine.release import WEIGHTS_FILE, Guide, GuideNetwork, save_release
+from symdiff_cli.engine.release import save_release
+from symdiff_cli.engine.release_config import Guide, GuideNetwork
+from symdiff_cli.engine.release_layout import WEIGHTS_FILE
 from symdiff_cli.errors import UsageError
 from symdiff_cli.io.reader import read_molecules
 from symdiff_cli.model.config import model_config_from_preset

@@ -30,7 +30,8 @@ from urllib.parse import unquote, urlsplit
 import pytest
 import torch
 
-from symdiff_cli.engine.release import Guide, GuideNetwork, save_release
+from symdiff_cli.engine.release import save_release
+from symdiff_cli.engine.release_config import Guide, GuideNetwork
 from symdiff_cli.io.reader import read_molecules
 from symdiff_cli.model.config import model_config_from_preset
 from symdiff_cli.model.dit import SymmetrisedDenoiser

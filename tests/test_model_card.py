@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from symdiff_cli.engine.card import METRICS_FILE, model_card, parse_metrics_text, read_metrics_text
-from symdiff_cli.engine.release import (
-    CARD_FILE, CHECKSUMS_KEY, CONFIG_FILE, Guide, attach_guide, load_release, resave_release, save_release,
-    write_model_card,
-)
+from symdiff_cli.engine.guides import attach_guide, resave_release
+from symdiff_cli.engine.release import load_release, save_release, write_model_card
+from symdiff_cli.engine.release_config import CHECKSUMS_KEY, Guide
+from symdiff_cli.engine.release_layout import CARD_FILE, CONFIG_FILE
 from symdiff_cli.errors import SymdiffError
 from symdiff_cli.model.config import model_config_from_preset
 from symdiff_cli.model.dit import SymmetrisedDenoiser
@@ -189,7 +189,7 @@ def test_resaving_a_release_keeps_metrics_json_byte_for_byte(tmp_path):
 
 
 def _guide_of(release: Path) -> Guide:
-    from symdiff_cli.engine.release import guide_from_release
+    from symdiff_cli.engine.guides import guide_from_release
 
     return guide_from_release(str(release), 2.0)
 

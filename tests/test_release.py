@@ -15,10 +15,10 @@ from safetensors.torch import load_file, save_file
 from symdiff_cli.engine.checkpoint import atomic_torch_save
 from symdiff_cli.engine.export import convert_checkpoint_to_release
 from symdiff_cli.engine.registry import resolve_model
-from symdiff_cli.engine.release import (
-    CONFIG_FILE, GUIDE_WEIGHTS_FILE, WEIGHTS_FILE, Guide, GuideNetwork, attach_guide,
-    guide_from_release, guide_from_releases, load_release, load_release_state_dict, save_release, shipped_guide,
-)
+from symdiff_cli.engine.guides import attach_guide, guide_from_release, guide_from_releases, shipped_guide
+from symdiff_cli.engine.release import load_release, load_release_state_dict, save_release
+from symdiff_cli.engine.release_config import Guide, GuideNetwork
+from symdiff_cli.engine.release_layout import CONFIG_FILE, GUIDE_WEIGHTS_FILE, WEIGHTS_FILE
 from symdiff_cli.errors import SymdiffError
 from symdiff_cli.model.config import model_config_from_preset
 from symdiff_cli.model.dit import SymmetrisedDenoiser

@@ -23,10 +23,10 @@ import pytest
 import torch
 
 from symdiff_cli.engine.checkpoint import CHECKSUM_KEY, atomic_torch_save, load_checkpoint, save_checkpoint
-from symdiff_cli.engine.release import (
-    CHECKSUMS_KEY, CONFIG_FILE, GUIDE_WEIGHTS_FILE, WEIGHTS_FILE, Guide, GuideNetwork, attach_guide, load_release,
-    load_release_state_dict, save_release,
-)
+from symdiff_cli.engine.guides import attach_guide
+from symdiff_cli.engine.release import load_release, load_release_state_dict, save_release
+from symdiff_cli.engine.release_config import CHECKSUMS_KEY, Guide, GuideNetwork
+from symdiff_cli.engine.release_layout import CONFIG_FILE, GUIDE_WEIGHTS_FILE, WEIGHTS_FILE
 from symdiff_cli.errors import SymdiffError
 from symdiff_cli.io.atomic import atomic_output
 from symdiff_cli.model.config import model_config_from_preset

@@ -366,7 +366,8 @@ def test_train_cli_grows_a_release_and_refuses_to_shrink_it(tmp_path, small_npz)
 def test_gpu_train_script_smoke_run_on_cpu(tmp_path, small_npz, guided):
     """scripts/gpu_train.sh continues a release for a time budget and exports a loadable model,
     guided as the release it started from was (by its own guide networks, or GUIDE_MODEL's)."""
-    from symdiff_cli.engine.release import Guide, GuideNetwork, load_release, load_release_state_dict, save_release
+    from symdiff_cli.engine.release import load_release, load_release_state_dict, save_release
+    from symdiff_cli.engine.release_config import Guide, GuideNetwork
     from symdiff_cli.model.dit import SymmetrisedDenoiser
 
     cfg = model_config_from_preset("tiny")

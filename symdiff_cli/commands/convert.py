@@ -172,7 +172,7 @@ def _convert(input_path: str, output_path: str, from_format: Optional[str], to_f
         raise UsageError("--card-only applies only to a release directory IN")
     if input_path.endswith(".pt"):
         from symdiff_cli.engine.export import convert_checkpoint_to_release
-        from symdiff_cli.engine.release import guide_from_releases
+        from symdiff_cli.engine.guides import guide_from_releases
 
         if guidance is not None and not guide:
             raise UsageError("--guidance needs --guide MODEL for a training checkpoint")
@@ -221,7 +221,7 @@ def _render_card(input_path: str, output_path: str, guide: Optional[List[str]], 
 
 def _reguide_release(input_path: str, output_path: str, guide: Optional[List[str]], guidance: Optional[float]) -> None:
     """Write release IN to OUT as it is, with a new guide (--guide) or a new default weight (--guidance)."""
-    from symdiff_cli.engine.release import attach_guide, guide_from_releases, resave_release, shipped_guide
+    from symdiff_cli.engine.guides import attach_guide, guide_from_releases, resave_release, shipped_guide
 
     if not guide and guidance is None:
         out = resave_release(input_path, output_path)

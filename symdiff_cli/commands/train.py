@@ -206,7 +206,7 @@ def train_command(
         raise SymdiffError(f"{cfg.out} already holds a run: pass --resume to continue it, or choose another --out")
     if resume and not has_checkpoint:
         raise SymdiffError(f"--resume: no checkpoint in {cfg.out}")
-    from symdiff_cli.engine.release import is_release_directory
+    from symdiff_cli.engine.release_config import is_release_directory
 
     if is_release_directory(Path(cfg.out)):
         # A run writes its own config.json, which would replace the release's.

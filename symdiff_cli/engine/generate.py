@@ -211,7 +211,7 @@ def guided_denoiser(release: ReleasedModel, guidance: float | None, guide_specs:
     mean of their networks. With weight 1 the guide is not called (nor loaded, for --guide), so
     the main model alone sets the cost.
     """
-    from symdiff_cli.engine.release import load_guide_from_release
+    from symdiff_cli.engine.guides import load_guide_from_release
     from symdiff_cli.model.config import DEFAULT_GUIDANCE_WEIGHT
     from symdiff_cli.model.guidance import AutoGuidedDenoiser, mean_of
 
@@ -257,7 +257,7 @@ def valence_guided(denoiser: torch.nn.Module, release: ReleasedModel, scale: flo
     `scale` None keeps the release's own scale (none: off); 0 turns it off. A release that
     states no valence guidance samples exactly as before it existed.
     """
-    from symdiff_cli.engine.release import valence_guidance_settings
+    from symdiff_cli.engine.release_config import valence_guidance_settings
 
     settings = valence_guidance_settings(release.config)
     if scale is not None:

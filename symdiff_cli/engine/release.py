@@ -26,11 +26,14 @@ instead of a shape error deep inside PyTorch. `config.json` also records the SHA
 weights file (`sha256`: {file name: hex digest}); a file that no longer matches (a flipped
 byte on disk or in transit, which still parses and would sample garbage) is refused by name.
 Releases written before the digests were recorded have no `sha256` and load as they always did.
+
+This module saves and loads releases. config.json's schema is in engine/release_config.py, the
+weights' checks in engine/release_tensors.py, file names in engine/release_layout.py, and guides
+assembled from other releases in engine/guides.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -40,335 +43,25 @@ import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
+from symdiff_cli.engine.release_config import (
+    CHECKSUMS_KEY, DEFAULT_STEPS_CPU, DEFAULT_STEPS_CUDA, Guide, check_atom_types, check_guidance_weight, check_guide_fits,
+    default_sampling_steps, expected_checksum, histogram_from_json, is_release_directory, parse_guidance,
+    read_release_config, release_config,
+)
+from symdiff_cli.engine.release_layout import (
+    CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, expected_tensor_shapes, guide_entries,
+    guide_weights_file,
+)
+from symdiff_cli.engine.release_tensors import checked_tensors, file_sha256, read_weights
 from symdiff_cli.errors import SymdiffError
 from symdiff_cli.io.atomic import current_umask
 from symdiff_cli.model.config import ModelConfig
-from symdiff_cli.model.valence import ValenceGuidanceSettings
-# The layout helpers live below this module (the model card needs them too); re-exported here.
-from symdiff_cli.engine.release_layout import (  # noqa: F401
-    GUIDE_WEIGHTS_FILE, expected_tensor_shapes, guide_entries, guide_weights_file,
-)
 
-RELEASE_FORMAT = "symdiff-release"
-# Version 2 added the optional guide, version 3 a guide of several networks. Each release is
-# written with the lowest version that holds it, so older symdiff versions keep reading every
-# release they can sample as intended, and refuse the others.
-RELEASE_FORMAT_VERSION = 3
-_UNGUIDED_FORMAT_VERSION = 1
-_ONE_GUIDE_FORMAT_VERSION = 2
-
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-CARD_FILE = "README.md"
-RELEASE_FILES = (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE)
-
-# Model settings a guide must share with the main model: both read and predict the same z_t.
-GUIDE_SHARED_SETTINGS = ("dataset", "atom_types", "max_atoms", "timesteps", "noise_schedule", "noise_precision",
-                         "norm_one_hot", "norm_charge")
-
-# Sampling steps when the user gives none. On CPU fewer steps of the same schedule trade some
-# quality for time; on a GPU the full chain is affordable.
-DEFAULT_STEPS_CPU = 100
-DEFAULT_STEPS_CUDA = 1000
-
-# How many shape mismatches an error message lists before summarising the rest.
-_MISMATCHES_SHOWN = 3
-
-# The config.json key of the weights files' SHA-256 digests.
-CHECKSUMS_KEY = "sha256"
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _GUIDE_FILE_PATTERN = re.compile(r"guide(-[0-9]+)?\.safetensors")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """The SHA-256 of a file's bytes, as lowercase hex (read in chunks: weights can be large)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-# --------------------------------------------------------------------------------------
-# Checking weights against a config
-
-
-
-def _name_list(names: list[str], limit: int = 4) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
-
-
-def state_dict_mismatch(
-    actual: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]
-) -> str | None:
-    """A one-line description of how tensor shapes `actual` differ from `expected`, or None."""
-    missing = sorted(set(expected) - set(actual))
-    unexpected = sorted(set(actual) - set(expected))
-    wrong_shape = [
-        f"{name}: file {tuple(actual[name])} vs config {tuple(expected[name])}"
-        for name in expected
-        if name in actual and tuple(actual[name]) != tuple(expected[name])
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing tensor(s) ({_name_list(missing)})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensor(s) ({_name_list(unexpected)})")
-    if wrong_shape:
-        shown = "; ".join(wrong_shape[:_MISMATCHES_SHOWN])
-        more = len(wrong_shape) - _MISMATCHES_SHOWN
-        problems.append(f"{len(wrong_shape)} shape mismatch(es): {shown}" + (f"; ... ({more} more)" if more > 0 else ""))
-    return "; ".join(problems) if problems else None
-
-
-def _checked_tensors(state_dict: dict[str, torch.Tensor], cfg: ModelConfig, problem: str) -> dict[str, torch.Tensor]:
-    """The tensors to write for `cfg`, named as the network names them; `problem` leads the error
-    when their names or shapes do not fit it."""
-    state_dict = _strip_wrapper_prefixes(dict(state_dict))
-    mismatch = state_dict_mismatch({k: tuple(v.shape) for k, v in state_dict.items()}, expected_tensor_shapes(cfg))
-    if mismatch:
-        raise SymdiffError(f"{problem}: {mismatch}")
-    # Contiguous private copies: safetensors refuses views and tensors that share storage.
-    return {name: t.detach().to("cpu").contiguous().clone() for name, t in sorted(state_dict.items())}
-
-
-def _strip_wrapper_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    # DDP ("module.") and torch.compile ("_orig_mod.") wrap the network and prefix every name.
-    for prefix in ("module.", "_orig_mod."):
-        if state_dict and all(name.startswith(prefix) for name in state_dict):
-            state_dict = {name[len(prefix):]: t for name, t in state_dict.items()}
-    return state_dict
-
-
-# --------------------------------------------------------------------------------------
-# config.json
-
-
-def _histogram_to_json(histogram: dict[int, int]) -> dict[str, int]:
-    return {str(int(k)): int(v) for k, v in sorted(histogram.items(), key=lambda kv: int(kv[0]))}
-
-
-def _histogram_from_json(raw: Any, cfg: ModelConfig, source: str) -> dict[int, int]:
-    if not isinstance(raw, dict) or not raw:
-        raise SymdiffError(f"{source}: atom_count_histogram must be a non-empty object {{num_atoms: count}}")
-    histogram: dict[int, int] = {}
-    for key, value in raw.items():
-        try:
-            size, count = int(key), int(value)
-        except (TypeError, ValueError):
-            raise SymdiffError(f"{source}: atom_count_histogram entry {key!r}: {value!r} is not a whole number") from None
-        if not 1 <= size <= cfg.max_atoms or count < 0:
-            raise SymdiffError(
-                f"{source}: atom_count_histogram entry {key}: {value} is out of range "
-                f"(sizes 1..{cfg.max_atoms}, counts >= 0)"
-            )
-        if count:
-            histogram[size] = count
-    if not histogram:
-        raise SymdiffError(f"{source}: atom_count_histogram has no non-zero count")
-    return histogram
-
-
-# The config.json keys this symdiff writes itself; others (from a newer symdiff, or added by
-# hand) are carried over when a release is written again.
-_KNOWN_CONFIG_KEYS = ("format", "format_version", "model_config", "dataset", "atom_count_histogram", "sampling",
-                      "provenance", "guidance", CHECKSUMS_KEY)
-
-
-def release_config(
-    model_cfg: ModelConfig,
-    histogram: dict[int, int],
-    dataset: str,
-    provenance: dict[str, Any],
-    default_steps_cpu: int = DEFAULT_STEPS_CPU,
-    default_steps_cuda: int = DEFAULT_STEPS_CUDA,
-    guide: Guide | None = None,
-    sampling: dict[str, Any] | None = None,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The content of a release's config.json.
-
-    `sampling` holds further sampling settings (e.g. `valence_guidance`), written after the step
-    defaults, which the two step arguments set; `extra` further top-level keys, written last.
-    Both are kept as they are, so that settings this code does not know survive a re-save.
-    """
-    config = {
-        "format": RELEASE_FORMAT,
-        "format_version": _format_version(guide),
-        "model_config": model_cfg.to_dict(),
-        "dataset": dataset,
-        "atom_count_histogram": _histogram_to_json(histogram),
-        "sampling": {"default_steps_cpu": int(default_steps_cpu), "default_steps_cuda": int(default_steps_cuda)},
-        "provenance": dict(provenance),
-    }
-    for key, value in (sampling or {}).items():
-        config["sampling"].setdefault(key, value)
-    if guide is not None:
-        entries = [
-            {"weights_file": guide_weights_file(i), "model_config": net.model_cfg.to_dict(),
-             "provenance": dict(net.provenance)}
-            for i, net in enumerate(guide.networks)
-        ]
-        config["guidance"] = {"method": "autoguidance", "weight": float(guide.weight)}
-        if len(entries) == 1:  # the version-2 layout, which older symdiff reads
-            config["guidance"].update(entries[0])
-        else:
-            config["guidance"]["guides"] = entries
-    for key, value in (extra or {}).items():
-        if key not in _KNOWN_CONFIG_KEYS:
-            config[key] = value
-    return config
-
-
-def _format_version(guide: Guide | None) -> int:
-    if guide is None:
-        return _UNGUIDED_FORMAT_VERSION
-    return _ONE_GUIDE_FORMAT_VERSION if len(guide.networks) == 1 else RELEASE_FORMAT_VERSION
-
-
-
-@dataclass
-class GuideNetwork:
-    """One network of a guide: its architecture, weights and where it came from."""
-
-    model_cfg: ModelConfig
-    state_dict: dict[str, torch.Tensor]
-    provenance: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Guide:
-    """The weaker model a release guides its sampler away from, and how strongly (weight w).
-
-    Its prediction is the mean of its networks' (one network: that network's).
-    """
-
-    networks: list[GuideNetwork]
-    weight: float
-
-    @classmethod
-    def single(cls, model_cfg: ModelConfig, state_dict: dict[str, torch.Tensor], weight: float,
-               provenance: dict[str, Any] | None = None) -> Guide:
-        return cls([GuideNetwork(model_cfg, state_dict, dict(provenance or {}))], weight)
-
-
-def check_guidance_weight(weight: Any, source: str) -> float:
-    """A guidance weight: a finite number >= 0 (1 = the main model alone, 0 = the guide alone)."""
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
-        raise SymdiffError(f"{source}: the guidance weight must be a finite number >= 0, not {weight!r}")
-    return float(weight)
-
-
-def check_guide_fits(main_cfg: ModelConfig, guide_cfg: ModelConfig, source: str) -> None:
-    """A guide must read and predict the same variables as the main model; its size may differ."""
-    main, guide = main_cfg.to_dict(), guide_cfg.to_dict()
-    differing = [k for k in GUIDE_SHARED_SETTINGS if main.get(k) != guide.get(k)]
-    if differing:
-        shown = ", ".join(f"{k} {guide.get(k)!r} vs {main.get(k)!r}" for k in differing[:3])
-        raise SymdiffError(f"{source}: the guide model does not fit the main model ({shown})")
-
-
-
-def parse_guidance(config: dict[str, Any], main_cfg: ModelConfig,
-                   source: str) -> tuple[list[tuple[ModelConfig, str]], float] | None:
-    """The guide networks (model config, weights file) and the guidance weight of a checked
-    config.json, or None."""
-    raw = config.get("guidance")
-    if raw is None:
-        return None
-    if not isinstance(raw, dict):
-        raise SymdiffError(f"{source}: guidance must be an object")
-    if raw.get("method", "autoguidance") != "autoguidance":
-        raise SymdiffError(f"{source}: unknown guidance method {raw.get('method')!r} (this symdiff knows autoguidance)")
-    weight = check_guidance_weight(raw.get("weight"), f"{source}: guidance.weight")
-    several = "guides" in raw
-    if several and (not isinstance(raw["guides"], list) or not raw["guides"]
-                    or not all(isinstance(entry, dict) for entry in raw["guides"])):
-        raise SymdiffError(f"{source}: guidance.guides must be a non-empty list of objects")
-    networks = []
-    for index, entry in enumerate(guide_entries(config)):
-        where = f"guidance.guides[{index}]" if several else "guidance"
-        expected_file = guide_weights_file(index)
-        if entry.get("weights_file", expected_file) != expected_file:
-            raise SymdiffError(f"{source}: {where}.weights_file must be {expected_file!r}")
-        if not isinstance(entry.get("model_config"), dict):
-            raise SymdiffError(f"{source}: {where}.model_config is missing or not an object")
-        try:
-            guide_cfg = ModelConfig.from_dict(entry["model_config"])
-        except SymdiffError as err:
-            raise SymdiffError(f"{source}: {where}: {err}") from None
-        except (TypeError, ValueError) as err:
-            raise SymdiffError(f"{source}: invalid {where}.model_config ({err})") from None
-        check_guide_fits(main_cfg, guide_cfg, source if not several else f"{source}: {where}")
-        networks.append((guide_cfg, expected_file))
-    return networks, weight
-
-
-def _check_atom_types(model_cfg: ModelConfig, source: str) -> None:
-    """Atom types must be distinct element symbols: the sampler maps each to an atomic number
-    after every denoising step, too late for a typo in config.json to fail cleanly."""
-    from symdiff_cli.chem.elements import SYMBOL_TO_Z
-
-    types = model_cfg.atom_types
-    if not types:
-        raise SymdiffError(f"{source}: model_config.atom_types is empty")
-    for symbol in types:
-        if not isinstance(symbol, str) or symbol not in SYMBOL_TO_Z:
-            raise SymdiffError(f"{source}: model_config.atom_types holds {symbol!r}, which is not an element symbol "
-                               "(write them as H, C, N, O, F, Cl, ...)")
-    if len(set(types)) != len(types):
-        raise SymdiffError(f"{source}: model_config.atom_types lists an element twice ({' '.join(types)})")
-
-
-def expected_checksum(config: dict[str, Any], weights_file: str) -> str | None:
-    """The SHA-256 that a checked config.json records for `weights_file`, or None (older releases)."""
-    return config.get(CHECKSUMS_KEY, {}).get(weights_file)
-
-
-def parse_release_config(config: Any, source: str) -> tuple[ModelConfig, dict[int, int]]:
-    """Check a loaded config.json; returns the model config and the atom-count histogram."""
-    if not isinstance(config, dict):
-        raise SymdiffError(f"{source}: expected a JSON object")
-    if config.get("format") != RELEASE_FORMAT:
-        raise SymdiffError(f"{source} is not a symdiff release config (its 'format' is not {RELEASE_FORMAT!r})")
-    version = config.get("format_version")
-    if not isinstance(version, int) or version < 1:
-        raise SymdiffError(f"{source}: format_version must be a positive integer")
-    if version > RELEASE_FORMAT_VERSION:
-        raise SymdiffError(
-            f"{source} has release format version {version}; this symdiff reads up to "
-            f"{RELEASE_FORMAT_VERSION}: upgrade symdiff"
-        )
-    raw_cfg = config.get("model_config")
-    if not isinstance(raw_cfg, dict):
-        raise SymdiffError(f"{source}: model_config is missing or not an object")
-    try:
-        model_cfg = ModelConfig.from_dict(raw_cfg)
-    except SymdiffError as err:
-        raise SymdiffError(f"{source}: {err}") from None
-    except (TypeError, ValueError) as err:
-        raise SymdiffError(f"{source}: invalid model_config ({err})") from None
-    _check_atom_types(model_cfg, source)
-    histogram = _histogram_from_json(config.get("atom_count_histogram"), model_cfg, source)
-    parse_guidance(config, model_cfg, source)
-    checksums = config.get(CHECKSUMS_KEY, {})
-    if not isinstance(checksums, dict) or not all(
-            isinstance(name, str) and isinstance(value, str) and _SHA256_HEX.fullmatch(value)
-            for name, value in checksums.items()):
-        raise SymdiffError(f"{source}: {CHECKSUMS_KEY} must map weights file names to SHA-256 hex digests")
-    sampling = config.get("sampling", {})
-    if not isinstance(sampling, dict):
-        raise SymdiffError(f"{source}: sampling must be an object")
-    for key in ("default_steps_cpu", "default_steps_cuda"):
-        steps = sampling.get(key)
-        if steps is not None and (not isinstance(steps, int) or not 1 <= steps <= model_cfg.timesteps):
-            raise SymdiffError(f"{source}: sampling.{key} must be an integer in 1..{model_cfg.timesteps}")
-    return model_cfg, histogram
 
 
 # --------------------------------------------------------------------------------------
@@ -408,17 +101,6 @@ def write_model_card(release_spec: str | os.PathLike) -> Path:
 
 # --------------------------------------------------------------------------------------
 # Saving
-
-
-def is_release_directory(path: Path) -> bool:
-    """Whether `path` holds a symdiff release (a config.json of the release format)."""
-    config_path = path / CONFIG_FILE
-    if not config_path.is_file():
-        return False
-    try:
-        return json.loads(config_path.read_text(encoding="utf-8")).get("format") == RELEASE_FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def _fsync_file(path: Path) -> None:
@@ -477,6 +159,64 @@ def _swap_release_files(staging: Path, out_dir: Path, names: list[str], stale: l
         raise
 
 
+def _checked_release_weights(
+    out_dir: Path, model_cfg: ModelConfig, state_dict: dict[str, torch.Tensor], guide: Guide | None,
+    default_steps: tuple[int, int],
+) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """The tensors of the main network and of each guide network, checked to fit their configs,
+    after the checks of `out_dir` and the settings: everything `save_release` refuses, refused
+    before anything is written."""
+    check_atom_types(model_cfg, "the model config")
+    tensors = checked_tensors(state_dict, model_cfg, "the weights do not match the model config")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SymdiffError(f"cannot write a release to {out_dir}: it exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not is_release_directory(out_dir):
+        raise SymdiffError(f"refusing to replace {out_dir}: it is a non-empty directory that is not a symdiff release")
+    for steps in default_steps:
+        if not 1 <= int(steps) <= model_cfg.timesteps:
+            raise SymdiffError(f"default sampling steps must be in 1..{model_cfg.timesteps}, not {steps}")
+    guide_tensors: list[dict[str, torch.Tensor]] = []
+    if guide is not None:
+        if not guide.networks:
+            raise SymdiffError("the guide has no networks")
+        check_guidance_weight(guide.weight, "the guide")
+        for net in guide.networks:
+            guide_cfg = net.model_cfg.validate()
+            check_guide_fits(model_cfg, guide_cfg, "the guide")
+            guide_tensors.append(checked_tensors(net.state_dict, guide_cfg,
+                                                 "the guide's weights do not match its model config"))
+    return tensors, guide_tensors
+
+
+def _write_release_files(staging: Path, config: dict[str, Any], tensors: dict[str, torch.Tensor],
+                         guide_tensors: list[dict[str, torch.Tensor]], card_text: str,
+                         metrics_text: str | None) -> list[str]:
+    """Write every file of a release into the directory `staging`, synced to disk; returns their
+    names, config.json first. Records the weights' digests in `config`."""
+    from safetensors.torch import save_file
+
+    from symdiff_cli.engine.metrics_file import METRICS_FILE
+
+    metadata = {"format": "pt", "symdiff_release": str(config["format_version"])}
+    save_file(tensors, str(staging / WEIGHTS_FILE), metadata=metadata)
+    weights_files = [WEIGHTS_FILE]
+    for index, tensors_of_guide in enumerate(guide_tensors):
+        save_file(tensors_of_guide, str(staging / guide_weights_file(index)), metadata=metadata)
+        weights_files.append(guide_weights_file(index))
+    config[CHECKSUMS_KEY] = {name: file_sha256(staging / name) for name in weights_files}
+    (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    (staging / CARD_FILE).write_text(card_text if card_text.endswith("\n") else card_text + "\n", encoding="utf-8")
+    written = [CONFIG_FILE, *weights_files, CARD_FILE]
+    if metrics_text is not None:
+        with open(staging / METRICS_FILE, "w", encoding="utf-8", newline="") as handle:
+            handle.write(metrics_text)
+        written.append(METRICS_FILE)
+    for name in written:
+        _fsync_file(staging / name)
+        os.chmod(staging / name, 0o666 & ~current_umask())  # safetensors writes 0600
+    return written
+
+
 def save_release(
     out_dir: str | os.PathLike,
     model_cfg: ModelConfig,
@@ -510,33 +250,13 @@ def save_release(
     """
     from symdiff_cli.engine.metrics_file import METRICS_FILE, parse_metrics_text
 
-    from safetensors.torch import save_file
-
     out_dir = Path(out_dir)
     model_cfg = model_cfg.validate()
-    _check_atom_types(model_cfg, "the model config")
-    tensors = _checked_tensors(state_dict, model_cfg, "the weights do not match the model config")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise SymdiffError(f"cannot write a release to {out_dir}: it exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not is_release_directory(out_dir):
-        raise SymdiffError(f"refusing to replace {out_dir}: it is a non-empty directory that is not a symdiff release")
-    for steps in (default_steps_cpu, default_steps_cuda):
-        if not 1 <= int(steps) <= model_cfg.timesteps:
-            raise SymdiffError(f"default sampling steps must be in 1..{model_cfg.timesteps}, not {steps}")
-    guide_tensors: list[dict[str, torch.Tensor]] = []
-    if guide is not None:
-        if not guide.networks:
-            raise SymdiffError("the guide has no networks")
-        check_guidance_weight(guide.weight, "the guide")
-        for net in guide.networks:
-            guide_cfg = net.model_cfg.validate()
-            check_guide_fits(model_cfg, guide_cfg, "the guide")
-            guide_tensors.append(_checked_tensors(net.state_dict, guide_cfg,
-                                                  "the guide's weights do not match its model config"))
-
+    tensors, guide_tensors = _checked_release_weights(out_dir, model_cfg, state_dict, guide,
+                                                      (default_steps_cpu, default_steps_cuda))
     config = release_config(model_cfg, histogram, dataset, provenance, default_steps_cpu, default_steps_cuda, guide,
                             sampling=sampling, extra=extra_config)
-    _histogram_from_json(config["atom_count_histogram"], model_cfg, "the histogram")  # same checks as loading
+    histogram_from_json(config["atom_count_histogram"], model_cfg, "the histogram")  # same checks as loading
     metrics = None if metrics_text is None else parse_metrics_text(metrics_text, f"the {METRICS_FILE}")
     if card_text is None:
         card_text = model_card(config, num_parameters=sum(t.numel() for t in tensors.values()), metrics=metrics,
@@ -552,23 +272,7 @@ def save_release(
     except OSError as err:
         raise SymdiffError(f"cannot write a release to {out_dir}: {err.strerror or err}") from None
     try:
-        metadata = {"format": "pt", "symdiff_release": str(config["format_version"])}
-        save_file(tensors, str(staging / WEIGHTS_FILE), metadata=metadata)
-        weights_files = [WEIGHTS_FILE]
-        for index, tensors_of_guide in enumerate(guide_tensors):
-            save_file(tensors_of_guide, str(staging / guide_weights_file(index)), metadata=metadata)
-            weights_files.append(guide_weights_file(index))
-        config[CHECKSUMS_KEY] = {name: file_sha256(staging / name) for name in weights_files}
-        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-        (staging / CARD_FILE).write_text(card_text if card_text.endswith("\n") else card_text + "\n", encoding="utf-8")
-        written = [CONFIG_FILE, *weights_files, CARD_FILE]
-        if metrics_text is not None:
-            with open(staging / METRICS_FILE, "w", encoding="utf-8", newline="") as handle:
-                handle.write(metrics_text)
-            written.append(METRICS_FILE)
-        for name in written:
-            _fsync_file(staging / name)
-            os.chmod(staging / name, 0o666 & ~current_umask())  # safetensors writes 0600
+        written = _write_release_files(staging, config, tensors, guide_tensors, card_text, metrics_text)
         if in_place:
             stale = _stale_guide_files(out_dir, written)
             if metrics_text is None and (out_dir / METRICS_FILE).is_file() and is_release_directory(out_dir):
@@ -609,76 +313,6 @@ class ReleasedModel:
         return default_sampling_steps(self.config, self.cfg, device_type)
 
 
-def default_sampling_steps(config: dict[str, Any], model_cfg: ModelConfig, device_type: str) -> int:
-    """A release config's default number of sampling steps for "cpu" or "cuda"."""
-    sampling = config.get("sampling", {})
-    if device_type == "cuda":
-        return int(sampling.get("default_steps_cuda", min(DEFAULT_STEPS_CUDA, model_cfg.timesteps)))
-    return int(sampling.get("default_steps_cpu", min(DEFAULT_STEPS_CPU, model_cfg.timesteps)))
-
-
-def valence_guidance_settings(config: dict[str, Any]) -> ValenceGuidanceSettings:
-    """The release's valence guidance (config.json sampling.valence_guidance); off when absent."""
-    raw = config.get("sampling", {}).get("valence_guidance")
-    if raw is None:
-        return ValenceGuidanceSettings()
-    try:
-        if not isinstance(raw, dict):
-            raise ValueError("it must be an object")
-        return ValenceGuidanceSettings.from_dict(raw)
-    except (TypeError, ValueError) as err:
-        raise SymdiffError(f"invalid sampling.valence_guidance in the release config ({err})") from None
-
-
-def read_release_config(release_dir: Path) -> tuple[dict[str, Any], ModelConfig, dict[int, int]]:
-    """Read and check config.json of a release directory."""
-    config_path = release_dir / CONFIG_FILE
-    if not config_path.is_file():
-        raise SymdiffError(f"{release_dir} is not a symdiff release: {CONFIG_FILE} is missing")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as err:
-        raise SymdiffError(f"cannot read {config_path}: {err}") from None
-    except json.JSONDecodeError as err:
-        raise SymdiffError(f"{config_path} is not valid JSON (line {err.lineno}: {err.msg})") from None
-    model_cfg, histogram = parse_release_config(config, str(config_path))
-    return config, model_cfg, histogram
-
-
-def _read_weights(weights_path: Path, model_cfg: ModelConfig, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
-    """Load the safetensors weights after checking every name and shape against the config and,
-    when the release records one, the file's digest.
-
-    The names and shapes come first: a weights file that does not fit its config is the more
-    telling message. The digest then catches what still parses: flipped bytes in the data.
-    """
-    from safetensors import safe_open
-
-    if not weights_path.is_file():
-        raise SymdiffError(f"{weights_path.parent} is not a symdiff release: {weights_path.name} is missing")
-    try:
-        with safe_open(str(weights_path), framework="pt", device="cpu") as handle:
-            shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
-            mismatch = state_dict_mismatch(shapes, expected_tensor_shapes(model_cfg))
-            if mismatch:
-                raise SymdiffError(f"the weights in {weights_path} do not match its {CONFIG_FILE}: {mismatch}")
-            if expected_sha256 is not None and file_sha256(weights_path) != expected_sha256:
-                raise SymdiffError(f"{weights_path} is damaged: its SHA-256 does not match the one in {CONFIG_FILE} "
-                                   "(copy, download or export the release again)")
-            tensors = {name: handle.get_tensor(name) for name in shapes}
-    except SymdiffError:
-        raise
-    except Exception as err:  # safetensors raises its own error class, OSError or ValueError
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise SymdiffError(f"{weights_path} is not a readable safetensors file ({reason})") from None
-    for name, tensor in tensors.items():
-        if not tensor.is_floating_point():
-            raise SymdiffError(f"{weights_path}: tensor {name} has dtype {tensor.dtype}, expected floating point")
-        if not bool(torch.isfinite(tensor).all()):
-            raise SymdiffError(f"{weights_path}: tensor {name} holds NaN or infinite values")
-    return tensors
-
-
 def load_release_state_dict(
     spec: str | os.PathLike | None, offline: bool = False
 ) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
@@ -687,7 +321,7 @@ def load_release_state_dict(
 
     release_dir = resolve_model(None if spec is None else str(spec), offline=offline)
     config, model_cfg, _ = read_release_config(release_dir)
-    return model_cfg, _read_weights(release_dir / WEIGHTS_FILE, model_cfg, expected_checksum(config, WEIGHTS_FILE))
+    return model_cfg, read_weights(release_dir / WEIGHTS_FILE, model_cfg, expected_checksum(config, WEIGHTS_FILE))
 
 
 def load_release(
@@ -706,7 +340,7 @@ def load_release(
 
     def network(cfg: ModelConfig, weights_file: str) -> torch.nn.Module:
         model = SymmetrisedDenoiser(cfg)
-        model.load_state_dict(_read_weights(release_dir / weights_file, cfg, expected_checksum(config, weights_file)),
+        model.load_state_dict(read_weights(release_dir / weights_file, cfg, expected_checksum(config, weights_file)),
                               strict=True)
         return model.to(device).eval()
 
@@ -721,95 +355,3 @@ def load_release(
     return ReleasedModel(model=model, cfg=model_cfg, histogram=histogram, config=config,
                          path=release_dir, device=device, guide=guide, guidance_weight=weight,
                          ships_guide=guidance is not None)
-
-
-def load_guide_from_release(
-    spec: str | os.PathLike, main_cfg: ModelConfig, device: torch.device | str = "cpu", offline: bool = False,
-    show_progress: bool = True,
-) -> torch.nn.Module:
-    """Another release's main network as a guide for `main_cfg` (checked to fit), in eval mode."""
-    guide = load_release(spec, device, offline=offline, show_progress=show_progress, load_guide=False)
-    check_guide_fits(main_cfg, guide.cfg, f"--guide {spec}")
-    return guide.model
-
-
-# --------------------------------------------------------------------------------------
-# Training checkpoint -> release
-
-
-def guide_from_release(spec: str | os.PathLike, weight: float, offline: bool = False) -> Guide:
-    """The main network of release `spec` as a guide with `weight` (its own guide is not used)."""
-    return guide_from_releases([spec], weight, offline)
-
-
-def guide_from_releases(specs: Sequence[str | os.PathLike], weight: float, offline: bool = False) -> Guide:
-    """The main networks of releases `specs` as one guide with `weight`: their mean."""
-    from symdiff_cli.engine.registry import resolve_model
-
-    networks = []
-    for spec in specs:
-        release_dir = resolve_model(str(spec), offline=offline)
-        config, guide_cfg, _ = read_release_config(release_dir)
-        state = _read_weights(release_dir / WEIGHTS_FILE, guide_cfg, expected_checksum(config, WEIGHTS_FILE))
-        networks.append(GuideNetwork(guide_cfg, state, {"release": str(spec), **config.get("provenance", {})}))
-    if not networks:
-        raise SymdiffError("a guide needs at least one release")
-    return Guide(networks, check_guidance_weight(weight, "--guidance"))
-
-
-def shipped_guide(spec: str | os.PathLike, weight: float | None = None) -> Guide | None:
-    """The guide that release `spec` ships (None if it has none), with `weight` if given."""
-    from symdiff_cli.engine.registry import resolve_model
-
-    release_dir = resolve_model(str(spec))
-    config, main_cfg, _ = read_release_config(release_dir)
-    guidance = parse_guidance(config, main_cfg, str(release_dir / CONFIG_FILE))
-    if guidance is None:
-        return None
-    networks, shipped_weight = guidance
-    weight = shipped_weight if weight is None else check_guidance_weight(weight, "--guidance")
-    return Guide([GuideNetwork(guide_cfg, _read_weights(release_dir / weights_file, guide_cfg,
-                                                        expected_checksum(config, weights_file)),
-                               entry.get("provenance", {}))
-                  for (guide_cfg, weights_file), entry in zip(networks, guide_entries(config))], weight)
-
-
-def attach_guide(release_spec: str | os.PathLike, out_dir: str | os.PathLike, guide: Guide | None,
-                 card_text: str | None = None) -> Path:
-    """Write release `release_spec` again to `out_dir` (which may be where it is) with `guide`
-    (None: without one), replacing any guide it had; its weights, histogram, provenance,
-    sampling settings, metrics.json and other config.json keys are kept, and the card is
-    generated again unless `card_text` is given."""
-    from symdiff_cli.engine.metrics_file import read_metrics_text
-    from symdiff_cli.engine.registry import resolve_model
-
-    release_dir = resolve_model(str(release_spec))
-    config, model_cfg, histogram = read_release_config(release_dir)
-    state = _read_weights(release_dir / WEIGHTS_FILE, model_cfg, expected_checksum(config, WEIGHTS_FILE))
-    return save_release(
-        out_dir, model_cfg, state, histogram, str(config.get("dataset", model_cfg.dataset)),
-        config.get("provenance", {}), card_text,
-        default_steps_cpu=default_sampling_steps(config, model_cfg, "cpu"),
-        default_steps_cuda=default_sampling_steps(config, model_cfg, "cuda"),
-        guide=guide,
-        metrics_text=read_metrics_text(release_dir),
-        sampling=config.get("sampling"),
-        extra_config=config,
-    )
-
-
-def resave_release(release_spec: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Write release `release_spec` again to `out_dir` as it is, with its own guide and
-    weight: the same tensors and settings, a regenerated model card, its metrics.json."""
-    return attach_guide(release_spec, out_dir, shipped_guide(release_spec))
-
-
-__all__ = [
-    "RELEASE_FORMAT", "RELEASE_FORMAT_VERSION", "WEIGHTS_FILE", "CONFIG_FILE", "CARD_FILE",
-    "DEFAULT_STEPS_CPU", "DEFAULT_STEPS_CUDA", "GUIDE_WEIGHTS_FILE", "Guide", "GuideNetwork", "ReleasedModel",
-    "save_release", "load_release", "load_guide_from_release", "guide_from_release", "guide_from_releases",
-    "shipped_guide", "attach_guide", "resave_release", "write_model_card", "guide_weights_file",
-    "load_release_state_dict", "read_release_config", "model_card",
-    "release_config", "expected_tensor_shapes", "state_dict_mismatch", "CHECKSUMS_KEY", "expected_checksum",
-    "file_sha256", "is_release_directory",
-]

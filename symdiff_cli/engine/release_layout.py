@@ -12,6 +12,10 @@ import torch
 
 from symdiff_cli.model.config import ModelConfig
 
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+CARD_FILE = "README.md"
+RELEASE_FILES = (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE)
 GUIDE_WEIGHTS_FILE = "guide.safetensors"
 
 

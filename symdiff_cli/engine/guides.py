@@ -1,0 +1,97 @@
+"""Guides assembled from releases: another release's network, a release's own guide, and a
+release written again with a different guide."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from symdiff_cli.engine.release import load_release, save_release
+from symdiff_cli.engine.release_config import (
+    Guide, GuideNetwork, check_guidance_weight, check_guide_fits, default_sampling_steps, expected_checksum,
+    parse_guidance, read_release_config,
+)
+from symdiff_cli.engine.release_layout import CONFIG_FILE, WEIGHTS_FILE, guide_entries
+from symdiff_cli.engine.release_tensors import read_weights
+from symdiff_cli.errors import SymdiffError
+from symdiff_cli.model.config import ModelConfig
+
+
+def load_guide_from_release(
+    spec: str | os.PathLike, main_cfg: ModelConfig, device: torch.device | str = "cpu", offline: bool = False,
+    show_progress: bool = True,
+) -> torch.nn.Module:
+    """Another release's main network as a guide for `main_cfg` (checked to fit), in eval mode."""
+    guide = load_release(spec, device, offline=offline, show_progress=show_progress, load_guide=False)
+    check_guide_fits(main_cfg, guide.cfg, f"--guide {spec}")
+    return guide.model
+
+
+def guide_from_release(spec: str | os.PathLike, weight: float, offline: bool = False) -> Guide:
+    """The main network of release `spec` as a guide with `weight` (its own guide is not used)."""
+    return guide_from_releases([spec], weight, offline)
+
+
+def guide_from_releases(specs: Sequence[str | os.PathLike], weight: float, offline: bool = False) -> Guide:
+    """The main networks of releases `specs` as one guide with `weight`: their mean."""
+    from symdiff_cli.engine.registry import resolve_model
+
+    networks = []
+    for spec in specs:
+        release_dir = resolve_model(str(spec), offline=offline)
+        config, guide_cfg, _ = read_release_config(release_dir)
+        state = read_weights(release_dir / WEIGHTS_FILE, guide_cfg, expected_checksum(config, WEIGHTS_FILE))
+        networks.append(GuideNetwork(guide_cfg, state, {"release": str(spec), **config.get("provenance", {})}))
+    if not networks:
+        raise SymdiffError("a guide needs at least one release")
+    return Guide(networks, check_guidance_weight(weight, "--guidance"))
+
+
+def shipped_guide(spec: str | os.PathLike, weight: float | None = None) -> Guide | None:
+    """The guide that release `spec` ships (None if it has none), with `weight` if given."""
+    from symdiff_cli.engine.registry import resolve_model
+
+    release_dir = resolve_model(str(spec))
+    config, main_cfg, _ = read_release_config(release_dir)
+    guidance = parse_guidance(config, main_cfg, str(release_dir / CONFIG_FILE))
+    if guidance is None:
+        return None
+    networks, shipped_weight = guidance
+    weight = shipped_weight if weight is None else check_guidance_weight(weight, "--guidance")
+    return Guide([GuideNetwork(guide_cfg, read_weights(release_dir / weights_file, guide_cfg,
+                                                        expected_checksum(config, weights_file)),
+                               entry.get("provenance", {}))
+                  for (guide_cfg, weights_file), entry in zip(networks, guide_entries(config))], weight)
+
+
+def attach_guide(release_spec: str | os.PathLike, out_dir: str | os.PathLike, guide: Guide | None,
+                 card_text: str | None = None) -> Path:
+    """Write release `release_spec` again to `out_dir` (which may be where it is) with `guide`
+    (None: without one), replacing any guide it had; its weights, histogram, provenance,
+    sampling settings, metrics.json and other config.json keys are kept, and the card is
+    generated again unless `card_text` is given."""
+    from symdiff_cli.engine.metrics_file import read_metrics_text
+    from symdiff_cli.engine.registry import resolve_model
+
+    release_dir = resolve_model(str(release_spec))
+    config, model_cfg, histogram = read_release_config(release_dir)
+    state = read_weights(release_dir / WEIGHTS_FILE, model_cfg, expected_checksum(config, WEIGHTS_FILE))
+    return save_release(
+        out_dir, model_cfg, state, histogram, str(config.get("dataset", model_cfg.dataset)),
+        config.get("provenance", {}), card_text,
+        default_steps_cpu=default_sampling_steps(config, model_cfg, "cpu"),
+        default_steps_cuda=default_sampling_steps(config, model_cfg, "cuda"),
+        guide=guide,
+        metrics_text=read_metrics_text(release_dir),
+        sampling=config.get("sampling"),
+        extra_config=config,
+    )
+
+
+def resave_release(release_spec: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Write release `release_spec` again to `out_dir` as it is, with its own guide and
+    weight: the same tensors and settings, a regenerated model card, its metrics.json."""
+    return attach_guide(release_spec, out_dir, shipped_guide(release_spec))
