@@ -19,7 +19,9 @@ import time
 import torch
 
 from symdiff_cli.chem.metrics import evaluate_molecule, summarise
-from symdiff_cli.engine.generate import DEFAULT_BATCH_SIZE_CPU, guided_denoiser, plan_for_shard, with_valence_guidance
+from symdiff_cli.engine.denoiser import guided_denoiser, with_valence_guidance
+from symdiff_cli.engine.generate import DEFAULT_BATCH_SIZE_CPU
+from symdiff_cli.engine.shards import plan_for_shard
 from symdiff_cli.engine.release import load_release
 from symdiff_cli.engine.sampling import Sampler
 from symdiff_cli.io.formats import round_to_stored_precision

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from symdiff_cli.engine.generate import parse_shard, shard_share
+from symdiff_cli.engine.shards import parse_shard, shard_share
 from symdiff_cli.engine.release import save_release
 from symdiff_cli.engine.release_config import Guide, GuideNetwork
 from symdiff_cli.engine.release_layout import WEIGHTS_FILE
@@ -376,7 +376,7 @@ def test_valence_guidance_wraps_the_sampler_s_network_at_the_release_s_or_the_gi
     import json
     import shutil
 
-    from symdiff_cli.engine.generate import valence_guided
+    from symdiff_cli.engine.denoiser import valence_guided
     from symdiff_cli.engine.release import load_release
     from symdiff_cli.model.valence import ValenceGuidedDenoiser
 

@@ -272,7 +272,7 @@ def test_a_closed_stdout_pipe_ends_quietly_with_141(env, tmp_path):
 
 
 def test_plan_is_lazy_and_keeps_the_plan_of_a_small_run():
-    from symdiff_cli.engine.generate import iter_plan_for_shard, plan_for_shard
+    from symdiff_cli.engine.shards import iter_plan_for_shard, plan_for_shard
     from symdiff_cli.engine.sampling import draw_atom_counts, plan_batches
 
     histogram = {4: 1, 5: 2, 6: 2, 7: 1}

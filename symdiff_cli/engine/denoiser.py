@@ -1,0 +1,76 @@
+"""The network the sampler calls: a release's model, with autoguidance and valence guidance."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+from symdiff_cli.errors import UsageError
+
+if TYPE_CHECKING:  # torch is imported only when a command runs, so that --help stays fast
+    import torch
+
+    from symdiff_cli.engine.release import ReleasedModel
+    from symdiff_cli.model.config import ModelConfig
+    from symdiff_cli.model.valence import ValenceGuidanceSettings
+
+
+def guided_denoiser(release: ReleasedModel, guidance: float | None, guide_specs: Sequence[str] | str | None,
+                    offline: bool = False, show_progress: bool = True) -> tuple[torch.nn.Module, float]:
+    """The network the sampler calls for a loaded release, and the guidance weight it applies.
+
+    The release's own guide and weight unless overridden; several `guide_specs` guide with the
+    mean of their networks. With weight 1 the guide is not called (nor loaded, for --guide), so
+    the main model alone sets the cost.
+    """
+    from symdiff_cli.engine.guides import load_guide_from_release
+    from symdiff_cli.model.config import DEFAULT_GUIDANCE_WEIGHT
+    from symdiff_cli.model.guidance import AutoGuidedDenoiser, mean_of
+
+    if isinstance(guide_specs, str):
+        guide_specs = [guide_specs]
+    guide_specs = list(guide_specs or [])
+    weight = release.guidance_weight if guidance is None else float(guidance)
+    if guide_specs and guidance is None and not release.ships_guide:
+        raise UsageError("--guide needs --guidance W (a weight above 1 steers away from the guide; the shipped "
+                         f"model uses {DEFAULT_GUIDANCE_WEIGHT:g})")
+    if weight == 1.0:
+        return release.model, 1.0
+    guide = release.guide
+    if guide_specs:
+        guide = mean_of([load_guide_from_release(spec, release.cfg, release.device, offline=offline,
+                                                 show_progress=show_progress) for spec in guide_specs])
+    if guide is None and release.ships_guide:
+        raise RuntimeError("guided_denoiser needs the release loaded with load_guide=True")
+    if guide is None:
+        raise UsageError(f"--guidance {weight:g} needs a guide model: this release ships none; pass --guide MODEL")
+    return AutoGuidedDenoiser(release.model, guide, weight), weight
+
+
+def with_valence_guidance(denoiser: torch.nn.Module, cfg: ModelConfig,
+                          settings: ValenceGuidanceSettings) -> torch.nn.Module:
+    """`denoiser` wrapped in valence guidance (model/valence.py) at `settings`; as it is when off."""
+    from symdiff_cli.chem.bonds import bond_thresholds_angstrom
+    from symdiff_cli.model.diffusion import NoiseSchedule
+    from symdiff_cli.model.valence import ValenceGuidedDenoiser
+
+    if settings.scale == 0 and not settings.type_scale:
+        return denoiser
+    thresholds, valences = bond_thresholds_angstrom(cfg.atom_types)
+    schedule = NoiseSchedule(cfg.timesteps, cfg.noise_precision)
+    return ValenceGuidedDenoiser(denoiser, schedule, thresholds, valences, cfg.norm_one_hot,
+                                 settings.scale, settings.max_t, settings.width, settings.temperature,
+                                 settings.type_scale, settings.over_weight, settings.decisiveness)
+
+
+def valence_guided(denoiser: torch.nn.Module, release: ReleasedModel, scale: float | None) -> torch.nn.Module:
+    """Wrap the sampler's network in valence guidance at the release's settings.
+
+    `scale` None keeps the release's own scale (none: off); 0 turns it off. A release that
+    states no valence guidance samples exactly as before it existed.
+    """
+    from symdiff_cli.engine.release_config import valence_guidance_settings
+
+    settings = valence_guidance_settings(release.config)
+    if scale is not None:
+        settings = settings.with_scale(scale)
+    return with_valence_guidance(denoiser, release.cfg, settings)
