@@ -16,7 +16,7 @@ import torch
 
 from symdiff_cli.chem.elements import QM9
 from symdiff_cli.data.batching import MoleculeTensors, SizeGroupedBatches
-from symdiff_cli.engine.train import make_optimizer
+from symdiff_cli.engine.optim import make_optimizer
 from symdiff_cli.io.molecule import PackedMolecules
 from symdiff_cli.model.config import model_config_from_preset
 from symdiff_cli.model.diffusion import Batch, NoiseSchedule, VPDiffusion

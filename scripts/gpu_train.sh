@@ -54,7 +54,7 @@ if [ -z "${BATCH_SIZE:-}" ]; then
 import sys, torch
 from symdiff_cli.engine.release import load_release_state_dict
 from symdiff_cli.engine.device import resolve_device
-from symdiff_cli.engine.train import largest_fitting_batch
+from symdiff_cli.engine.batch_probe import largest_fitting_batch
 cfg, _ = load_release_state_dict(sys.argv[1])
 print(largest_fitting_batch(cfg, resolve_device("auto")))
 PY
@@ -83,7 +83,7 @@ fi
 "$PY" - "$OUT/run/checkpoint.pt" "$OUT/model" "$INIT_MODEL" "${GUIDE_MODEL:-}" <<'PY' 2>&1 | tee -a "$OUT/train_stdout.log"
 import sys
 from symdiff_cli.engine.export import convert_checkpoint_to_release
-from symdiff_cli.engine.release import guide_from_releases, shipped_guide
+from symdiff_cli.engine.guides import guide_from_releases, shipped_guide
 from symdiff_cli.errors import SymdiffError
 checkpoint, out, init, others = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split()
 try:

@@ -60,7 +60,7 @@ def test_default_adds_nothing_and_old_configs_load_without_the_key():
 
 
 def test_a_release_loaded_into_a_self_conditioned_model_computes_the_same_function():
-    from symdiff_cli.engine.train import load_release_weights
+    from symdiff_cli.engine.growth import load_release_weights
 
     release = sc_model(self_condition=False)
     model = SymmetrisedDenoiser(dataclasses.replace(release.cfg, self_condition=True)).double().eval()
@@ -248,7 +248,7 @@ def test_self_conditioned_sampling_feeds_each_steps_estimate_to_the_next():
 
 
 def test_sampler_with_zero_self_conditioning_weights_draws_the_plain_models_molecules():
-    from symdiff_cli.engine.train import load_release_weights
+    from symdiff_cli.engine.growth import load_release_weights
 
     plain = sc_model(dtype=torch.float32, self_condition=False)
     zero = SymmetrisedDenoiser(dataclasses.replace(plain.cfg, self_condition=True))
@@ -306,7 +306,7 @@ def test_release_round_trip_samples_identically(tmp_path):
 
 
 def test_init_from_adds_self_conditioning_but_does_not_remove_it():
-    from symdiff_cli.engine.train import model_config_from_release
+    from symdiff_cli.engine.growth import model_config_from_release
     from symdiff_cli.errors import SymdiffError
 
     release = model_config_from_preset("tiny")
@@ -324,7 +324,7 @@ def test_init_from_adds_self_conditioning_but_does_not_remove_it():
 
 
 def tiny_train_config(out: Path, data: Path, **kw):
-    from symdiff_cli.engine.train import TrainConfig
+    from symdiff_cli.engine.train_config import TrainConfig
 
     base = dict(out=str(out), data=[str(data)], batch_size=16, lr=3e-3, warmup_steps=0, log_every=2,
                 ema_decay=0.9, seed=0, threads=1)

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from symdiff_cli.engine.metrics_log import read_metrics
-from symdiff_cli.engine.train import TrainConfig, train
+from symdiff_cli.engine.train import train
+from symdiff_cli.engine.train_config import TrainConfig
 from symdiff_cli.model.config import model_config_from_preset
 
 CLI = [sys.executable, "-m", "symdiff_cli"]
@@ -224,7 +225,7 @@ def test_cosine_schedule_needs_a_budget(tmp_path):
 
 
 def test_learning_rate_warms_up_then_follows_the_cosine_over_the_budget():
-    from symdiff_cli.engine.train import budget_fraction, learning_rate
+    from symdiff_cli.engine.optim import budget_fraction, learning_rate
 
     cfg = TrainConfig(lr=1e-3, min_lr=1e-5, warmup_steps=10, lr_schedule="cosine", max_steps=1000, max_time=100.0)
     # the furthest budget counts: 100 of 1000 steps but 50 of 100 seconds is half way
@@ -299,7 +300,7 @@ def test_init_from_grows_a_release_into_a_deeper_model_that_starts_as_the_same_f
     import dataclasses
 
     from symdiff_cli.engine.release import load_release_state_dict
-    from symdiff_cli.engine.train import load_release_weights, model_config_from_release
+    from symdiff_cli.engine.growth import load_release_weights, model_config_from_release
     from symdiff_cli.model.dit import SymmetrisedDenoiser
 
     cfg, release_model = trained_looking_release(tmp_path / "rel")

@@ -82,46 +82,6 @@ def _check_model_settings(cfg: Any) -> None:
             raise UsageError(f"model.{f.name} must be positive, not {value}")
 
 
-def _check_train_settings(cfg: Any) -> None:
-    """The checks on a TrainConfig that the engine relies on, each a one-line UsageError."""
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise UsageError(f"--{f.name.replace('_', '-')} must be a finite number, not {value}")
-    if cfg.data_format not in ("auto", "geom"):
-        raise UsageError(f"--data-format must be auto or geom, not {cfg.data_format!r}")
-    if cfg.precision not in ("auto", "fp32", "bf16"):
-        raise UsageError(f"--precision must be auto, fp32 or bf16, not {cfg.precision!r}")
-    if cfg.lr_schedule not in ("constant", "cosine"):
-        raise UsageError(f"--lr-schedule must be constant or cosine, not {cfg.lr_schedule!r}")
-    if cfg.lr_schedule == "cosine" and not (cfg.max_time or cfg.max_steps or cfg.epochs):
-        raise UsageError("--lr-schedule cosine needs a budget to decay over: --max-time, --max-steps or --epochs")
-    if cfg.batch_size < 1 or cfg.lr <= 0 or cfg.log_every < 1:
-        raise UsageError("--batch-size, --lr and --log-every must be positive")
-    if cfg.min_lr < 0 or cfg.min_lr > cfg.lr:
-        raise UsageError("--min-lr must lie between 0 and --lr")
-    if not 0.0 <= cfg.low_noise_fraction <= 1.0:
-        raise UsageError("--low-noise-fraction must lie between 0 and 1")
-    # 1 would freeze the released weights at initialisation; above 1 they diverge.
-    if not 0.0 <= cfg.ema_decay < 1.0:
-        raise UsageError(f"--ema-decay must be in [0, 1), not {cfg.ema_decay}")
-    if cfg.grad_clip <= 0 or cfg.weight_decay < 0:
-        raise UsageError("--grad-clip must be positive and train.weight_decay not negative")
-    for name in ("warmup_steps", "eval_every", "eval_samples", "threads"):
-        if getattr(cfg, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must not be negative")
-    # Settings whose default is None are not coerced by apply_overrides: check their type here.
-    for name in ("epochs", "max_steps"):
-        value = getattr(cfg, name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise UsageError(f"--{name.replace('_', '-')} must be a whole number of at least 1, not {value!r}")
-    if cfg.max_time is not None and (isinstance(cfg.max_time, bool) or not isinstance(cfg.max_time, (int, float))
-                                     or not math.isfinite(cfg.max_time) or cfg.max_time <= 0):
-        raise UsageError(f"train.max_time must be a positive number of seconds, not {cfg.max_time!r}")
-    if cfg.eval_steps < 1:
-        raise UsageError("--eval-steps must be at least 1")
-
-
 def train_command(
     out: Path = typer.Option(Path("runs/default"), "--out", "-o", help="Run directory: checkpoint, metrics.jsonl, config.json."),
     dataset: str = typer.Option("qm9", help="Dataset configuration (atom types): qm9 or geom."),
@@ -166,7 +126,8 @@ def train_command(
     import os
 
     from symdiff_cli.engine.stop_signals import exit_code_for
-    from symdiff_cli.engine.train import TrainConfig, train
+    from symdiff_cli.engine.train import train
+    from symdiff_cli.engine.train_config import TrainConfig, check_train_config
     from symdiff_cli.model.config import ModelConfig, model_config_from_preset, parse_override
 
     model_over: dict = {}
@@ -199,7 +160,7 @@ def train_command(
                  device=device, precision=precision, init_from=init_from, threads=threads)
     train_over.update({k: v for k, v in given.items() if v is not None})
     cfg = _with_settings(TrainConfig(), train_over, "train")
-    _check_train_settings(cfg)
+    check_train_config(cfg)
 
     has_checkpoint = (Path(cfg.out) / "checkpoint.pt").exists()
     if has_checkpoint and not resume:

@@ -14,7 +14,7 @@ from typing import Any
 from symdiff_cli.engine.checkpoint import load_checkpoint
 from symdiff_cli.engine.release import save_release
 from symdiff_cli.engine.release_config import Guide
-from symdiff_cli.engine.train import TrainConfig
+from symdiff_cli.engine.train_config import TrainConfig
 from symdiff_cli.errors import SymdiffError
 from symdiff_cli.model.config import ModelConfig
 

@@ -1,0 +1,248 @@
+"""Setting up a training run: device and ranks, data, model (fresh, grown or resumed), EMA,
+optimiser and log; and what the loop asks of the run it set up (checkpoints, evaluations)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Collection
+
+import numpy as np
+import torch
+
+from symdiff_cli.chem.elements import DatasetInfo, dataset_info
+from symdiff_cli.data.batching import MoleculeTensors, SizeGroupedBatches
+from symdiff_cli.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from symdiff_cli.engine.checkpoint import save_checkpoint as write_checkpoint
+from symdiff_cli.engine.distributed import Ranks, ranks_from_environment, rng_states_of_all_ranks, training_device
+from symdiff_cli.engine.growth import load_release_weights, model_config_from_release
+from symdiff_cli.engine.metrics_log import MetricsLog
+from symdiff_cli.engine.optim import make_optimizer
+from symdiff_cli.engine.stop_signals import Interrupted, StopSignals
+from symdiff_cli.engine.train_config import TrainConfig
+from symdiff_cli.errors import SymdiffError, write_error
+from symdiff_cli.io.molecule import PackedMolecules
+from symdiff_cli.model.config import ModelConfig
+from symdiff_cli.model.diffusion import NoiseSchedule, VPDiffusion
+from symdiff_cli.model.dit import SymmetrisedDenoiser, count_parameters
+
+
+def load_training_data(cfg: TrainConfig, info: DatasetInfo) -> tuple[PackedMolecules, str]:
+    """The molecules to train on and a short description of where they came from."""
+    if cfg.data:
+        if cfg.data_format == "geom":
+            from symdiff_cli.data.user_data import load_geom_processed
+
+            paths = list(cfg.data)
+            return load_geom_processed(paths[0], paths[1] if len(paths) > 1 else None), f"GEOM file {paths[0]}"
+        from symdiff_cli.data.user_data import load_user_molecules
+
+        return load_user_molecules(list(cfg.data), info), f"{len(cfg.data)} user path(s)"
+    if info.name != "qm9":
+        raise SymdiffError(f"the {info.name} dataset is not shipped: pass its files with --data")
+    from symdiff_cli.data.qm9 import qm9_split
+
+    return qm9_split("train"), "QM9 train split (100,000 molecules)"
+
+
+def atom_count_histogram(num_atoms: np.ndarray) -> dict[int, int]:
+    sizes, counts = np.unique(num_atoms, return_counts=True)
+    return {int(s): int(c) for s, c in zip(sizes, counts)}
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    elapsed: float = 0.0  # training seconds (wall clock, evaluations excluded) over all sessions of this run
+    cpu_time: float = 0.0  # process CPU seconds of training, same scope: fair under a shared CPU
+
+
+def evaluate_samples(model: torch.nn.Module, model_cfg: ModelConfig, histogram: dict[int, int],
+                     n: int, steps: int, seed: int, device: torch.device) -> dict[str, Any]:
+    """Sample n molecules with the (EMA) model and compute the benchmark metrics."""
+    from symdiff_cli.chem.metrics import evaluate_molecules
+    from symdiff_cli.engine.sampling import Sampler, draw_atom_counts, plan_batches
+
+    counts = draw_atom_counts(histogram, n, np.random.default_rng(seed))
+    sampler = Sampler(model, model_cfg, device)
+    mols = [m for batch in sampler.sample(plan_batches(counts, 256, seed), steps) for m in batch]
+    model.train()
+    result = evaluate_molecules(mols)
+    return {"atom_stability": result.atom_stability, "molecule_stability": result.molecule_stability,
+            "validity": result.validity, "uniqueness": result.uniqueness, "num_molecules": n,
+            "sampling_steps": steps, "sampling_spacing": sampler.spacing}
+
+
+def write_or_explain(path: Path, write: Callable[[], None]) -> None:
+    """Run `write` (which writes `path`); a full disk or a failed write becomes one line."""
+    try:
+        write()
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
+        problem = write_error(err, path)
+        if problem is None:
+            raise
+        raise problem from None
+
+
+@dataclass
+class TrainingRun:
+    """A training run once set up: what every part of the loop reads."""
+
+    cfg: TrainConfig
+    model_cfg: ModelConfig
+    ranks: Ranks
+    device: torch.device
+    use_bf16: bool
+    info: DatasetInfo
+    data: MoleculeTensors
+    histogram: dict[int, int]
+    batches: SizeGroupedBatches
+    model: torch.nn.Module
+    ema: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    train_model: torch.nn.Module | None  # `model`, wrapped in DistributedDataParallel when distributed
+    diffusion: VPDiffusion
+    state: TrainState
+    log: MetricsLog
+    stops: StopSignals
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return Path(self.cfg.out) / CHECKPOINT_NAME
+
+    def diverged(self, why: str) -> SymdiffError:
+        kept = f"; {self.checkpoint_path} from an earlier step is kept" if self.checkpoint_path.exists() else ""
+        return SymdiffError(f"training diverged at step {self.state.step} ({why}){kept}")
+
+    def save_checkpoint(self) -> None:
+        # The loss is read once per log interval, so weights can turn NaN between two reads; a
+        # checkpoint written then would overwrite the last good one with weights nobody can use.
+        # Ranks hold identical weights, so under DDP every rank stops here together.
+        if not all(bool(torch.isfinite(p).all()) for p in [*self.model.parameters(), *self.ema.parameters()]):
+            raise self.diverged("the weights are no longer finite")
+        rng, cuda_rng = rng_states_of_all_ranks(self.ranks, self.device)
+        if not self.ranks.is_main:
+            return
+        payload = {
+            "model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "state": dataclasses.asdict(self.state), "rng_per_rank": rng, "cuda_rng_per_rank": cuda_rng,
+            "model_config": self.model_cfg.to_dict(), "train_config": self.cfg.to_dict(),
+            "atom_count_histogram": self.histogram, "dataset": self.info.name, "world_size": self.ranks.world_size,
+        }
+        path = self.checkpoint_path
+        try:
+            write_or_explain(path, lambda: write_checkpoint(payload, path))
+        except SymdiffError as problem:
+            kept = "; the checkpoint of an earlier step is kept" if path.exists() else ""
+            raise SymdiffError(f"{problem} at step {self.state.step}{kept}") from None
+        self.log.write({"event": "checkpoint", "step": self.state.step, "time": round(self.state.elapsed, 2)})
+
+    def evaluate(self) -> dict[str, Any] | None:
+        """evaluate_samples at this step, or None when a stop signal cuts it short: sampling can
+        take longer than a scheduler waits between SIGTERM and SIGKILL, and would cost the
+        checkpoint. A cut-short evaluation leaves nothing to undo."""
+        try:
+            with self.stops.interruptible():
+                return evaluate_samples(self.ema, self.model_cfg, self.histogram, self.cfg.eval_samples,
+                                        self.cfg.eval_steps, self.cfg.seed + self.state.step, self.device)
+        except Interrupted:
+            return None
+
+
+def _model_config_for_run(cfg: TrainConfig, model_cfg: ModelConfig | None,
+                          resume_ckpt: dict[str, Any] | None) -> tuple[ModelConfig, DatasetInfo]:
+    """The checkpoint's model for a resumed run, else the one asked for, with the dataset's atom types."""
+    if resume_ckpt is not None:
+        model_cfg = ModelConfig.from_dict(resume_ckpt["model_config"])
+    elif model_cfg is None:
+        raise SymdiffError("a new run needs a model configuration")
+    info = dataset_info(cfg.dataset)
+    if tuple(model_cfg.atom_types) != info.atom_types:
+        model_cfg = dataclasses.replace(model_cfg, dataset=info.name, atom_types=info.atom_types,
+                                        max_atoms=info.max_atoms)
+    return model_cfg, info
+
+
+def _build_networks(cfg: TrainConfig, model_cfg: ModelConfig, ranks: Ranks, device: torch.device,
+                    resume_ckpt: dict[str, Any] | None, explicit_model_keys: Collection[str] | None):
+    """(model config, model, EMA model, optimiser, state): fresh, grown from --init-from, or resumed
+    with each rank's random state."""
+    torch.manual_seed(cfg.seed + ranks.rank)
+    release_state = None
+    if cfg.init_from and resume_ckpt is None:
+        from symdiff_cli.engine.release import load_release_state_dict
+
+        init_cfg, release_state = load_release_state_dict(cfg.init_from)
+        model_cfg = model_config_from_release(init_cfg, model_cfg, explicit_model_keys)
+    model = SymmetrisedDenoiser(model_cfg).to(device)
+    if release_state is not None:
+        load_release_weights(model, release_state)
+    ema = copy.deepcopy(model).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    state = TrainState()
+    if resume_ckpt is not None:
+        model.load_state_dict(resume_ckpt["model"])
+        ema.load_state_dict(resume_ckpt["ema"])
+        optimizer.load_state_dict(resume_ckpt["optimizer"])
+        state = TrainState(**resume_ckpt["state"])
+        rng_states = resume_ckpt.get("rng_per_rank", [])
+        if ranks.rank < len(rng_states):
+            torch.set_rng_state(rng_states[ranks.rank])
+        if device.type == "cuda" and ranks.rank < len(resume_ckpt.get("cuda_rng_per_rank", [])):
+            torch.cuda.set_rng_state(resume_ckpt["cuda_rng_per_rank"][ranks.rank], device)
+    return model_cfg, model, ema, optimizer, state
+
+
+def set_up(cfg: TrainConfig, model_cfg: ModelConfig | None, stops: StopSignals,
+            console_print: Callable[[str], None], explicit_model_keys: Collection[str] | None) -> TrainingRun:
+    ranks = ranks_from_environment()
+    device = training_device(ranks, cfg.device)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    use_bf16 = (cfg.precision == "bf16") or (cfg.precision == "auto" and device.type == "cuda")
+    out = Path(cfg.out)
+    resume_ckpt = load_checkpoint(out / CHECKPOINT_NAME) if (out / CHECKPOINT_NAME).exists() else None
+    model_cfg, info = _model_config_for_run(cfg, model_cfg, resume_ckpt)
+
+    packed, source = load_training_data(cfg, info)
+    if len(packed) == 0:
+        raise SymdiffError("no training molecules")
+    data = MoleculeTensors(packed, info)
+    histogram = atom_count_histogram(packed.num_atoms)
+    batches = SizeGroupedBatches(packed.num_atoms, cfg.batch_size, cfg.seed, ranks.rank, ranks.world_size)
+    if len(batches) == 0:
+        raise SymdiffError("too few molecules for one batch per process")
+
+    model_cfg, model, ema, optimizer, state = _build_networks(cfg, model_cfg, ranks, device, resume_ckpt,
+                                                              explicit_model_keys)
+    train_model: torch.nn.Module = model
+    if ranks.distributed:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    diffusion = VPDiffusion(NoiseSchedule(model_cfg.timesteps, model_cfg.noise_precision))
+
+    if ranks.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        config_text = json.dumps({"model": model_cfg.to_dict(), "train": cfg.to_dict(),
+                                  "world_size": ranks.world_size}, indent=2)
+        write_or_explain(out / "config.json", lambda: (out / "config.json").write_text(config_text))
+    log = MetricsLog(out / "metrics.jsonl", ranks.is_main)
+    if ranks.is_main:
+        resumed = resume_ckpt is not None
+        log.write({"event": "resume" if resumed else "start", "step": state.step, "epoch": state.epoch,
+                   "parameters": count_parameters(model), "molecules": len(packed), "data": source,
+                   "device": str(device), "world_size": ranks.world_size, "bf16": use_bf16})
+        console_print(
+            f"{'Resuming' if resumed else 'Training'} {count_parameters(model):,} parameters "
+            f"(gamma={model_cfg.gamma}) on {len(packed):,} molecules from {source}, {device}"
+            + (f" x {ranks.world_size} processes" if ranks.distributed else "")
+            + (f", from step {state.step}" if resumed else ""))
+    return TrainingRun(cfg, model_cfg, ranks, device, use_bf16, info, data, histogram, batches, model, ema, optimizer,
+                train_model, diffusion, state, log, stops)
