@@ -13,27 +13,16 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
-from pathlib import Path
 from typing import Any
 
 from symdiff_cli.engine.metrics_file import (  # noqa: F401  (the card's names for them)
     METRICS_FILE, METRICS_FORMAT, METRICS_FORMAT_VERSION, check_metrics, is_number, parse_metrics_text,
     read_metrics_text,
 )
-from symdiff_cli.errors import SymdiffError
+from symdiff_cli.engine.card_results import (
+    METRIC_LABELS, number_text, pooled_percent, results_section, short_metric_label,
+)
 
-
-# The benchmark metrics (symdiff evaluate) in the order cards list them, with their labels.
-METRIC_LABELS = {
-    "atom_stability": "atom stability",
-    "molecule_stability": "molecule stability",
-    "validity": "validity (largest fragment sanitises)",
-    "strict_validity": "strict validity (one fragment)",
-    "uniqueness": "uniqueness (of valid)",
-    "valid_and_unique": "valid and unique",
-    "novelty": "novelty (of unique valid, vs the training set)",
-}
 
 _GAMMA_TEXT = {
     "learned": "learned orientation kernel (SymDiff)",
@@ -62,66 +51,6 @@ _CITATIONS = {
   year      = {2024}
 }""",
 }
-
-
-def _num(value: Any) -> str:
-    """A number as people write it: thousands separated, no trailing zeros after the point."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, int) or (float(value).is_integer() and abs(value) >= 1000):
-        return f"{int(value):,}"
-    return repr(float(value))
-
-
-def _seeds_text(seeds: list[int]) -> str:
-    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
-        return f"{seeds[0]}-{seeds[-1]}"
-    return ", ".join(str(s) for s in seeds)
-
-
-def _pooled(metric: dict[str, Any]) -> float | None:
-    """A metric's value over all seeds, in percent: stated, from counts, or the per-seed mean."""
-    if "value" in metric:
-        return float(metric["value"])
-    if "count" in metric:
-        return 100.0 * metric["count"] / metric["of"]
-    if "per_seed" in metric:
-        return statistics.fmean(metric["per_seed"])
-    return None
-
-
-def _pooled_text(metric: dict[str, Any]) -> str:
-    if "count" in metric:
-        share = f"{_num(metric['value'])} %" if "value" in metric else f"{100.0 * metric['count'] / metric['of']:.2f} %"
-        return f"{share} ({_num(metric['count'])} / {_num(metric['of'])})"
-    if "value" in metric:
-        return f"{_num(metric['value'])} %"
-    return "-"
-
-
-def _label(name: str) -> str:
-    return METRIC_LABELS.get(name, name.replace("_", " "))
-
-
-def _short_label(name: str) -> str:
-    return _label(name).split(" (")[0]
-
-
-def _pooled_short(metric: dict[str, Any]) -> str:
-    if "value" in metric:
-        return f"{_num(metric['value'])} %"
-    return f"{_pooled(metric):.2f} %"
-
-
-def _sampler_text(sampler: dict[str, Any]) -> str:
-    parts = []
-    for key, value in sampler.items():
-        if isinstance(value, list):
-            value = " + ".join(str(v) for v in value)
-        elif isinstance(value, dict):
-            value = json.dumps(value, sort_keys=True)
-        parts.append(f"{key.replace('_', ' ')} {_num(value)}")
-    return ", ".join(parts)
 
 
 def _parameter_count(model_config: dict[str, Any]) -> int | None:
@@ -160,7 +89,7 @@ def model_card(config: dict[str, Any], num_parameters: int | None = None, metric
     lines += _usage(config, name, dataset, name == DEFAULT_MODEL_NAME)
     lines += _architecture(config, num_parameters)
     lines += _training(config)
-    lines += _results(measurements)
+    lines += results_section(measurements)
     lines += _citation(config)
     return "\n".join(lines).rstrip("\n") + "\n"
 
@@ -183,9 +112,9 @@ def _front_matter(name: str, dataset: str, primary: dict[str, Any] | None) -> li
             "    metrics:",
         ]
         for key, metric in primary["metrics"].items():
-            value = _pooled(metric)
+            value = pooled_percent(metric)
             if value is not None:
-                lines.append(f"    - {{name: {_short_label(key)} (%), type: {key}, value: {round(value, 2):g}}}")
+                lines.append(f"    - {{name: {short_metric_label(key)} (%), type: {key}, value: {round(value, 2):g}}}")
     lines += ["---", ""]
     return lines
 
@@ -218,7 +147,7 @@ def _intended_use(config: dict[str, Any], dataset: str, primary: dict[str, Any] 
     stability = (primary or {}).get("metrics", {}).get("molecule_stability")
     if stability is not None and dataset == "qm9":
         lines += [
-            f"- Molecule stability is {_pooled(stability):.2f} % here (table below); published QM9 models reach",
+            f"- Molecule stability is {pooled_percent(stability):.2f} % here (table below); published QM9 models reach",
             "  82.0 % (EDM) and about 89-90 % (SymDiff as published), the data itself 95.2 %.",
         ]
     lines += [f"- {limit}" for limit in limits]
@@ -269,8 +198,8 @@ def _architecture(config: dict[str, Any], num_parameters: int | None) -> list[st
         "## Architecture",
         "",
         f"- Backbone DiT: hidden {cfg.get('hidden')}, depth {cfg.get('depth')}, {cfg.get('heads')} heads"
-        + (", SwiGLU" if cfg.get("swiglu") else "") + f", MLP ratio {_num(cfg.get('mlp_ratio'))}, adaLN-Zero; "
-        f"{cfg.get('num_rbf')} radial basis distance features (cutoff {_num(cfg.get('rbf_cutoff'))} Å)",
+        + (", SwiGLU" if cfg.get("swiglu") else "") + f", MLP ratio {number_text(cfg.get('mlp_ratio'))}, adaLN-Zero; "
+        f"{cfg.get('num_rbf')} radial basis distance features (cutoff {number_text(cfg.get('rbf_cutoff'))} Å)",
         f"- Orientation: {_GAMMA_TEXT.get(cfg.get('gamma'), str(cfg.get('gamma')))}"
         + (f", transformer hidden {cfg.get('gamma_hidden')}, depth {cfg.get('gamma_depth')}, "
            f"{cfg.get('gamma_heads')} heads" if cfg.get("gamma") == "learned" else ""),
@@ -283,7 +212,7 @@ def _architecture(config: dict[str, Any], num_parameters: int | None) -> list[st
     if guidance:
         entries = _guide_entries(config)
         lines.append(
-            f"- Sampling: autoguidance with weight {_num(guidance.get('weight'))} (Karras et al. 2024): each step "
+            f"- Sampling: autoguidance with weight {number_text(guidance.get('weight'))} (Karras et al. 2024): each step "
             "extrapolates from a weaker guide model's prediction towards this model's, eps = eps_guide + "
             "w (eps_main - eps_guide), which adds the guide's cost to every step"
             + (f"; the guide's prediction is the mean of {len(entries)} networks'" if len(entries) > 1 else ""))
@@ -293,7 +222,7 @@ def _architecture(config: dict[str, Any], num_parameters: int | None) -> list[st
             lines.append(
                 f"- Guide network {index + 1} (`{guide_weights_file(index)}`): hidden {gcfg.get('hidden')}, "
                 f"depth {gcfg.get('depth')}"
-                + (f", trained {_num(gprov['step'])} steps" if "step" in gprov else "")
+                + (f", trained {number_text(gprov['step'])} steps" if "step" in gprov else "")
                 + (f", {count:,} parameters" if count is not None else "")
                 + (f", from the release `{gprov['release']}`" if "release" in gprov else ""))
     lines += [
@@ -318,9 +247,9 @@ def _training(config: dict[str, Any]) -> list[str]:
         return lines + ["Not recorded.", ""]
     run = []
     if "step" in prov:
-        run.append(f"{_num(prov['step'])} steps")
+        run.append(f"{number_text(prov['step'])} steps")
     if "epoch" in prov:
-        run.append(f"{_num(prov['epoch'])} epochs")
+        run.append(f"{number_text(prov['epoch'])} epochs")
     if "batch_size" in prov:
         world = prov.get("world_size", 1)
         run.append(f"batch {prov['batch_size']}" + (f" per process x {world} processes (torchrun)" if world > 1 else ""))
@@ -330,7 +259,7 @@ def _training(config: dict[str, Any]) -> list[str]:
                        + (" (rank 0)" if key == "train_cpu_seconds" and prov.get("world_size", 1) > 1 else ""))
     source = prov.get("source", "training")
     lines.append(f"- Run ({source}): " + (", ".join(run) if run else "no counts recorded"))
-    recipe = [f"{key.replace('_', ' ')} {_num(value)}" for key, value in prov.items() if key not in _RUN_KEYS]
+    recipe = [f"{key.replace('_', ' ')} {number_text(value)}" for key, value in prov.items() if key not in _RUN_KEYS]
     if recipe:
         lines.append("- Recipe: " + ", ".join(recipe))
     if "init_from" in prov:
@@ -342,62 +271,6 @@ def _training(config: dict[str, Any]) -> list[str]:
         "",
     ]
     return lines
-
-
-def _results(measurements: list[dict[str, Any]]) -> list[str]:
-    lines = ["## Results", ""]
-    if not measurements:
-        return lines + [
-            "Not measured yet: `symdiff generate --model <this release> --n 1000 --seed S --out mols.sdf`, then",
-            "`symdiff evaluate mols.sdf` gives the QM9 benchmark metrics (atom and molecule stability, validity,",
-            "uniqueness, novelty); record them in `metrics.json` and re-render this card with",
-            "`symdiff convert REL REL --card-only`.",
-            "",
-        ]
-    primary = measurements[0]
-    seeds = primary["seeds"]
-    what = f"sampling {primary['model']}" if "model" in primary else "this release"
-    lines += [
-        (f"{primary['name'].rstrip('.')}: " if primary.get("name") else "")
-        + f"{what}, " + (f"seed {seeds[0]}, {_num(primary['n_per_seed'])} molecules" if len(seeds) == 1 else
-                         f"{len(seeds)} seeds ({_seeds_text(seeds)}) of {_num(primary['n_per_seed'])} molecules each")
-        + f", measured {primary['date']}; evaluated by the QM9 benchmark rules (EDM's bond tables and margins).",
-    ]
-    if primary.get("sampler"):
-        lines.append(f"Sampler: {_sampler_text(primary['sampler'])}.")
-    lines += [
-        "",
-        "| metric | mean ± s.d. over seeds | min - max | pooled |",
-        "|---|---|---|---|",
-    ]
-    for key, metric in primary["metrics"].items():
-        per_seed = metric.get("per_seed")
-        if per_seed and len(per_seed) > 1:
-            spread = f"{statistics.fmean(per_seed):.2f} ± {statistics.stdev(per_seed):.2f} %"
-            extent = f"{_num(min(per_seed))} - {_num(max(per_seed))} %"
-        elif per_seed:
-            spread, extent = f"{_num(per_seed[0])} %", "one seed"
-        else:
-            spread, extent = "-", "one seed" if len(seeds) == 1 else "-"
-        lines.append(f"| {_label(key)} | {spread} | {extent} | {_pooled_text(metric)} |")
-    lines += ["", "Reproduce it" + (" (S = each seed):" if "S" in primary["command"].split() else ":"), "",
-              "```bash", primary["command"], "```"]
-    if primary.get("seconds_per_1000") is not None:
-        lines += ["", f"Sampling time: {_num(primary['seconds_per_1000'])} s per 1,000 molecules"
-                  + (f" ({primary['timing']})" if primary.get("timing") else "") + "."]
-    if primary.get("notes"):
-        lines += ["", primary["notes"]]
-    if len(measurements) > 1:
-        lines += ["", "Also in `metrics.json`:", ""]
-        for entry in measurements[1:]:
-            shown = ", ".join(f"{_short_label(key)} {_pooled_short(m)}" for key, m in entry["metrics"].items())
-            seeds = entry["seeds"]
-            lines.append(f"- {entry.get('name', 'Measurement').rstrip('.')}; {entry['date']}, "
-                         f"{'seed' if len(seeds) == 1 else 'seeds'} {_seeds_text(seeds)} of "
-                         f"{_num(entry['n_per_seed'])} molecules: {shown}"
-                         + (f"; {_num(entry['seconds_per_1000'])} s per 1,000 molecules"
-                            if entry.get("seconds_per_1000") is not None else ""))
-    return lines + [""]
 
 
 def _citation(config: dict[str, Any]) -> list[str]:
