@@ -212,7 +212,10 @@ def test_evaluate_molecules_counts():
     # Without a reference there is no novelty.
     assert evaluate_molecules(mols).novelty is None
     # Packed input gives the same result.
-    packed = evaluate_molecules(PackedMolecules.from_molecules(mols), progress=True)
+    reported = []
+    packed = evaluate_molecules(PackedMolecules.from_molecules(mols),
+                                on_progress=lambda done, total: reported.append((done, total)))
+    assert reported == [(k, len(mols)) for k in range(1, len(mols) + 1)]
     assert packed.as_dict() == evaluate_molecules(mols).as_dict()
 
 

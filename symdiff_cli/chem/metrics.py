@@ -12,7 +12,7 @@ Definitions follow Hoogeboom et al. 2022 (EDM):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
@@ -221,28 +221,19 @@ def summarise(reports: list[MoleculeReport], reference_smiles: set[str] | frozen
 def evaluate_molecules(
     mols: Sequence[Molecule] | PackedMolecules,
     reference_smiles: set[str] | frozenset[str] | None = None,
-    progress: bool = False,
-    description: str = "evaluating",
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> EvaluationResult:
     """Evaluate molecules one by one (bond perception is vectorised per molecule).
 
-    `progress` shows a Rich progress bar labelled `description` on stderr, so stdout stays
-    clean for JSON. One molecule is a fraction of a millisecond (benchmarks/eval_bench.py), so
-    the QM9 test split takes seconds and a process pool would not repay its start-up cost.
+    `on_progress(done, total)` is called after each molecule; the command line draws its
+    progress bar from it. One molecule is a fraction of a millisecond (benchmarks/eval_bench.py),
+    so the QM9 test split takes seconds and a process pool would not repay its start-up cost.
     """
     if isinstance(mols, PackedMolecules):
         mols = mols.to_molecules()
-    if progress:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        columns = (TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-            task = bar.add_task(description, total=len(mols))
-            reports = []
-            for mol in mols:
-                reports.append(evaluate_molecule(mol))
-                bar.advance(task)
-    else:
-        reports = [evaluate_molecule(mol) for mol in mols]
+    reports = []
+    for mol in mols:
+        reports.append(evaluate_molecule(mol))
+        if on_progress is not None:
+            on_progress(len(reports), len(mols))
     return summarise(reports, reference_smiles)

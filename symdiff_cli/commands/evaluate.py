@@ -11,6 +11,7 @@ from typing import Optional
 
 import typer
 
+from symdiff_cli.commands.progress import progress_bar
 from symdiff_cli.errors import SymdiffError, UsageError
 from symdiff_cli.io.atomic import atomic_output
 
@@ -223,7 +224,8 @@ def _evaluate(files: list[str], dataset: DatasetChoice, split: Optional[SplitCho
             raise UsageError(f"the {dataset.value} data is not available here; --split works with --dataset qm9")
         from symdiff_cli.data.qm9 import qm9_split
 
-        packed = qm9_split(split.value)
+        with progress_bar("processing QM9 (once)", show_elapsed=True) as on_progress:
+            packed = qm9_split(split.value, on_progress)
         molecules = packed.to_molecules()
         origins = [(f"qm9:{split.value}", k) for k in range(len(molecules))]
         title = f"QM9 {split.value} split ({len(molecules)} molecules)"
@@ -234,10 +236,15 @@ def _evaluate(files: list[str], dataset: DatasetChoice, split: Optional[SplitCho
 
     reference = None
     if dataset is DatasetChoice.qm9 and not no_novelty:
-        from symdiff_cli.data.qm9 import train_reference_smiles
+        from symdiff_cli.data.qm9 import qm9_split, reference_smiles_path, train_reference_smiles
 
-        reference = train_reference_smiles()
-    result = evaluate_molecules(molecules, reference_smiles=reference, progress=True)
+        if not reference_smiles_path().is_file():  # built from the training split, parsed first if need be
+            with progress_bar("processing QM9 (once)", show_elapsed=True) as on_progress:
+                qm9_split("train", on_progress)
+        with progress_bar("building the QM9 novelty reference (once)") as on_progress:
+            reference = train_reference_smiles(on_progress)
+    with progress_bar("evaluating") as on_progress:
+        result = evaluate_molecules(molecules, reference_smiles=reference, on_progress=on_progress)
 
     # Machine-readable output on stdout must stay parseable: the table then goes to stderr.
     table_console = Console(stderr="-" in (json_path, per_molecule))

@@ -11,6 +11,7 @@ from typing import Any, List, Optional
 
 import typer
 
+from symdiff_cli.commands.progress import progress_bar
 from symdiff_cli.errors import SymdiffError, UsageError
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms]?)", re.IGNORECASE)
@@ -179,6 +180,13 @@ def train_command(
             model_cfg = _with_settings(model_cfg, model_over, "model")
             _check_model_settings(model_cfg)
             model_cfg = model_cfg.validate()
+
+    if not cfg.data and cfg.dataset == "qm9":
+        # Parsed here, where the bar is drawn, the first time; the run then finds it in memory.
+        from symdiff_cli.data.qm9 import qm9_split
+
+        with progress_bar("processing QM9 (once)", show_elapsed=True) as on_progress:
+            qm9_split("train", on_progress)
 
     is_main = int(os.environ.get("RANK", "0")) == 0
     from rich.console import Console

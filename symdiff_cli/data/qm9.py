@@ -13,7 +13,7 @@ import os
 import sys
 from collections import Counter
 from dataclasses import dataclass
-from functools import lru_cache
+from typing import Any, Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,12 @@ from symdiff_cli.chem.elements import SYMBOL_TO_Z
 from symdiff_cli.errors import SymdiffError
 from symdiff_cli.io.atomic import atomic_output
 from symdiff_cli.io.molecule import PackedMolecules
+
+# (done, total): how far a slow step (parsing QM9, building the novelty reference) has come.
+ProgressCallback = Callable[[int, int], None]
+
+# What load_qm9 and train_reference_smiles have read, kept for the life of the process.
+_LOADED: dict[str, Any] = {}
 
 NUM_MOLECULES = 130_831
 NUM_TRAIN = 100_000
@@ -111,37 +117,32 @@ def _parse_coordinates(text: str) -> list[list[float]]:
     return [values[k : k + 3] for k in range(0, len(values), 3)]
 
 
-def _parse_csvs(show_progress: bool = True) -> QM9Data:
-    """Read the qm9pack CSVs (about 230 MB) into a QM9Data sorted by gdb9 index."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+def _parse_csvs(on_progress: ProgressCallback | None = None) -> QM9Data:
+    """Read the qm9pack CSVs (about 230 MB) into a QM9Data sorted by gdb9 index, calling
+    `on_progress(done, total)` every thousand molecules."""
     data_dir = _qm9pack_data_dir()
     index, smiles, counts, elements, coordinates = [], [], [], [], []
     props: dict[str, list[float]] = {name: [] for name in PROPERTY_COLUMNS}
     csv.field_size_limit(1 << 24)
-    columns = (TextColumn("processing QM9 (once)"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True, disable=not show_progress) as bar:
-        task = bar.add_task("qm9", total=NUM_MOLECULES)
-        for name in CSV_FILES:
-            source = data_dir / name
-            if not source.is_file():
-                raise SymdiffError(f"qm9pack is missing {name}; reinstall it (pip install --force-reinstall qm9pack)")
-            with source.open("r", newline="", encoding="utf-8") as handle:
-                for row in csv.DictReader(handle):
-                    atoms = _parse_elements(row["Elements"])
-                    xyz = _parse_coordinates(row["XYZ_Ang"])
-                    if len(atoms) != int(row["N_atoms"]) or len(xyz) != len(atoms):
-                        raise SymdiffError(f"qm9pack {name}: inconsistent atom count for gdb9 index {row['Index']}")
-                    index.append(int(row["Index"]))
-                    smiles.append(row["SMILES"])
-                    counts.append(len(atoms))
-                    elements.extend(atoms)
-                    coordinates.extend(xyz)
-                    for key in PROPERTY_COLUMNS:
-                        props[key].append(float(row[key]))
-                    if len(index) % 1000 == 0:
-                        bar.update(task, completed=len(index))
+    for name in CSV_FILES:
+        source = data_dir / name
+        if not source.is_file():
+            raise SymdiffError(f"qm9pack is missing {name}; reinstall it (pip install --force-reinstall qm9pack)")
+        with source.open("r", newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                atoms = _parse_elements(row["Elements"])
+                xyz = _parse_coordinates(row["XYZ_Ang"])
+                if len(atoms) != int(row["N_atoms"]) or len(xyz) != len(atoms):
+                    raise SymdiffError(f"qm9pack {name}: inconsistent atom count for gdb9 index {row['Index']}")
+                index.append(int(row["Index"]))
+                smiles.append(row["SMILES"])
+                counts.append(len(atoms))
+                elements.extend(atoms)
+                coordinates.extend(xyz)
+                for key in PROPERTY_COLUMNS:
+                    props[key].append(float(row[key]))
+                if len(index) % 1000 == 0 and on_progress is not None:
+                    on_progress(len(index), NUM_MOLECULES)
     if len(index) != NUM_MOLECULES or len(set(index)) != NUM_MOLECULES:
         raise SymdiffError(f"qm9pack holds {len(index)} molecules ({len(set(index))} distinct), expected {NUM_MOLECULES}")
 
@@ -193,16 +194,22 @@ def _load_cache(path: Path) -> QM9Data:
         )
 
 
-@lru_cache(maxsize=1)
-def load_qm9() -> QM9Data:
-    """All of QM9, from the cache (built from the qm9pack CSVs on first use)."""
+def load_qm9(on_progress: ProgressCallback | None = None) -> QM9Data:
+    """All of QM9, from the cache (built from the qm9pack CSVs on first use, reporting
+    `on_progress(done, total)` molecules as it parses them); held in memory after the first call."""
+    if "qm9" not in _LOADED:
+        _LOADED["qm9"] = _read_or_build_cache(on_progress)
+    return _LOADED["qm9"]
+
+
+def _read_or_build_cache(on_progress: ProgressCallback | None) -> QM9Data:
     path = cache_path()
     if path.is_file():
         try:
             return _load_cache(path)
         except (OSError, ValueError, KeyError):
             pass  # A damaged cache is rebuilt below.
-    data = _parse_csvs()
+    data = _parse_csvs(on_progress)
     try:
         _save_cache(data, path)
     except OSError as err:
@@ -240,10 +247,11 @@ def split_gdb9_indices(split: str) -> np.ndarray:
     return data.gdb9_index[split_positions()[split]]
 
 
-def qm9_split(split: str | None = "all") -> PackedMolecules:
-    """The molecules of a split (train, valid, test or all), in gdb9-index order."""
+def qm9_split(split: str | None = "all", on_progress: ProgressCallback | None = None) -> PackedMolecules:
+    """The molecules of a split (train, valid, test or all), in gdb9-index order; `on_progress`
+    follows the parsing of QM9 when its cache is built (load_qm9)."""
     split = _check_split(split)
-    data = load_qm9()
+    data = load_qm9(on_progress)
     if split == "all":
         return data.packed
     return data.packed.subset(split_positions()[split])
@@ -255,22 +263,26 @@ def atom_count_histogram(split: str = "train") -> dict[int, int]:
     return {int(n): int(c) for n, c in sorted(counts.items())}
 
 
-@lru_cache(maxsize=1)
-def train_reference_smiles() -> frozenset[str]:
+def train_reference_smiles(on_progress: ProgressCallback | None = None) -> frozenset[str]:
     """Canonical SMILES of the training molecules, perceived from their 3D structures.
 
     The novelty reference: the same bond perception and largest-fragment SMILES as the
     metrics, so a generated copy of a training molecule counts as not novel. Cached as a
-    text file next to the npz.
+    text file next to the npz, and in memory after the first call. `on_progress(done, total)`
+    follows the evaluation of the training molecules when the file is built.
     """
+    if "reference_smiles" not in _LOADED:
+        _LOADED["reference_smiles"] = _read_or_build_reference_smiles(on_progress)
+    return _LOADED["reference_smiles"]
+
+
+def _read_or_build_reference_smiles(on_progress: ProgressCallback | None) -> frozenset[str]:
     path = reference_smiles_path()
     if path.is_file():
         return frozenset(line for line in path.read_text(encoding="utf-8").splitlines() if line)
     from symdiff_cli.chem.metrics import evaluate_molecules
 
-    result = evaluate_molecules(
-        qm9_split("train"), progress=True, description="building the QM9 novelty reference (once)"
-    )
+    result = evaluate_molecules(qm9_split("train"), on_progress=on_progress)
     smiles = sorted({r.smiles for r in result.reports if r.valid and r.smiles})
     text = "".join(s + "\n" for s in smiles).encode("utf-8")
     try:
