@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # torch is imported only when a command runs, so that --help 
     import torch
 
     from symdiff_cli.engine.release import ReleasedModel
+    from symdiff_cli.engine.sample_config import SampleConfig
     from symdiff_cli.engine.sampling import Sampler
     from symdiff_cli.engine.stop_signals import StopSignals
     from symdiff_cli.io.writer import MoleculeWriter
@@ -201,23 +202,36 @@ class _RunCounts:
     totals: _MetricTotals = field(default_factory=_MetricTotals)
 
 
-def _sampler_for(opts: GenerateOptions, release: ReleasedModel, device: torch.device) -> tuple[Sampler, int, int]:
-    """The sampler of a loaded release at the options' settings, its step count and batch size."""
+def _sample_config(opts: GenerateOptions, release: ReleasedModel, device: torch.device,
+                   guidance_weight: float) -> SampleConfig:
+    """The release's sampling defaults on this device, overridden by the options."""
+    from symdiff_cli.engine.sample_config import SampleConfig
+
+    defaults = release.sample_config(device.type)
+    steps = opts.steps if opts.steps is not None else defaults.steps  # defaults are checked at load
+    # On CPUs bf16 measured no faster end to end (elementwise work dominates at this model
+    # size), so auto keeps float32 there.
+    use_bf16 = opts.precision == "bf16" or (opts.precision == "auto" and device.type == "cuda")
+    return SampleConfig(steps=steps, spacing=opts.spacing, guidance_weight=guidance_weight,
+                        valence_guidance=defaults.valence_guidance, autocast_bf16=use_bf16
+                        ).with_valence_scale(opts.valence_guidance)
+
+
+def _sampler_for(opts: GenerateOptions, release: ReleasedModel,
+                 device: torch.device) -> tuple[Sampler, SampleConfig, int]:
+    """The sampler of a loaded release at the options' settings, those settings, and the batch size."""
     from symdiff_cli.engine.sampling import Sampler
 
     cfg = release.cfg
     if opts.num_atoms is not None and opts.num_atoms > cfg.max_atoms:
         raise UsageError(f"--num-atoms {opts.num_atoms} is above this model's maximum of {cfg.max_atoms} atoms")
-    steps = opts.steps if opts.steps is not None else release.default_steps(device.type)
-    if steps > cfg.timesteps:
-        raise UsageError(f"--steps {steps} is above the model's {cfg.timesteps} diffusion steps")
+    if opts.steps is not None and opts.steps > cfg.timesteps:
+        raise UsageError(f"--steps {opts.steps} is above the model's {cfg.timesteps} diffusion steps")
     batch_size = opts.batch_size or (DEFAULT_BATCH_SIZE_CUDA if device.type == "cuda" else DEFAULT_BATCH_SIZE_CPU)
-    # On CPUs bf16 measured no faster end to end (elementwise work dominates at this model
-    # size), so auto keeps float32 there.
-    use_bf16 = opts.precision == "bf16" or (opts.precision == "auto" and device.type == "cuda")
-    denoiser, _ = guided_denoiser(release, opts.guidance, opts.guide, opts.offline, not opts.quiet)
+    denoiser, weight = guided_denoiser(release, opts.guidance, opts.guide, opts.offline, not opts.quiet)
     denoiser = valence_guided(denoiser, release, opts.valence_guidance)
-    return Sampler(denoiser, cfg, device, autocast_bf16=use_bf16, spacing=opts.spacing), steps, batch_size
+    sample_config = _sample_config(opts, release, device, weight)
+    return Sampler.from_config(denoiser, cfg, device, sample_config), sample_config, batch_size
 
 
 def _sample_into(writer: MoleculeWriter, opts: GenerateOptions, fmt: str, shard: tuple[int, int], n_shard: int,
@@ -231,7 +245,8 @@ def _sample_into(writer: MoleculeWriter, opts: GenerateOptions, fmt: str, shard:
     # the main model alone and --guide replaces it, so a damaged guide file blocks neither.
     release = load_release(opts.model, device, offline=opts.offline, show_progress=not opts.quiet,
                            load_guide=opts.guidance != 1.0 and not opts.guide)
-    sampler, steps, batch_size = _sampler_for(opts, release, device)
+    sampler, sample_config, batch_size = _sampler_for(opts, release, device)
+    steps = sample_config.steps
     plan = iter_plan_for_shard(release.histogram, n_shard, opts.num_atoms, batch_size, opts.seed, shard)
     # Metrics feed the SDF tags and the summary; skip them when neither is wanted.
     with_metrics = fmt == "sdf" or not opts.quiet

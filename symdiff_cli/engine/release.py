@@ -50,8 +50,9 @@ import torch
 from symdiff_cli.engine.release_config import (
     CHECKSUMS_KEY, DEFAULT_STEPS_CPU, DEFAULT_STEPS_CUDA, Guide, check_atom_types, check_guidance_weight, check_guide_fits,
     default_sampling_steps, expected_checksum, histogram_from_json, is_release_directory, parse_guidance,
-    read_release_config, release_config,
+    read_release_config, release_config, release_sample_config,
 )
+from symdiff_cli.engine.sample_config import SampleConfig
 from symdiff_cli.engine.release_layout import (
     CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, expected_tensor_shapes, guide_entries,
     guide_weights_file,
@@ -311,6 +312,10 @@ class ReleasedModel:
     def default_steps(self, device_type: str) -> int:
         """The release's default number of sampling steps for "cpu" or "cuda"."""
         return default_sampling_steps(self.config, self.cfg, device_type)
+
+    def sample_config(self, device_type: str) -> SampleConfig:
+        """The release's own sampling settings on "cpu" or "cuda" (config.json)."""
+        return release_sample_config(self.config, self.cfg, device_type)
 
 
 def load_release_state_dict(

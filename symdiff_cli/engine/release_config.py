@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from symdiff_cli.engine.sample_config import SampleConfig
 from symdiff_cli.engine.release_layout import CONFIG_FILE, guide_entries, guide_weights_file
 from symdiff_cli.errors import SymdiffError
 from symdiff_cli.model.config import ModelConfig
@@ -284,6 +285,15 @@ def valence_guidance_settings(config: dict[str, Any]) -> ValenceGuidanceSettings
         return ValenceGuidanceSettings.from_dict(raw)
     except (TypeError, ValueError) as err:
         raise SymdiffError(f"invalid sampling.valence_guidance in the release config ({err})") from None
+
+
+def release_sample_config(config: dict[str, Any], model_cfg: ModelConfig, device_type: str) -> SampleConfig:
+    """The sampling defaults of a checked config.json on "cpu" or "cuda": the step count and valence
+    guidance of its `sampling` section, and the weight of its `guidance` section (1 without one)."""
+    guidance = parse_guidance(config, model_cfg, CONFIG_FILE)
+    return SampleConfig(steps=default_sampling_steps(config, model_cfg, device_type),
+                        guidance_weight=1.0 if guidance is None else guidance[1],
+                        valence_guidance=valence_guidance_settings(config))
 
 
 def read_release_config(release_dir: Path) -> tuple[dict[str, Any], ModelConfig, dict[int, int]]:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from symdiff_cli.chem.elements import SYMBOL_TO_Z
+from symdiff_cli.engine.sample_config import SampleConfig
 from symdiff_cli.io.molecule import Molecule
 from symdiff_cli.model.config import DEFAULT_SPACING, ModelConfig
 from symdiff_cli.model.diffusion import NoiseSchedule, VPDiffusion
@@ -67,6 +68,13 @@ class Sampler:
         self.autocast_bf16 = autocast_bf16
         self.spacing = spacing
         self.self_condition = uses_self_condition(model)
+
+    @classmethod
+    def from_config(cls, model: torch.nn.Module, cfg: ModelConfig, device: torch.device | str,
+                    sample_config: SampleConfig) -> Sampler:
+        """A sampler of `model` at the precision and step spacing of `sample_config`; the network
+        passed in already carries its guidance (engine/denoiser.py)."""
+        return cls(model, cfg, device, autocast_bf16=sample_config.autocast_bf16, spacing=sample_config.spacing)
 
     def _denoise(self, x, h, t, mask, generator=None, **kwargs):
         # Only the network runs in bf16; the ancestral update stays in float32, so rounding

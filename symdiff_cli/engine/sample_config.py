@@ -1,0 +1,38 @@
+"""The sampler's settings, one dataclass beside ModelConfig (the network) and TrainConfig (a run).
+
+A release states its defaults in config.json (`sampling`: the step counts for CPU and GPU and the
+valence guidance; `guidance.weight`: the autoguidance weight), read by
+`release_config.release_sample_config`; `symdiff generate` overrides them with its options.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from symdiff_cli.model.config import DEFAULT_SPACING
+from symdiff_cli.model.valence import ValenceGuidanceSettings
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """How molecules are sampled from a model: every setting besides the model, the seed and the
+    batch plan that changes the molecules drawn.
+
+    steps: denoising steps; spacing: where they fall among the model's noise levels (cubic,
+    quadratic or uniform; model/config.py); guidance_weight: the autoguidance weight w, 1 for the
+    main model alone (model/guidance.py); valence_guidance: model/valence.py, scale 0 for off;
+    autocast_bf16: the network runs in bf16 autocast while the update maths stays float32.
+    """
+
+    steps: int
+    spacing: str = DEFAULT_SPACING
+    guidance_weight: float = 1.0
+    valence_guidance: ValenceGuidanceSettings = field(default_factory=ValenceGuidanceSettings)
+    autocast_bf16: bool = False
+
+    def with_valence_scale(self, scale: float | None) -> SampleConfig:
+        """These settings with valence guidance at `scale` (None: as they are; 0: off)."""
+        if scale is None:
+            return self
+        return SampleConfig(self.steps, self.spacing, self.guidance_weight, self.valence_guidance.with_scale(scale),
+                            self.autocast_bf16)
