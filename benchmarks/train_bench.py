@@ -43,9 +43,9 @@ def load_data(use_qm9: bool) -> tuple[PackedMolecules, str]:
     return random_qm9_like(20000), "random QM9-sized molecules"
 
 
-def bench(preset: str, gamma: str, packed: PackedMolecules, batch_size: int, steps: int, warmup: int) -> dict:
+def bench(preset: str, orientation_kernel: str, packed: PackedMolecules, batch_size: int, steps: int, warmup: int) -> dict:
     torch.manual_seed(0)
-    cfg = model_config_from_preset(preset, gamma=gamma)
+    cfg = model_config_from_preset(preset, orientation_kernel=orientation_kernel)
     model = SymmetrisedDenoiser(cfg)
     opt = make_optimizer(model, lr=1e-4)
     diffusion = VPDiffusion(NoiseSchedule(cfg.timesteps, cfg.noise_precision))
@@ -66,13 +66,13 @@ def bench(preset: str, gamma: str, packed: PackedMolecules, batch_size: int, ste
         if i >= warmup:
             seconds += time.perf_counter() - start
             mols += len(idx)
-    return {"preset": preset, "gamma": gamma, "params": count_parameters(model), "mol_per_s": mols / seconds}
+    return {"preset": preset, "orientation_kernel": orientation_kernel, "params": count_parameters(model), "mol_per_s": mols / seconds}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--presets", nargs="+", default=["small", "paper"])
-    ap.add_argument("--gamma", default="learned")
+    ap.add_argument("--orientation-kernel", default="learned")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
@@ -80,10 +80,10 @@ def main() -> None:
     args = ap.parse_args()
     packed, source = load_data(args.qm9)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, {source}")
-    print(f"{'preset':8} {'gamma':8} {'params':>12} {'mol/s':>10}")
+    print(f"{'preset':8} {'kernel':8} {'params':>12} {'mol/s':>10}")
     for preset in args.presets:
-        r = bench(preset, args.gamma, packed, args.batch_size, args.steps, args.warmup)
-        print(f"{r['preset']:8} {r['gamma']:8} {r['params']:>12,} {r['mol_per_s']:>10.1f}")
+        r = bench(preset, args.orientation_kernel, packed, args.batch_size, args.steps, args.warmup)
+        print(f"{r['preset']:8} {r['orientation_kernel']:8} {r['params']:>12,} {r['mol_per_s']:>10.1f}")
 
 
 if __name__ == "__main__":

@@ -14,10 +14,10 @@ from symdiff_cli.model.geometry import orthogonalise, remove_mean, rotate, sampl
 from symdiff_cli.model.guidance import AutoGuidedDenoiser, MeanDenoiser, mean_of
 
 
-def perturbed_model(gamma: str, seed: int = 0, dtype=torch.float64) -> SymmetrisedDenoiser:
+def perturbed_model(kernel: str, seed: int = 0, dtype=torch.float64) -> SymmetrisedDenoiser:
     """A tiny model with its zero-initialised layers perturbed, so outputs depend on everything."""
     torch.manual_seed(seed)
-    model = SymmetrisedDenoiser(model_config_from_preset("tiny", gamma=gamma)).to(dtype)
+    model = SymmetrisedDenoiser(model_config_from_preset("tiny", orientation_kernel=kernel)).to(dtype)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -33,7 +33,7 @@ def random_inputs(b=4, n=9, f=6, seed=1, dtype=torch.float64):
 
 
 def fixed_draws(b: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A Haar frame g per molecule and gamma's noise channels, fixed so calls can be coupled."""
+    """A Haar frame g per molecule and the orientation kernel's noise channels, fixed so calls can be coupled."""
     g = sample_haar_orthogonal(b, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     noise = torch.randn(b, n, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     return g, noise
@@ -49,16 +49,16 @@ def reflection_and_rotation(b: int) -> torch.Tensor:
     return q @ flip
 
 
-@pytest.mark.parametrize("gamma", ["learned", "haar"])
-def test_coupled_draws_make_output_rotate_exactly(gamma):
-    model = perturbed_model(gamma)
+@pytest.mark.parametrize("kernel", ["learned", "haar"])
+def test_coupled_draws_make_output_rotate_exactly(kernel):
+    model = perturbed_model(kernel)
     x, h, t = random_inputs()
     b, n = x.shape[:2]
     g, noise = fixed_draws(b, n)
     q = reflection_and_rotation(b)
     assert torch.allclose(torch.det(q), torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=torch.float64))
-    eps_x, eps_h = model(x, h, t, None, haar=g, gamma_noise=noise)
-    eps_x_q, eps_h_q = model(rotate(x, q), h, t, None, haar=q @ g, gamma_noise=noise)
+    eps_x, eps_h = model(x, h, t, None, haar=g, orientation_noise=noise)
+    eps_x_q, eps_h_q = model(rotate(x, q), h, t, None, haar=q @ g, orientation_noise=noise)
     assert eps_x.abs().mean() > 1e-3  # not trivially zero
     assert torch.allclose(rotate(eps_x, q), eps_x_q, atol=1e-5)
     assert torch.allclose(eps_h, eps_h_q, atol=1e-5)
@@ -74,11 +74,11 @@ def test_plain_dit_is_not_equivariant():
     assert not torch.allclose(rotate(eps_x, q), eps_x_q, atol=1e-3)
 
 
-@pytest.mark.parametrize("gamma", ["learned", "haar"])
-def test_output_law_is_rotation_invariant(gamma):
+@pytest.mark.parametrize("kernel", ["learned", "haar"])
+def test_output_law_is_rotation_invariant(kernel):
     """With free draws, eps(Qx) and Q eps(x) have the same distribution: compare moments of an
     invariant-free statistic (first output coordinate) over many draws with a two-sample test."""
-    model = perturbed_model(gamma).float()
+    model = perturbed_model(kernel).float()
     x, h, t = random_inputs(b=1, n=6, dtype=torch.float32)
     q = reflection_and_rotation(2)[1:].float()  # a reflection
     draws = 4000
@@ -99,33 +99,33 @@ def test_output_law_is_rotation_invariant(gamma):
     assert sa[:, 0].std() > 1e-3
 
 
-@pytest.mark.parametrize("gamma", ["learned", "haar", "none"])
-def test_permuting_atoms_permutes_outputs(gamma):
-    model = perturbed_model(gamma)
+@pytest.mark.parametrize("kernel", ["learned", "haar", "none"])
+def test_permuting_atoms_permutes_outputs(kernel):
+    model = perturbed_model(kernel)
     x, h, t = random_inputs()
     b, n = x.shape[:2]
     g, noise = fixed_draws(b, n)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(5))
-    eps_x, eps_h = model(x, h, t, None, haar=g, gamma_noise=noise)
-    eps_x_p, eps_h_p = model(x[:, perm], h[:, perm], t, None, haar=g, gamma_noise=noise[:, perm])
+    eps_x, eps_h = model(x, h, t, None, haar=g, orientation_noise=noise)
+    eps_x_p, eps_h_p = model(x[:, perm], h[:, perm], t, None, haar=g, orientation_noise=noise[:, perm])
     assert torch.allclose(eps_x[:, perm], eps_x_p, atol=1e-8)
     assert torch.allclose(eps_h[:, perm], eps_h_p, atol=1e-8)
 
 
-@pytest.mark.parametrize("gamma", ["learned", "haar", "none"])
-def test_padding_does_not_change_real_atoms_and_outputs_are_com_free(gamma):
-    model = perturbed_model(gamma)
+@pytest.mark.parametrize("kernel", ["learned", "haar", "none"])
+def test_padding_does_not_change_real_atoms_and_outputs_are_com_free(kernel):
+    model = perturbed_model(kernel)
     x, h, t = random_inputs(b=2, n=7)
     b, n = x.shape[:2]
     g, noise = fixed_draws(b, n)
-    eps_x, eps_h = model(x, h, t, None, haar=g, gamma_noise=noise)
+    eps_x, eps_h = model(x, h, t, None, haar=g, orientation_noise=noise)
     pad = 4
     xp = torch.cat([x, 100 * torch.randn(b, pad, 3, dtype=x.dtype)], 1)
     hp = torch.cat([h, 100 * torch.randn(b, pad, h.shape[-1], dtype=h.dtype)], 1)
     noise_p = torch.cat([noise, torch.randn(b, pad, 3, dtype=noise.dtype)], 1)
     mask = torch.zeros(b, n + pad, dtype=torch.bool)
     mask[:, :n] = True
-    eps_xp, eps_hp = model(xp, hp, t, mask, haar=g, gamma_noise=noise_p)
+    eps_xp, eps_hp = model(xp, hp, t, mask, haar=g, orientation_noise=noise_p)
     assert torch.allclose(eps_xp[:, :n], eps_x, atol=1e-8)
     assert torch.allclose(eps_hp[:, :n], eps_h, atol=1e-8)
     assert torch.all(eps_xp[:, n:] == 0) and torch.all(eps_hp[:, n:] == 0)
@@ -258,7 +258,7 @@ def test_autoguidance_extrapolates_from_the_guide_and_weight_one_is_the_main_mod
     main, guide = perturbed_model("learned", seed=0), perturbed_model("learned", seed=5)
     x, h, t = random_inputs()
     g, noise = fixed_draws(*x.shape[:2])
-    draws = dict(haar=g, gamma_noise=noise)
+    draws = dict(haar=g, orientation_noise=noise)
     main_x, main_h = main(x, h, t, None, **draws)
     guide_x, guide_h = guide(x, h, t, None, **draws)
     assert not torch.allclose(main_x, guide_x, atol=1e-3)  # two different networks
@@ -282,8 +282,8 @@ def test_autoguided_denoiser_stays_equivariant_and_com_free():
     b, n = x.shape[:2]
     g, noise = fixed_draws(b, n)
     q = reflection_and_rotation(b)
-    eps_x, eps_h = guided(x, h, t, None, haar=g, gamma_noise=noise)
-    eps_x_q, eps_h_q = guided(rotate(x, q), h, t, None, haar=q @ g, gamma_noise=noise)
+    eps_x, eps_h = guided(x, h, t, None, haar=g, orientation_noise=noise)
+    eps_x_q, eps_h_q = guided(rotate(x, q), h, t, None, haar=q @ g, orientation_noise=noise)
     assert torch.allclose(rotate(eps_x, q), eps_x_q, atol=1e-5)
     assert torch.allclose(eps_h, eps_h_q, atol=1e-5)
     assert eps_x.mean(dim=1).abs().max() < 1e-10
@@ -294,7 +294,7 @@ def test_a_mean_guide_averages_its_networks_and_stays_equivariant_and_com_free()
     x, h, t = random_inputs()
     bsz, n = x.shape[:2]
     g, noise = fixed_draws(bsz, n)
-    draws = dict(haar=g, gamma_noise=noise)
+    draws = dict(haar=g, orientation_noise=noise)
     (ax, ah), (bx, bh) = a(x, h, t, None, **draws), b(x, h, t, None, **draws)
     mean = MeanDenoiser([a, b])
     mx, mh = mean(x, h, t, None, **draws)
@@ -303,7 +303,7 @@ def test_a_mean_guide_averages_its_networks_and_stays_equivariant_and_com_free()
     guided = AutoGuidedDenoiser(perturbed_model("learned", seed=0), mean, 5.0)
     q = reflection_and_rotation(bsz)
     eps_x, eps_h = guided(x, h, t, None, **draws)
-    eps_x_q, eps_h_q = guided(rotate(x, q), h, t, None, haar=q @ g, gamma_noise=noise)
+    eps_x_q, eps_h_q = guided(rotate(x, q), h, t, None, haar=q @ g, orientation_noise=noise)
     assert torch.allclose(rotate(eps_x, q), eps_x_q, atol=1e-5) and torch.allclose(eps_h, eps_h_q, atol=1e-5)
     assert eps_x.mean(dim=1).abs().max() < 1e-10
     with pytest.raises(ValueError, match="at least one"):

@@ -26,10 +26,10 @@ from test_model import fixed_draws, random_inputs, reflection_and_rotation
 CLI = [sys.executable, "-m", "symdiff_cli"]
 
 
-def sc_model(gamma: str = "learned", seed: int = 0, dtype=torch.float64, self_condition: bool = True):
+def sc_model(kernel: str = "learned", seed: int = 0, dtype=torch.float64, self_condition: bool = True):
     """A tiny model with every tensor perturbed (the self-conditioning embedding included)."""
     torch.manual_seed(seed)
-    cfg = model_config_from_preset("tiny", gamma=gamma, self_condition=self_condition)
+    cfg = model_config_from_preset("tiny", orientation_kernel=kernel, self_condition=self_condition)
     model = SymmetrisedDenoiser(cfg).to(dtype)
     with torch.no_grad():
         for p in model.parameters():
@@ -69,58 +69,58 @@ def test_a_release_loaded_into_a_self_conditioned_model_computes_the_same_functi
     assert torch.count_nonzero(model.backbone.self_cond_embed.weight) == 0
     x, h, t = random_inputs()
     g, noise = fixed_draws(*x.shape[:2])
-    want = release(x, h, t, None, haar=g, gamma_noise=noise)
+    want = release(x, h, t, None, haar=g, orientation_noise=noise)
     for estimate in (None, estimate_like(x, h)):
-        got = model(x, h, t, None, haar=g, gamma_noise=noise, self_cond=estimate)
+        got = model(x, h, t, None, haar=g, orientation_noise=noise, self_cond=estimate)
         assert torch.equal(want[0], got[0]) and torch.equal(want[1], got[1])
 
 
-@pytest.mark.parametrize("gamma", ["learned", "haar"])
-def test_coupled_draws_rotate_the_output_exactly_with_the_estimate_rotated_too(gamma):
-    model = sc_model(gamma)
+@pytest.mark.parametrize("kernel", ["learned", "haar"])
+def test_coupled_draws_rotate_the_output_exactly_with_the_estimate_rotated_too(kernel):
+    model = sc_model(kernel)
     x, h, t = random_inputs()
     b, n = x.shape[:2]
     g, noise = fixed_draws(b, n)
     q = reflection_and_rotation(b)
     x0, h0 = estimate_like(x, h)
-    eps_x, eps_h = model(x, h, t, None, haar=g, gamma_noise=noise, self_cond=(x0, h0))
-    eps_x_q, eps_h_q = model(rotate(x, q), h, t, None, haar=q @ g, gamma_noise=noise,
+    eps_x, eps_h = model(x, h, t, None, haar=g, orientation_noise=noise, self_cond=(x0, h0))
+    eps_x_q, eps_h_q = model(rotate(x, q), h, t, None, haar=q @ g, orientation_noise=noise,
                              self_cond=(rotate(x0, q), h0))
     assert torch.allclose(rotate(eps_x, q), eps_x_q, atol=1e-5)
     assert torch.allclose(eps_h, eps_h_q, atol=1e-5)
     # the estimate is read: another one changes the output; an unrotated one breaks equivariance
-    other_x, _ = model(x, h, t, None, haar=g, gamma_noise=noise, self_cond=estimate_like(x, h, seed=10))
+    other_x, _ = model(x, h, t, None, haar=g, orientation_noise=noise, self_cond=estimate_like(x, h, seed=10))
     assert not torch.allclose(other_x, eps_x, atol=1e-4)
-    wrong_x, _ = model(rotate(x, q), h, t, None, haar=q @ g, gamma_noise=noise, self_cond=(x0, h0))
+    wrong_x, _ = model(rotate(x, q), h, t, None, haar=q @ g, orientation_noise=noise, self_cond=(x0, h0))
     assert not torch.allclose(rotate(eps_x, q), wrong_x, atol=1e-4)
     # and the estimate's centre of mass is not: it is made CoM-free like x
-    shifted_x, _ = model(x, h, t, None, haar=g, gamma_noise=noise, self_cond=(x0 + 3.0, h0))
+    shifted_x, _ = model(x, h, t, None, haar=g, orientation_noise=noise, self_cond=(x0 + 3.0, h0))
     assert torch.allclose(shifted_x, eps_x, atol=1e-10)
 
 
-@pytest.mark.parametrize("gamma", ["learned", "haar", "none"])
-def test_permuting_atoms_with_their_estimates_permutes_outputs(gamma):
-    model = sc_model(gamma)
+@pytest.mark.parametrize("kernel", ["learned", "haar", "none"])
+def test_permuting_atoms_with_their_estimates_permutes_outputs(kernel):
+    model = sc_model(kernel)
     x, h, t = random_inputs()
     b, n = x.shape[:2]
     g, noise = fixed_draws(b, n)
     x0, h0 = estimate_like(x, h)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(5))
-    eps_x, eps_h = model(x, h, t, None, haar=g, gamma_noise=noise, self_cond=(x0, h0))
-    eps_x_p, eps_h_p = model(x[:, perm], h[:, perm], t, None, haar=g, gamma_noise=noise[:, perm],
+    eps_x, eps_h = model(x, h, t, None, haar=g, orientation_noise=noise, self_cond=(x0, h0))
+    eps_x_p, eps_h_p = model(x[:, perm], h[:, perm], t, None, haar=g, orientation_noise=noise[:, perm],
                              self_cond=(x0[:, perm], h0[:, perm]))
     assert torch.allclose(eps_x[:, perm], eps_x_p, atol=1e-8)
     assert torch.allclose(eps_h[:, perm], eps_h_p, atol=1e-8)
 
 
-@pytest.mark.parametrize("gamma", ["learned", "haar", "none"])
-def test_padded_estimates_do_not_reach_real_atoms_and_outputs_are_com_free(gamma):
-    model = sc_model(gamma)
+@pytest.mark.parametrize("kernel", ["learned", "haar", "none"])
+def test_padded_estimates_do_not_reach_real_atoms_and_outputs_are_com_free(kernel):
+    model = sc_model(kernel)
     x, h, t = random_inputs(b=2, n=7)
     b, n = x.shape[:2]
     g, noise = fixed_draws(b, n)
     x0, h0 = estimate_like(x, h)
-    eps_x, eps_h = model(x, h, t, None, haar=g, gamma_noise=noise, self_cond=(x0, h0))
+    eps_x, eps_h = model(x, h, t, None, haar=g, orientation_noise=noise, self_cond=(x0, h0))
     pad = 4
 
     def padded(v):
@@ -128,7 +128,7 @@ def test_padded_estimates_do_not_reach_real_atoms_and_outputs_are_com_free(gamma
 
     mask = torch.zeros(b, n + pad, dtype=torch.bool)
     mask[:, :n] = True
-    eps_xp, eps_hp = model(padded(x), padded(h), t, mask, haar=g, gamma_noise=padded(noise),
+    eps_xp, eps_hp = model(padded(x), padded(h), t, mask, haar=g, orientation_noise=padded(noise),
                            self_cond=(padded(x0), padded(h0)))
     assert torch.allclose(eps_xp[:, :n], eps_x, atol=1e-8)
     assert torch.allclose(eps_hp[:, :n], eps_h, atol=1e-8)

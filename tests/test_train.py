@@ -201,7 +201,7 @@ def test_divergence_between_loss_reads_keeps_the_last_finite_checkpoint(tmp_path
 
 @pytest.mark.parametrize("args, message", [
     (["--preset", "huge"], "unknown preset"),
-    (["--gamma", "sometimes"], "gamma must be one of"),
+    (["--orientation-kernel", "sometimes"], "orientation_kernel must be one of"),
     (["--max-time", "soon"], "cannot read duration"),
     (["--set", "model.hiddn=3"], "unknown setting"),
     (["--data", "/nonexistent/file.xyz"], "nonexistent"),
@@ -305,8 +305,8 @@ def test_init_from_grows_a_release_into_a_deeper_model_that_starts_as_the_same_f
 
     cfg, release_model = trained_looking_release(tmp_path / "rel")
     release_cfg, state = load_release_state_dict(str(tmp_path / "rel"))
-    grown_cfg = model_config_from_release(release_cfg, dataclasses.replace(cfg, depth=5, gamma_depth=2))
-    assert (grown_cfg.depth, grown_cfg.gamma_depth, grown_cfg.hidden) == (5, 2, cfg.hidden)
+    grown_cfg = model_config_from_release(release_cfg, dataclasses.replace(cfg, depth=5, orientation_depth=2))
+    assert (grown_cfg.depth, grown_cfg.orientation_depth, grown_cfg.hidden) == (5, 2, cfg.hidden)
     torch.manual_seed(1)
     grown = SymmetrisedDenoiser(grown_cfg)
     new_keys = load_release_weights(grown, state)
@@ -316,10 +316,10 @@ def test_init_from_grows_a_release_into_a_deeper_model_that_starts_as_the_same_f
     x = torch.randn(3, 7, 3)
     x = x - x.mean(1, keepdim=True)
     h, t = torch.randn(3, 7, cfg.feature_dim), torch.tensor([0, 400, 1000])
-    haar, noise = torch.linalg.qr(torch.randn(3, 3, 3))[0], torch.randn(3, 7, cfg.gamma_noise_channels)
+    haar, noise = torch.linalg.qr(torch.randn(3, 3, 3))[0], torch.randn(3, 7, cfg.orientation_noise_channels)
     with torch.no_grad():
-        want = release_model(x, h, t, None, haar=haar, gamma_noise=noise)
-        got = grown(x, h, t, None, haar=haar, gamma_noise=noise)
+        want = release_model(x, h, t, None, haar=haar, orientation_noise=noise)
+        got = grown(x, h, t, None, haar=haar, orientation_noise=noise)
     assert torch.allclose(want[0], got[0], atol=1e-6) and torch.allclose(want[1], got[1], atol=1e-6)
     # another preset is not a growth of these weights: the release's own configuration is kept
     assert model_config_from_preset("small").depth != 5

@@ -62,7 +62,7 @@ def test_padding_atoms_do_not_change_the_energy():
 def test_scale_zero_and_noise_above_the_window_leave_the_network_alone():
     x, h, t = random_inputs()
     g, noise = fixed_draws(*x.shape[:2])
-    draws = dict(haar=g, gamma_noise=noise)
+    draws = dict(haar=g, orientation_noise=noise)
     plain = perturbed_model("learned", seed=0)(x, h, t, None, **draws)
     for off in (guided(0.0), guided(0.01, max_t=-1)):
         out = off(x, h, t, None, **draws)
@@ -77,8 +77,8 @@ def test_guided_step_stays_equivariant_and_com_free():
     b, n = x.shape[:2]
     g, noise = fixed_draws(b, n)
     q = reflection_and_rotation(b)
-    eps_x, eps_h = model(x, h, t, None, haar=g, gamma_noise=noise)
-    eps_x_q, eps_h_q = model(rotate(x, q), h, t, None, haar=q @ g, gamma_noise=noise)
+    eps_x, eps_h = model(x, h, t, None, haar=g, orientation_noise=noise)
+    eps_x_q, eps_h_q = model(rotate(x, q), h, t, None, haar=q @ g, orientation_noise=noise)
     assert torch.allclose(rotate(eps_x, q), eps_x_q, atol=1e-5)
     assert torch.allclose(eps_h, eps_h_q, atol=1e-5)
     assert eps_x.mean(dim=1).abs().max() < 1e-10
@@ -89,12 +89,12 @@ def test_padding_does_not_change_real_atoms_under_guidance():
     x, h, t = random_inputs(b=2, n=6)
     g, _ = fixed_draws(2, 6)
     noise = torch.randn(2, 8, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-    eps_x, eps_h = model(x, h, t, None, haar=g, gamma_noise=noise[:, :6])
+    eps_x, eps_h = model(x, h, t, None, haar=g, orientation_noise=noise[:, :6])
     xp = torch.cat([x, torch.randn(2, 2, 3, dtype=torch.float64)], dim=1)
     hp = torch.cat([h, torch.randn(2, 2, h.shape[-1], dtype=torch.float64)], dim=1)
     mask = torch.tensor([[True] * 6 + [False] * 2] * 2)
     xp = remove_mean(xp, mask)
-    eps_xp, eps_hp = model(xp, hp, t, mask, haar=g, gamma_noise=noise)
+    eps_xp, eps_hp = model(xp, hp, t, mask, haar=g, orientation_noise=noise)
     assert torch.allclose(eps_xp[:, :6], eps_x, atol=1e-6) and torch.allclose(eps_hp[:, :6], eps_h, atol=1e-6)
     assert eps_hp[:, 6:].abs().max() == 0
 

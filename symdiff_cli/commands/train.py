@@ -89,7 +89,7 @@ def train_command(
     data: Optional[List[str]] = typer.Option(None, "--data", help="Train on these XYZ/SDF/npz files or directories instead of the QM9 train split (repeatable)."),
     data_format: str = typer.Option("auto", help="auto, or geom for the GEOM-Drugs processed .npy (conformer id, Z, x, y, z) layout."),
     preset: str = typer.Option("small", help="Model size: tiny (tests), small (CPU), paper (~31M parameters)."),
-    gamma: Optional[str] = typer.Option(None, help="Orientation kernel: learned (SymDiff), haar (DiT-Aug baseline), none (plain DiT)."),
+    orientation_kernel: Optional[str] = typer.Option(None, "--orientation-kernel", "--gamma", help="Orientation kernel (the paper's gamma): learned (SymDiff), haar (DiT-Aug baseline), none (plain DiT)."),
     batch_size: Optional[int] = typer.Option(None, help="Molecules per optimiser step and process (default: 256)."),
     lr: Optional[float] = typer.Option(None, help="Learning rate of AMSGrad Adam (default: 2e-4)."),
     warmup_steps: Optional[int] = typer.Option(None, help="Linear learning-rate warm-up steps (default: 500)."),
@@ -111,7 +111,7 @@ def train_command(
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N (under torchrun each process takes its LOCAL_RANK GPU)."),
     precision: str = typer.Option("auto", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
-    init_from: Optional[str] = typer.Option(None, help="Start from the weights of a released model (name in weights/, directory, or hub id). With --set model.depth=N (or model.gamma_depth=N) above the release's, the model grows: extra blocks are appended, starting as the identity. Other model settings, and depths not set, are the release's."),
+    init_from: Optional[str] = typer.Option(None, help="Start from the weights of a released model (name in weights/, directory, or hub id). With --set model.depth=N (or model.orientation_depth=N) above the release's, the model grows: extra blocks are appended, starting as the identity. Other model settings, and depths not set, are the release's."),
     config: Optional[Path] = typer.Option(None, help='JSON file {"model": {...}, "train": {...}} of settings; options given here win.'),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override any setting: model.hidden=256, train.weight_decay=0 (repeatable)."),
     threads: int = typer.Option(0, help="CPU threads per process (0: torch's default)."),
@@ -129,7 +129,7 @@ def train_command(
     from symdiff_cli.engine.stop_signals import exit_code_for
     from symdiff_cli.engine.train import train
     from symdiff_cli.engine.train_config import TrainConfig, check_train_config
-    from symdiff_cli.model.config import ModelConfig, model_config_from_preset, parse_override
+    from symdiff_cli.model.config import ModelConfig, model_config_from_preset, parse_override, with_current_model_keys
 
     model_over: dict = {}
     train_over: dict = {}
@@ -146,8 +146,9 @@ def train_command(
             train_over[name] = value
         else:
             raise UsageError(f"--set {item!r}: keys start with model. or train.")
-    if gamma is not None:
-        model_over["gamma"] = gamma
+    model_over = with_current_model_keys(model_over)  # a config file or --set from before the rename
+    if orientation_kernel is not None:
+        model_over["orientation_kernel"] = orientation_kernel
     if self_condition:
         model_over["self_condition"] = True
 

@@ -22,9 +22,10 @@ from symdiff_cli.engine.metrics_file import (  # noqa: F401  (the card's names f
 from symdiff_cli.engine.card_results import (
     METRIC_LABELS, number_text, pooled_percent, results_section, short_metric_label,
 )
+from symdiff_cli.model.config import with_current_model_keys
 
 
-_GAMMA_TEXT = {
+_ORIENTATION_KERNEL_TEXT = {
     "learned": "learned orientation kernel (SymDiff)",
     "haar": "Haar-random rotations (DiT-Aug baseline)",
     "none": "no symmetrisation (plain DiT)",
@@ -75,7 +76,7 @@ def model_card(config: dict[str, Any], num_parameters: int | None = None, metric
     network, its checked metrics.json (or None) and its name (the directory's)."""
     from symdiff_cli.engine.registry import DEFAULT_MODEL_NAME
 
-    cfg = config["model_config"]
+    cfg = with_current_model_keys(config["model_config"])  # releases written before the rename too
     dataset = str(config.get("dataset", cfg.get("dataset", "?")))
     name = name or dataset
     measurements = (metrics or {}).get("measurements", [])
@@ -120,9 +121,10 @@ def _front_matter(name: str, dataset: str, primary: dict[str, Any] | None) -> li
 
 
 def _summary(config: dict[str, Any], dataset: str, metrics: dict[str, Any] | None) -> list[str]:
-    cfg = config["model_config"]
-    kernel = "a learned orientation kernel (stochastic symmetrisation, SymDiff)" if cfg.get("gamma") == "learned" \
-        else _GAMMA_TEXT.get(cfg.get("gamma"), str(cfg.get("gamma")))
+    cfg = with_current_model_keys(config["model_config"])  # releases written before the rename too
+    kernel = "a learned orientation kernel (stochastic symmetrisation, SymDiff)" \
+        if cfg.get("orientation_kernel") == "learned" \
+        else _ORIENTATION_KERNEL_TEXT.get(cfg.get("orientation_kernel"), str(cfg.get("orientation_kernel")))
     text = (f"A 3D molecule generator trained on {dataset.upper()} (atom types {' '.join(cfg.get('atom_types', []))}, "
             f"up to {cfg.get('max_atoms')} atoms): EDM-style variance-preserving diffusion whose denoiser, a Diffusion "
             f"Transformer, is made O(3)-equivariant in distribution by {kernel}; the samples are E(3)-invariant.")
@@ -192,7 +194,8 @@ def _guide_entries(config: dict[str, Any]) -> list[dict[str, Any]]:
 def _architecture(config: dict[str, Any], num_parameters: int | None) -> list[str]:
     from symdiff_cli.engine.release_layout import guide_weights_file
 
-    cfg = config["model_config"]
+    cfg = with_current_model_keys(config["model_config"])  # releases written before the rename too
+    kernel = cfg.get("orientation_kernel")
     prov = config.get("provenance", {})
     lines = [
         "## Architecture",
@@ -200,9 +203,9 @@ def _architecture(config: dict[str, Any], num_parameters: int | None) -> list[st
         f"- Backbone DiT: hidden {cfg.get('hidden')}, depth {cfg.get('depth')}, {cfg.get('heads')} heads"
         + (", SwiGLU" if cfg.get("swiglu") else "") + f", MLP ratio {number_text(cfg.get('mlp_ratio'))}, adaLN-Zero; "
         f"{cfg.get('num_rbf')} radial basis distance features (cutoff {number_text(cfg.get('rbf_cutoff'))} Å)",
-        f"- Orientation: {_GAMMA_TEXT.get(cfg.get('gamma'), str(cfg.get('gamma')))}"
-        + (f", transformer hidden {cfg.get('gamma_hidden')}, depth {cfg.get('gamma_depth')}, "
-           f"{cfg.get('gamma_heads')} heads" if cfg.get("gamma") == "learned" else ""),
+        f"- Orientation: {_ORIENTATION_KERNEL_TEXT.get(kernel, str(kernel))}"
+        + (f", transformer hidden {cfg.get('orientation_hidden')}, depth {cfg.get('orientation_depth')}, "
+           f"{cfg.get('orientation_heads')} heads" if kernel == "learned" else ""),
         f"- Atom types: {' '.join(cfg.get('atom_types', []))}; at most {cfg.get('max_atoms')} atoms",
         f"- Diffusion: {cfg.get('timesteps')} steps, {cfg.get('noise_schedule')} noise schedule",
     ]

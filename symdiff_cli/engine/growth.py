@@ -12,7 +12,7 @@ from symdiff_cli.model.config import ModelConfig
 from symdiff_cli.model.dit import SELF_COND_PREFIX
 
 
-GROWABLE_DEPTHS = ("depth", "gamma_depth")
+GROWABLE_DEPTHS = ("depth", "orientation_depth")
 
 
 def model_config_from_release(release_cfg: ModelConfig, requested: ModelConfig,
@@ -20,7 +20,7 @@ def model_config_from_release(release_cfg: ModelConfig, requested: ModelConfig,
     """The model a run started from a release trains: the release's own, or a deeper one.
 
     `explicit` names the model settings the user set (`--set model.depth=8`). Only those of
-    `depth` / `gamma_depth` can change the model, and only upwards: the release's blocks keep
+    `depth` / `orientation_depth` can change the model, and only upwards: the release's blocks keep
     their weights and the extra blocks are appended. Everything else, the preset's defaults
     included, is the release's, so continuing a depth-8 release needs no --set. Without
     `explicit` (library callers), a request that differs from the release only in depths is

@@ -241,7 +241,7 @@ def set_up(cfg: TrainConfig, model_cfg: ModelConfig | None, stops: StopSignals,
                    "device": str(device), "world_size": ranks.world_size, "bf16": use_bf16})
         console_print(
             f"{'Resuming' if resumed else 'Training'} {count_parameters(model):,} parameters "
-            f"(gamma={model_cfg.gamma}) on {len(packed):,} molecules from {source}, {device}"
+            f"(orientation kernel {model_cfg.orientation_kernel}) on {len(packed):,} molecules from {source}, {device}"
             + (f" x {ranks.world_size} processes" if ranks.distributed else "")
             + (f", from step {state.step}" if resumed else ""))
     return TrainingRun(cfg, model_cfg, ranks, device, use_bf16, info, data, histogram, batches, model, ema, optimizer,

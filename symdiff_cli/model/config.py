@@ -9,7 +9,16 @@ from typing import Any
 
 from symdiff_cli.errors import SymdiffError
 
-GAMMA_CHOICES = ("learned", "haar", "none")
+ORIENTATION_KERNELS = ("learned", "haar", "none")
+
+# The orientation kernel's settings were once named after its symbol, gamma, which also names the
+# noise schedule's log-SNR. Releases and checkpoints written then still load: from_dict reads
+# the old keys under the new names.
+RENAMED_MODEL_KEYS = {
+    "gamma": "orientation_kernel", "gamma_hidden": "orientation_hidden", "gamma_depth": "orientation_depth",
+    "gamma_heads": "orientation_heads", "gamma_mlp_hidden": "orientation_mlp_hidden",
+    "gamma_noise_channels": "orientation_noise_channels",
+}
 # Grids of sampling timesteps (VPDiffusion.sampling_timesteps). A sampler setting, not part of a
 # ModelConfig: any grid runs any model. Each name is the power p of t_i = T (1 - i/S)^p; the first
 # is the default.
@@ -37,13 +46,13 @@ class ModelConfig:
     num_rbf: int = 16
     rbf_cutoff: float = 10.0  # Angstrom (normalised positions are x / 1)
 
-    # Orientation kernel gamma: learned (SymDiff), haar (DiT-Aug), none (plain DiT).
-    gamma: str = "learned"
-    gamma_hidden: int = 32
-    gamma_depth: int = 4
-    gamma_heads: int = 4
-    gamma_mlp_hidden: int = 64
-    gamma_noise_channels: int = 3
+    # Orientation kernel (the paper's gamma): learned (SymDiff), haar (DiT-Aug), none (plain DiT).
+    orientation_kernel: str = "learned"
+    orientation_hidden: int = 32
+    orientation_depth: int = 4
+    orientation_heads: int = 4
+    orientation_mlp_hidden: int = 64
+    orientation_noise_channels: int = 3
 
     # Self-conditioning (Chen et al. 2022, "Analog Bits"): the backbone also reads its own previous
     # estimate of the clean molecule (x0_hat, h0_hat) through a zero-initialised linear added to
@@ -67,14 +76,14 @@ class ModelConfig:
         return self.num_atom_types + 1
 
     def validate(self) -> "ModelConfig":
-        if self.gamma not in GAMMA_CHOICES:
-            raise SymdiffError(f"gamma must be one of {', '.join(GAMMA_CHOICES)}, not {self.gamma!r}")
+        if self.orientation_kernel not in ORIENTATION_KERNELS:
+            raise SymdiffError(f"orientation_kernel must be one of {', '.join(ORIENTATION_KERNELS)}, "
+                               f"not {self.orientation_kernel!r}")
         if self.hidden % self.heads:
             raise SymdiffError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
-        if self.gamma == "learned" and self.gamma_hidden % self.gamma_heads:
-            raise SymdiffError(
-                f"gamma_hidden ({self.gamma_hidden}) must be divisible by gamma_heads ({self.gamma_heads})"
-            )
+        if self.orientation_kernel == "learned" and self.orientation_hidden % self.orientation_heads:
+            raise SymdiffError(f"orientation_hidden ({self.orientation_hidden}) must be divisible by "
+                               f"orientation_heads ({self.orientation_heads})")
         if self.noise_schedule != "polynomial_2":
             raise SymdiffError(f"unsupported noise schedule {self.noise_schedule!r} (polynomial_2)")
         return self
@@ -90,25 +99,30 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        d = with_current_model_keys(d)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise SymdiffError(f"unknown model config field(s): {', '.join(sorted(unknown))}")
-        d = dict(d)
         if "atom_types" in d:
             d["atom_types"] = tuple(d["atom_types"])
         return cls(**d).validate()
 
 
+def with_current_model_keys(d: dict[str, Any]) -> dict[str, Any]:
+    """A model config dict with renamed keys (RENAMED_MODEL_KEYS) under their current names, in its order."""
+    return {RENAMED_MODEL_KEYS.get(key, key): value for key, value in d.items()}
+
+
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     # Trains in seconds: for tests and smoke runs.
-    "tiny": dict(hidden=64, depth=3, heads=4, num_rbf=8, gamma_hidden=16, gamma_depth=1, gamma_heads=2,
-                 gamma_mlp_hidden=16),
-    # The small configuration of the authors' scripts (backbone 128 x 6, gamma 32 x 4).
-    "small": dict(hidden=128, depth=6, heads=4, gamma_hidden=32, gamma_depth=4, gamma_heads=4),
+    "tiny": dict(hidden=64, depth=3, heads=4, num_rbf=8, orientation_hidden=16, orientation_depth=1,
+                 orientation_heads=2, orientation_mlp_hidden=16),
+    # The small configuration of the authors' scripts (backbone 128 x 6, orientation kernel 32 x 4).
+    "small": dict(hidden=128, depth=6, heads=4, orientation_hidden=32, orientation_depth=4, orientation_heads=4),
     # The published QM9 configuration ("dit_dit_gaussian", about 31M parameters).
-    "paper": dict(hidden=384, depth=12, heads=6, gamma_hidden=128, gamma_depth=8, gamma_heads=4,
-                  gamma_mlp_hidden=64),
+    "paper": dict(hidden=384, depth=12, heads=6, orientation_hidden=128, orientation_depth=8, orientation_heads=4,
+                  orientation_mlp_hidden=64),
 }
 
 
@@ -153,6 +167,6 @@ def apply_overrides(obj: Any, overrides: dict[str, Any]) -> Any:
 
 
 __all__ = [
-    "ModelConfig", "MODEL_PRESETS", "GAMMA_CHOICES", "model_config_from_preset", "parse_override",
+    "ModelConfig", "MODEL_PRESETS", "ORIENTATION_KERNELS", "RENAMED_MODEL_KEYS", "with_current_model_keys", "model_config_from_preset", "parse_override",
     "apply_overrides",
 ]

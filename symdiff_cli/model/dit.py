@@ -118,7 +118,7 @@ def attention_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
 
 
 class Transformer(nn.Module):
-    """Token embedding -> adaLN-Zero DiT blocks conditioned on t. Shared by backbone and gamma."""
+    """Token embedding -> adaLN-Zero DiT blocks conditioned on t. Shared by the backbone and the orientation kernel."""
 
     def __init__(self, in_dim: int, hidden: int, depth: int, heads: int, mlp_ratio: float, swiglu: bool):
         super().__init__()
@@ -192,18 +192,19 @@ class DiTBackbone(nn.Module):
 
 
 class OrientationNet(nn.Module):
-    """phi of the learned gamma: reads g^-1 . x (+ noise, features, distances), outputs a 3x3 matrix."""
+    """phi of the learned orientation kernel (the paper's gamma): reads g^-1 . x (+ noise, features,
+    distances), outputs a 3x3 matrix."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        in_dim = 3 + cfg.feature_dim + cfg.gamma_noise_channels + cfg.num_rbf
+        in_dim = 3 + cfg.feature_dim + cfg.orientation_noise_channels + cfg.num_rbf
         self.transformer = Transformer(
-            in_dim, cfg.gamma_hidden, cfg.gamma_depth, cfg.gamma_heads, cfg.mlp_ratio, cfg.swiglu
+            in_dim, cfg.orientation_hidden, cfg.orientation_depth, cfg.orientation_heads, cfg.mlp_ratio, cfg.swiglu
         )
-        self.norm = nn.LayerNorm(cfg.gamma_hidden)
+        self.norm = nn.LayerNorm(cfg.orientation_hidden)
         self.head = nn.Sequential(
-            nn.Linear(cfg.gamma_hidden, cfg.gamma_mlp_hidden), nn.SiLU(), nn.Linear(cfg.gamma_mlp_hidden, 9)
+            nn.Linear(cfg.orientation_hidden, cfg.orientation_mlp_hidden), nn.SiLU(), nn.Linear(cfg.orientation_mlp_hidden, 9)
         )
         _init_linear_layers(self)
         self.transformer.zero_init_modulation()
@@ -225,11 +226,11 @@ class OrientationNet(nn.Module):
 
 
 class SymmetrisedDenoiser(nn.Module):
-    """eps_hat(z_t, t) = R f(R^-1 z_t, t) with R ~ gamma(z_t).
+    """eps_hat(z_t, t) = R f(R^-1 z_t, t) with R drawn from the orientation kernel at z_t (the paper's gamma).
 
     Inputs are normalised, CoM-free positions x (B, N, 3), features h (B, N, F), integer or
     float timesteps t (B,), and the real-atom mask (B, N) or None for an unpadded batch.
-    `haar` and `gamma_noise` may be passed to couple draws (equivariance tests); otherwise they
+    `haar` and `orientation_noise` may be passed to couple draws (equivariance tests); otherwise they
     are drawn from `generator`.
 
     Self-conditioning (cfg.self_condition): `self_cond` = (x0_hat, h0_hat), the previous estimate
@@ -243,34 +244,34 @@ class SymmetrisedDenoiser(nn.Module):
         super().__init__()
         self.cfg = cfg.validate()
         self.backbone = DiTBackbone(cfg)
-        self.orientation = OrientationNet(cfg) if cfg.gamma == "learned" else None
+        self.orientation = OrientationNet(cfg) if cfg.orientation_kernel == "learned" else None
 
     def sample_frame(
         self, x: torch.Tensor, h: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None,
         attn_mask: torch.Tensor | None, rbf: torch.Tensor, haar: torch.Tensor | None = None,
-        gamma_noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
+        orientation_noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
     ) -> torch.Tensor | None:
-        """Draw R ~ gamma(x): (B, 3, 3), or None for the plain (unsymmetrised) DiT."""
-        if self.cfg.gamma == "none":
+        """Draw R from the orientation kernel at x: (B, 3, 3), or None for the plain (unsymmetrised) DiT."""
+        if self.cfg.orientation_kernel == "none":
             return None
         b, n, _ = x.shape
         if haar is None:
             haar = sample_haar_orthogonal(b, generator=generator, device=x.device, dtype=x.dtype)
         if self.orientation is None:
             return haar
-        if gamma_noise is None:
-            gamma_noise = torch.randn(
-                b, n, self.cfg.gamma_noise_channels, generator=generator, device=x.device, dtype=x.dtype
+        if orientation_noise is None:
+            orientation_noise = torch.randn(
+                b, n, self.cfg.orientation_noise_channels, generator=generator, device=x.device, dtype=x.dtype
             )
         if mask is not None:
-            gamma_noise = gamma_noise * mask.unsqueeze(-1).to(x.dtype)
+            orientation_noise = orientation_noise * mask.unsqueeze(-1).to(x.dtype)
         u = rotate_inverse(x, haar)
-        q_phi = orthogonalise(self.orientation(u, h, t, mask, attn_mask, rbf, gamma_noise))
+        q_phi = orthogonalise(self.orientation(u, h, t, mask, attn_mask, rbf, orientation_noise))
         return haar @ q_phi.to(haar.dtype)
 
     def forward(
         self, x: torch.Tensor, h: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None = None,
-        haar: torch.Tensor | None = None, gamma_noise: torch.Tensor | None = None,
+        haar: torch.Tensor | None = None, orientation_noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         self_cond: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -278,7 +279,7 @@ class SymmetrisedDenoiser(nn.Module):
         if attn_mask is None:
             mask = None
         rbf = radial_basis_features(x, mask, self.cfg.num_rbf, self.cfg.rbf_cutoff)
-        frame = self.sample_frame(x, h, t, mask, attn_mask, rbf, haar, gamma_noise, generator)
+        frame = self.sample_frame(x, h, t, mask, attn_mask, rbf, haar, orientation_noise, generator)
         x_in = x if frame is None else rotate_inverse(x, frame)
         cond = self._self_cond_input(x, h, mask, frame, self_cond) if self.cfg.self_condition else None
         eps_x, eps_h = self.backbone(x_in, h, t, mask, attn_mask, rbf, cond)
