@@ -73,10 +73,10 @@ def _with_settings(obj: Any, overrides: dict[str, Any], scope: str) -> Any:
     return obj
 
 
-def _check_model_settings(cfg: Any) -> None:
+def _check_model_settings(model_cfg: Any) -> None:
     """Sizes and scales of a model must be positive: zero or negative ones fail deep in torch."""
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
+    for f in dataclasses.fields(model_cfg):
+        value = getattr(model_cfg, f.name)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         if not value > 0:
@@ -161,28 +161,28 @@ def train_command(
                  eval_samples=eval_samples, eval_steps=eval_steps, log_every=log_every, seed=seed,
                  device=device, precision=precision, init_from=init_from, threads=threads)
     train_over.update({k: v for k, v in given.items() if v is not None})
-    cfg = _with_settings(TrainConfig(), train_over, "train")
-    check_train_config(cfg)
+    train_config = _with_settings(TrainConfig(), train_over, "train")
+    check_train_config(train_config)
 
-    has_checkpoint = (Path(cfg.out) / "checkpoint.pt").exists()
+    has_checkpoint = (Path(train_config.out) / "checkpoint.pt").exists()
     if has_checkpoint and not resume:
-        raise SymdiffError(f"{cfg.out} already holds a run: pass --resume to continue it, or choose another --out")
+        raise SymdiffError(f"{train_config.out} already holds a run: pass --resume to continue it, or choose another --out")
     if resume and not has_checkpoint:
-        raise SymdiffError(f"--resume: no checkpoint in {cfg.out}")
+        raise SymdiffError(f"--resume: no checkpoint in {train_config.out}")
     from symdiff_cli.engine.release_config import is_release_directory
 
-    if is_release_directory(Path(cfg.out)):
+    if is_release_directory(Path(train_config.out)):
         # A run writes its own config.json, which would replace the release's.
-        raise UsageError(f"--out {cfg.out} is a release directory, not a run directory: choose another --out")
+        raise UsageError(f"--out {train_config.out} is a release directory, not a run directory: choose another --out")
     model_cfg: ModelConfig | None = None
     if not has_checkpoint:
-        model_cfg = model_config_from_preset(cfg.preset)
+        model_cfg = model_config_from_preset(train_config.preset)
         if model_over:
             model_cfg = _with_settings(model_cfg, model_over, "model")
             _check_model_settings(model_cfg)
             model_cfg = model_cfg.validate()
 
-    if not cfg.data and cfg.dataset == "qm9":
+    if not train_config.data and train_config.dataset == "qm9":
         # Parsed here, where the bar is drawn, the first time; the run then finds it in memory.
         from symdiff_cli.data.qm9 import qm9_split
 
@@ -195,7 +195,7 @@ def train_command(
     console = Console(stderr=True, quiet=quiet or not is_main)
     explicit_model_keys = set(model_over)  # what --init-from may grow: only depths the user asked for
     if quiet or not is_main:
-        summary = train(cfg, model_cfg, console_print=console.print, explicit_model_keys=explicit_model_keys)
+        summary = train(train_config, model_cfg, console_print=console.print, explicit_model_keys=explicit_model_keys)
     else:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -204,17 +204,17 @@ def train_command(
             TextColumn("{task.fields[speed]} mol/s"), TimeElapsedColumn(), TimeRemainingColumn(),
             console=console, transient=False,
         ) as progress:
-            total = cfg.max_time or cfg.max_steps or None
+            total = train_config.max_time or train_config.max_steps or None
             task = progress.add_task("train", total=total, step=0, loss="-", speed="-")
 
             def on_progress(rec: dict) -> None:
-                done = rec["time"] if cfg.max_time else rec["step"]
-                if rec.get("total_steps") and not cfg.max_time:
+                done = rec["time"] if train_config.max_time else rec["step"]
+                if rec.get("total_steps") and not train_config.max_time:
                     progress.update(task, total=rec["total_steps"])
                 progress.update(task, completed=done, step=rec["step"], loss=f"{rec['loss']:.4f}",
                                 speed=f"{rec['mol_per_s']:.0f}")
 
-            summary = train(cfg, model_cfg, on_progress=on_progress, console_print=console.print,
+            summary = train(train_config, model_cfg, on_progress=on_progress, console_print=console.print,
                             explicit_model_keys=explicit_model_keys)
     if is_main:
         line = (f"Stopped ({summary['stop_reason']}) at step {summary['step']}, epoch {summary['epoch']}, "

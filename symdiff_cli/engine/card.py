@@ -76,8 +76,8 @@ def model_card(config: dict[str, Any], num_parameters: int | None = None, metric
     network, its checked metrics.json (or None) and its name (the directory's)."""
     from symdiff_cli.engine.registry import DEFAULT_MODEL_NAME
 
-    cfg = with_current_model_keys(config["model_config"])  # releases written before the rename too
-    dataset = str(config.get("dataset", cfg.get("dataset", "?")))
+    model_config = with_current_model_keys(config["model_config"])  # releases written before the rename too
+    dataset = str(config.get("dataset", model_config.get("dataset", "?")))
     name = name or dataset
     measurements = (metrics or {}).get("measurements", [])
     primary = measurements[0] if measurements else None
@@ -121,12 +121,12 @@ def _front_matter(name: str, dataset: str, primary: dict[str, Any] | None) -> li
 
 
 def _summary(config: dict[str, Any], dataset: str, metrics: dict[str, Any] | None) -> list[str]:
-    cfg = with_current_model_keys(config["model_config"])  # releases written before the rename too
+    model_config = with_current_model_keys(config["model_config"])  # releases written before the rename too
     kernel = "a learned orientation kernel (stochastic symmetrisation, SymDiff)" \
-        if cfg.get("orientation_kernel") == "learned" \
-        else _ORIENTATION_KERNEL_TEXT.get(cfg.get("orientation_kernel"), str(cfg.get("orientation_kernel")))
-    text = (f"A 3D molecule generator trained on {dataset.upper()} (atom types {' '.join(cfg.get('atom_types', []))}, "
-            f"up to {cfg.get('max_atoms')} atoms): EDM-style variance-preserving diffusion whose denoiser, a Diffusion "
+        if model_config.get("orientation_kernel") == "learned" \
+        else _ORIENTATION_KERNEL_TEXT.get(model_config.get("orientation_kernel"), str(model_config.get("orientation_kernel")))
+    text = (f"A 3D molecule generator trained on {dataset.upper()} (atom types {' '.join(model_config.get('atom_types', []))}, "
+            f"up to {model_config.get('max_atoms')} atoms): EDM-style variance-preserving diffusion whose denoiser, a Diffusion "
             f"Transformer, is made O(3)-equivariant in distribution by {kernel}; the samples are E(3)-invariant.")
     if config.get("guidance"):
         count = len(_guide_entries(config))
@@ -194,20 +194,20 @@ def _guide_entries(config: dict[str, Any]) -> list[dict[str, Any]]:
 def _architecture(config: dict[str, Any], num_parameters: int | None) -> list[str]:
     from symdiff_cli.engine.release_layout import guide_weights_file
 
-    cfg = with_current_model_keys(config["model_config"])  # releases written before the rename too
-    kernel = cfg.get("orientation_kernel")
+    model_config = with_current_model_keys(config["model_config"])  # releases written before the rename too
+    kernel = model_config.get("orientation_kernel")
     prov = config.get("provenance", {})
     lines = [
         "## Architecture",
         "",
-        f"- Backbone DiT: hidden {cfg.get('hidden')}, depth {cfg.get('depth')}, {cfg.get('heads')} heads"
-        + (", SwiGLU" if cfg.get("swiglu") else "") + f", MLP ratio {number_text(cfg.get('mlp_ratio'))}, adaLN-Zero; "
-        f"{cfg.get('num_rbf')} radial basis distance features (cutoff {number_text(cfg.get('rbf_cutoff'))} Å)",
+        f"- Backbone DiT: hidden {model_config.get('hidden')}, depth {model_config.get('depth')}, {model_config.get('heads')} heads"
+        + (", SwiGLU" if model_config.get("swiglu") else "") + f", MLP ratio {number_text(model_config.get('mlp_ratio'))}, adaLN-Zero; "
+        f"{model_config.get('num_rbf')} radial basis distance features (cutoff {number_text(model_config.get('rbf_cutoff'))} Å)",
         f"- Orientation: {_ORIENTATION_KERNEL_TEXT.get(kernel, str(kernel))}"
-        + (f", transformer hidden {cfg.get('orientation_hidden')}, depth {cfg.get('orientation_depth')}, "
-           f"{cfg.get('orientation_heads')} heads" if kernel == "learned" else ""),
-        f"- Atom types: {' '.join(cfg.get('atom_types', []))}; at most {cfg.get('max_atoms')} atoms",
-        f"- Diffusion: {cfg.get('timesteps')} steps, {cfg.get('noise_schedule')} noise schedule",
+        + (f", transformer hidden {model_config.get('orientation_hidden')}, depth {model_config.get('orientation_depth')}, "
+           f"{model_config.get('orientation_heads')} heads" if kernel == "learned" else ""),
+        f"- Atom types: {' '.join(model_config.get('atom_types', []))}; at most {model_config.get('max_atoms')} atoms",
+        f"- Diffusion: {model_config.get('timesteps')} steps, {model_config.get('noise_schedule')} noise schedule",
     ]
     if num_parameters is not None:
         lines.append(f"- Parameters: {num_parameters:,}")

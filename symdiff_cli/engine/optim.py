@@ -9,26 +9,26 @@ import torch
 from symdiff_cli.engine.train_config import TrainConfig
 
 
-def budget_fraction(step: int, elapsed: float, cfg: TrainConfig, steps_per_epoch: int) -> float | None:
+def budget_fraction(step: int, elapsed: float, train_config: TrainConfig, steps_per_epoch: int) -> float | None:
     """How far the run is through its budget (0..1): the furthest of its step, epoch and time budgets,
     since whichever is reached first ends the run. None when the run has no budget."""
     fractions = []
-    if cfg.max_steps:
-        fractions.append(step / cfg.max_steps)
-    if cfg.epochs:
-        fractions.append(step / (cfg.epochs * steps_per_epoch))
-    if cfg.max_time:
-        fractions.append(elapsed / cfg.max_time)
+    if train_config.max_steps:
+        fractions.append(step / train_config.max_steps)
+    if train_config.epochs:
+        fractions.append(step / (train_config.epochs * steps_per_epoch))
+    if train_config.max_time:
+        fractions.append(elapsed / train_config.max_time)
     return min(1.0, max(fractions)) if fractions else None
 
 
-def learning_rate(step: int, cfg: TrainConfig, fraction: float | None = None) -> float:
+def learning_rate(step: int, train_config: TrainConfig, fraction: float | None = None) -> float:
     """Linear warm-up, then constant or a cosine from lr to min_lr over the budget (`fraction` done)."""
-    lr = cfg.lr
-    if cfg.lr_schedule == "cosine" and fraction is not None:
-        lr = cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * fraction))
-    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
-        return lr * (step + 1) / cfg.warmup_steps
+    lr = train_config.lr
+    if train_config.lr_schedule == "cosine" and fraction is not None:
+        lr = train_config.min_lr + (train_config.lr - train_config.min_lr) * 0.5 * (1.0 + math.cos(math.pi * fraction))
+    if train_config.warmup_steps > 0 and step < train_config.warmup_steps:
+        return lr * (step + 1) / train_config.warmup_steps
     return lr
 
 

@@ -34,11 +34,11 @@ from symdiff_cli.model.config import ModelConfig
 from symdiff_cli.model.diffusion import Batch
 
 
-def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
+def train(train_config: TrainConfig, model_cfg: ModelConfig | None = None,
           on_progress: Callable[[dict[str, Any]], None] | None = None,
           console_print: Callable[[str], None] = print,
           explicit_model_keys: Collection[str] | None = None) -> dict[str, Any]:
-    """Train (or resume) a run in cfg.out. Returns a summary dict.
+    """Train (or resume) a run in train_config.out. Returns a summary dict.
 
     model_cfg is required for a new run; a resumed run takes its model configuration from the
     checkpoint. `on_progress` is called with a dict after every optimiser step (rank 0 only).
@@ -52,7 +52,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
     step a signal raises Interrupted and nothing is written.
     """
     is_main = ranks_from_environment().is_main
-    out = Path(cfg.out)
+    out = Path(train_config.out)
     created = not out.exists()
     lock = RunLock(out) if is_main else None
     with StopSignals() as stops:
@@ -61,7 +61,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig | None = None,
                 lock.acquire()
         try:
             stops.raise_if_received()
-            return _train_locked(cfg, model_cfg, stops, on_progress, console_print, explicit_model_keys)
+            return _train_locked(train_config, model_cfg, stops, on_progress, console_print, explicit_model_keys)
         finally:
             with stops.deferred():
                 if lock is not None:
@@ -114,20 +114,20 @@ class _LogWindow:
         self.molecules += molecules
 
 
-def _budget_reached(cfg: TrainConfig, state: TrainState, agreed_elapsed: float) -> str | None:
-    if cfg.max_steps is not None and state.step >= cfg.max_steps:
+def _budget_reached(train_config: TrainConfig, state: TrainState, agreed_elapsed: float) -> str | None:
+    if train_config.max_steps is not None and state.step >= train_config.max_steps:
         return "max_steps"
-    if cfg.epochs is not None and state.epoch >= cfg.epochs:
+    if train_config.epochs is not None and state.epoch >= train_config.epochs:
         return "epochs"
-    if cfg.max_time is not None and agreed_elapsed >= cfg.max_time:
+    if train_config.max_time is not None and agreed_elapsed >= train_config.max_time:
         return "max_time"
     return None
 
 
-def _total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int | None:
-    total_steps = cfg.max_steps
-    if cfg.epochs is not None:
-        by_epochs = cfg.epochs * steps_per_epoch
+def _total_steps(train_config: TrainConfig, steps_per_epoch: int) -> int | None:
+    total_steps = train_config.max_steps
+    if train_config.epochs is not None:
+        by_epochs = train_config.epochs * steps_per_epoch
         total_steps = by_epochs if total_steps is None else min(total_steps, by_epochs)
     return total_steps
 
@@ -142,13 +142,13 @@ def _optimiser_step(run: TrainingRun, idx: np.ndarray, lr: float) -> tuple[torch
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.use_bf16):
-        loss = run.diffusion.loss(run.train_model, batch, low_noise_fraction=run.cfg.low_noise_fraction,
+        loss = run.diffusion.loss(run.train_model, batch, low_noise_fraction=run.train_config.low_noise_fraction,
                                   self_condition=run.model_cfg.self_condition)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip)
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.train_config.grad_clip)
     run.optimizer.step()
-    update_ema(run.ema, run.model, ema_decay_at(run.state.step, run.cfg.ema_decay))
+    update_ema(run.ema, run.model, ema_decay_at(run.state.step, run.train_config.ema_decay))
     return loss, grad_norm
 
 
@@ -167,7 +167,7 @@ def _log_interval(run: TrainingRun, window: _LogWindow, lr: float, grad_norm: to
               "time": round(state.elapsed, 2), "cpu_time": round(state.cpu_time, 2)}
     run.log.write(record)
     if run.ranks.is_main and on_progress is not None:
-        on_progress(record | {"total_steps": total_steps, "max_time": run.cfg.max_time})
+        on_progress(record | {"total_steps": total_steps, "max_time": run.train_config.max_time})
     window.molecules, window.start, window.steps = 0, now, 0
     return mean_loss
 
@@ -176,11 +176,11 @@ def _train_loop(run: TrainingRun, on_progress: Callable[[dict[str, Any]], None] 
                 ) -> tuple[str | None, int | None, float | None]:
     """Train until a budget is spent or a stop signal arrives; returns (stop reason, stop signal,
     the last logged loss: None until a log interval ends, as when a spent budget makes no step)."""
-    cfg, state = run.cfg, run.state
+    train_config, state = run.train_config, run.state
     clock = _Clock(state)
     window = _LogWindow(torch.zeros((), device=run.device))
     last_checkpoint = clock.session_start
-    total_steps = _total_steps(cfg, len(run.batches))
+    total_steps = _total_steps(train_config, len(run.batches))
     last_loss: float | None = None
     # Wall-clock decisions are synchronised every few steps under DDP (a broadcast is a host sync).
     sync_every = 10 if run.ranks.distributed else 1
@@ -191,20 +191,22 @@ def _train_loop(run: TrainingRun, on_progress: Callable[[dict[str, Any]], None] 
     # agree on stopping, and the checkpoint after the loop records that step.
     run.stops.defer()
 
-    while (stop_reason := _budget_reached(cfg, state, agreed_elapsed)) is None:
+    while (stop_reason := _budget_reached(train_config, state, agreed_elapsed)) is None:
         epoch_batches = run.batches.epoch(state.epoch)
         while state.batch_in_epoch < len(epoch_batches):
             idx = epoch_batches[state.batch_in_epoch]
-            lr = learning_rate(state.step, cfg, budget_fraction(state.step, agreed_elapsed, cfg, len(run.batches)))
+            fraction = budget_fraction(state.step, agreed_elapsed, train_config, len(run.batches))
+            lr = learning_rate(state.step, train_config, fraction)
             loss, grad_norm = _optimiser_step(run, idx, lr)
             state.step += 1
             state.batch_in_epoch += 1
             clock.tick()
             window.add(loss, len(idx) * run.ranks.world_size)
             epoch_done = state.batch_in_epoch == len(epoch_batches)
-            if state.step % cfg.log_every == 0 or epoch_done:
+            if state.step % train_config.log_every == 0 or epoch_done:
                 last_loss = _log_interval(run, window, lr, grad_norm, total_steps, on_progress)
-            if cfg.eval_every and cfg.eval_samples and state.step % cfg.eval_every == 0 and run.ranks.is_main:
+            if (train_config.eval_every and train_config.eval_samples and run.ranks.is_main
+                    and state.step % train_config.eval_every == 0):
                 with clock.not_training():
                     evaluation = run.evaluate()
                     if evaluation is not None:
@@ -216,12 +218,12 @@ def _train_loop(run: TrainingRun, on_progress: Callable[[dict[str, Any]], None] 
                 if stop_signal is not None:
                     break  # the checkpoint after the loop records this step
                 checkpoint_due, agreed_elapsed = agree_with_rank0(
-                    run.ranks, run.device, time.perf_counter() - last_checkpoint >= cfg.checkpoint_every,
+                    run.ranks, run.device, time.perf_counter() - last_checkpoint >= train_config.checkpoint_every,
                     state.elapsed)
                 if checkpoint_due:
                     run.save_checkpoint()
                     last_checkpoint = time.perf_counter()
-            if _budget_reached(cfg, state, agreed_elapsed) in ("max_steps", "max_time"):
+            if _budget_reached(train_config, state, agreed_elapsed) in ("max_steps", "max_time"):
                 break
         if state.batch_in_epoch >= len(epoch_batches):
             state.epoch += 1
@@ -232,16 +234,18 @@ def _train_loop(run: TrainingRun, on_progress: Callable[[dict[str, Any]], None] 
     return stop_reason, stop_signal, last_loss
 
 
-def _finish(run: TrainingRun, stop_reason: str | None, stop_signal: int | None, last_loss: float | None) -> dict[str, Any]:
+def _finish(run: TrainingRun, stop_reason: str | None, stop_signal: int | None,
+            last_loss: float | None) -> dict[str, Any]:
     """The final checkpoint and evaluation, the ranks' agreement check, and the run's summary."""
     state, log = run.state, run.log
     run.save_checkpoint()
     summary: dict[str, Any] = {"stop_reason": stop_reason, "step": state.step, "epoch": state.epoch,
-                               "time": round(state.elapsed, 2), "loss": last_loss, "out": str(Path(run.cfg.out))}
+                               "time": round(state.elapsed, 2), "loss": last_loss,
+                               "out": str(Path(run.train_config.out))}
     if stop_signal is not None:
         summary["signal"] = stop_signal
         log.write({"event": "signal", "signal": stop_reason, "step": state.step})
-    if run.cfg.eval_samples and run.ranks.is_main and stop_signal is None:
+    if run.train_config.eval_samples and run.ranks.is_main and stop_signal is None:
         evaluation = run.evaluate()
         if evaluation is None:  # the checkpoint above is already written: only the evaluation is lost
             summary["signal"] = run.stops.received
@@ -261,10 +265,10 @@ def _finish(run: TrainingRun, stop_reason: str | None, stop_signal: int | None, 
     return summary
 
 
-def _train_locked(cfg: TrainConfig, model_cfg: ModelConfig | None, stops: StopSignals,
+def _train_locked(train_config: TrainConfig, model_cfg: ModelConfig | None, stops: StopSignals,
                   on_progress: Callable[[dict[str, Any]], None] | None,
                   console_print: Callable[[str], None],
                   explicit_model_keys: Collection[str] | None) -> dict[str, Any]:
-    run = set_up(cfg, model_cfg, stops, console_print, explicit_model_keys)
+    run = set_up(train_config, model_cfg, stops, console_print, explicit_model_keys)
     stop_reason, stop_signal, last_loss = _train_loop(run, on_progress)
     return _finish(run, stop_reason, stop_signal, last_loss)

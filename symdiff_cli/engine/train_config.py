@@ -46,41 +46,43 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def check_train_config(cfg: TrainConfig) -> None:
+def check_train_config(train_config: TrainConfig) -> None:
     """The checks on a TrainConfig that the engine relies on, each a one-line UsageError."""
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
+    for f in dataclasses.fields(train_config):
+        value = getattr(train_config, f.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise UsageError(f"--{f.name.replace('_', '-')} must be a finite number, not {value}")
-    if cfg.data_format not in ("auto", "geom"):
-        raise UsageError(f"--data-format must be auto or geom, not {cfg.data_format!r}")
-    if cfg.precision not in ("auto", "fp32", "bf16"):
-        raise UsageError(f"--precision must be auto, fp32 or bf16, not {cfg.precision!r}")
-    if cfg.lr_schedule not in ("constant", "cosine"):
-        raise UsageError(f"--lr-schedule must be constant or cosine, not {cfg.lr_schedule!r}")
-    if cfg.lr_schedule == "cosine" and not (cfg.max_time or cfg.max_steps or cfg.epochs):
+    if train_config.data_format not in ("auto", "geom"):
+        raise UsageError(f"--data-format must be auto or geom, not {train_config.data_format!r}")
+    if train_config.precision not in ("auto", "fp32", "bf16"):
+        raise UsageError(f"--precision must be auto, fp32 or bf16, not {train_config.precision!r}")
+    if train_config.lr_schedule not in ("constant", "cosine"):
+        raise UsageError(f"--lr-schedule must be constant or cosine, not {train_config.lr_schedule!r}")
+    has_budget = train_config.max_time or train_config.max_steps or train_config.epochs
+    if train_config.lr_schedule == "cosine" and not has_budget:
         raise UsageError("--lr-schedule cosine needs a budget to decay over: --max-time, --max-steps or --epochs")
-    if cfg.batch_size < 1 or cfg.lr <= 0 or cfg.log_every < 1:
+    if train_config.batch_size < 1 or train_config.lr <= 0 or train_config.log_every < 1:
         raise UsageError("--batch-size, --lr and --log-every must be positive")
-    if cfg.min_lr < 0 or cfg.min_lr > cfg.lr:
+    if train_config.min_lr < 0 or train_config.min_lr > train_config.lr:
         raise UsageError("--min-lr must lie between 0 and --lr")
-    if not 0.0 <= cfg.low_noise_fraction <= 1.0:
+    if not 0.0 <= train_config.low_noise_fraction <= 1.0:
         raise UsageError("--low-noise-fraction must lie between 0 and 1")
     # 1 would freeze the released weights at initialisation; above 1 they diverge.
-    if not 0.0 <= cfg.ema_decay < 1.0:
-        raise UsageError(f"--ema-decay must be in [0, 1), not {cfg.ema_decay}")
-    if cfg.grad_clip <= 0 or cfg.weight_decay < 0:
+    if not 0.0 <= train_config.ema_decay < 1.0:
+        raise UsageError(f"--ema-decay must be in [0, 1), not {train_config.ema_decay}")
+    if train_config.grad_clip <= 0 or train_config.weight_decay < 0:
         raise UsageError("--grad-clip must be positive and train.weight_decay not negative")
     for name in ("warmup_steps", "eval_every", "eval_samples", "threads"):
-        if getattr(cfg, name) < 0:
+        if getattr(train_config, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')} must not be negative")
     # Settings whose default is None are not coerced by apply_overrides: check their type here.
     for name in ("epochs", "max_steps"):
-        value = getattr(cfg, name)
+        value = getattr(train_config, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise UsageError(f"--{name.replace('_', '-')} must be a whole number of at least 1, not {value!r}")
-    if cfg.max_time is not None and (isinstance(cfg.max_time, bool) or not isinstance(cfg.max_time, (int, float))
-                                     or not math.isfinite(cfg.max_time) or cfg.max_time <= 0):
-        raise UsageError(f"train.max_time must be a positive number of seconds, not {cfg.max_time!r}")
-    if cfg.eval_steps < 1:
+    max_time = train_config.max_time
+    if max_time is not None and (isinstance(max_time, bool) or not isinstance(max_time, (int, float))
+                                 or not math.isfinite(max_time) or max_time <= 0):
+        raise UsageError(f"train.max_time must be a positive number of seconds, not {train_config.max_time!r}")
+    if train_config.eval_steps < 1:
         raise UsageError("--eval-steps must be at least 1")

@@ -30,17 +30,17 @@ from symdiff_cli.model.diffusion import NoiseSchedule, VPDiffusion
 from symdiff_cli.model.dit import SymmetrisedDenoiser, count_parameters
 
 
-def load_training_data(cfg: TrainConfig, info: DatasetInfo) -> tuple[PackedMolecules, str]:
+def load_training_data(train_config: TrainConfig, info: DatasetInfo) -> tuple[PackedMolecules, str]:
     """The molecules to train on and a short description of where they came from."""
-    if cfg.data:
-        if cfg.data_format == "geom":
+    if train_config.data:
+        if train_config.data_format == "geom":
             from symdiff_cli.data.user_data import load_geom_processed
 
-            paths = list(cfg.data)
+            paths = list(train_config.data)
             return load_geom_processed(paths[0], paths[1] if len(paths) > 1 else None), f"GEOM file {paths[0]}"
         from symdiff_cli.data.user_data import load_user_molecules
 
-        return load_user_molecules(list(cfg.data), info), f"{len(cfg.data)} user path(s)"
+        return load_user_molecules(list(train_config.data), info), f"{len(train_config.data)} user path(s)"
     if info.name != "qm9":
         raise SymdiffError(f"the {info.name} dataset is not shipped: pass its files with --data")
     from symdiff_cli.data.qm9 import qm9_split
@@ -93,7 +93,7 @@ def write_or_explain(path: Path, write: Callable[[], None]) -> None:
 class TrainingRun:
     """A training run once set up: what every part of the loop reads."""
 
-    cfg: TrainConfig
+    train_config: TrainConfig
     model_cfg: ModelConfig
     ranks: Ranks
     device: torch.device
@@ -113,7 +113,7 @@ class TrainingRun:
 
     @property
     def checkpoint_path(self) -> Path:
-        return Path(self.cfg.out) / CHECKPOINT_NAME
+        return Path(self.train_config.out) / CHECKPOINT_NAME
 
     def diverged(self, why: str) -> SymdiffError:
         kept = f"; {self.checkpoint_path} from an earlier step is kept" if self.checkpoint_path.exists() else ""
@@ -131,7 +131,7 @@ class TrainingRun:
         payload = {
             "model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
             "state": dataclasses.asdict(self.state), "rng_per_rank": rng, "cuda_rng_per_rank": cuda_rng,
-            "model_config": self.model_cfg.to_dict(), "train_config": self.cfg.to_dict(),
+            "model_config": self.model_cfg.to_dict(), "train_config": self.train_config.to_dict(),
             "atom_count_histogram": self.histogram, "dataset": self.info.name, "world_size": self.ranks.world_size,
         }
         path = self.checkpoint_path
@@ -148,36 +148,37 @@ class TrainingRun:
         checkpoint. A cut-short evaluation leaves nothing to undo."""
         try:
             with self.stops.interruptible():
-                return evaluate_samples(self.ema, self.model_cfg, self.histogram, self.cfg.eval_samples,
-                                        self.cfg.eval_steps, self.cfg.seed + self.state.step, self.device)
+                settings = self.train_config
+                return evaluate_samples(self.ema, self.model_cfg, self.histogram, settings.eval_samples,
+                                        settings.eval_steps, settings.seed + self.state.step, self.device)
         except Interrupted:
             return None
 
 
-def _model_config_for_run(cfg: TrainConfig, model_cfg: ModelConfig | None,
+def _model_config_for_run(train_config: TrainConfig, model_cfg: ModelConfig | None,
                           resume_ckpt: dict[str, Any] | None) -> tuple[ModelConfig, DatasetInfo]:
     """The checkpoint's model for a resumed run, else the one asked for, with the dataset's atom types."""
     if resume_ckpt is not None:
         model_cfg = ModelConfig.from_dict(resume_ckpt["model_config"])
     elif model_cfg is None:
         raise SymdiffError("a new run needs a model configuration")
-    info = dataset_info(cfg.dataset)
+    info = dataset_info(train_config.dataset)
     if tuple(model_cfg.atom_types) != info.atom_types:
         model_cfg = dataclasses.replace(model_cfg, dataset=info.name, atom_types=info.atom_types,
                                         max_atoms=info.max_atoms)
     return model_cfg, info
 
 
-def _build_networks(cfg: TrainConfig, model_cfg: ModelConfig, ranks: Ranks, device: torch.device,
+def _build_networks(train_config: TrainConfig, model_cfg: ModelConfig, ranks: Ranks, device: torch.device,
                     resume_ckpt: dict[str, Any] | None, explicit_model_keys: Collection[str] | None):
     """(model config, model, EMA model, optimiser, state): fresh, grown from --init-from, or resumed
     with each rank's random state."""
-    torch.manual_seed(cfg.seed + ranks.rank)
+    torch.manual_seed(train_config.seed + ranks.rank)
     release_state = None
-    if cfg.init_from and resume_ckpt is None:
+    if train_config.init_from and resume_ckpt is None:
         from symdiff_cli.engine.release import load_release_state_dict
 
-        init_cfg, release_state = load_release_state_dict(cfg.init_from)
+        init_cfg, release_state = load_release_state_dict(train_config.init_from)
         model_cfg = model_config_from_release(init_cfg, model_cfg, explicit_model_keys)
     model = SymmetrisedDenoiser(model_cfg).to(device)
     if release_state is not None:
@@ -185,7 +186,7 @@ def _build_networks(cfg: TrainConfig, model_cfg: ModelConfig, ranks: Ranks, devi
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    optimizer = make_optimizer(model, train_config.lr, train_config.weight_decay)
     state = TrainState()
     if resume_ckpt is not None:
         model.load_state_dict(resume_ckpt["model"])
@@ -200,27 +201,28 @@ def _build_networks(cfg: TrainConfig, model_cfg: ModelConfig, ranks: Ranks, devi
     return model_cfg, model, ema, optimizer, state
 
 
-def set_up(cfg: TrainConfig, model_cfg: ModelConfig | None, stops: StopSignals,
+def set_up(train_config: TrainConfig, model_cfg: ModelConfig | None, stops: StopSignals,
             console_print: Callable[[str], None], explicit_model_keys: Collection[str] | None) -> TrainingRun:
     ranks = ranks_from_environment()
-    device = training_device(ranks, cfg.device)
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    use_bf16 = (cfg.precision == "bf16") or (cfg.precision == "auto" and device.type == "cuda")
-    out = Path(cfg.out)
+    device = training_device(ranks, train_config.device)
+    if train_config.threads > 0:
+        torch.set_num_threads(train_config.threads)
+    use_bf16 = (train_config.precision == "bf16") or (train_config.precision == "auto" and device.type == "cuda")
+    out = Path(train_config.out)
     resume_ckpt = load_checkpoint(out / CHECKPOINT_NAME) if (out / CHECKPOINT_NAME).exists() else None
-    model_cfg, info = _model_config_for_run(cfg, model_cfg, resume_ckpt)
+    model_cfg, info = _model_config_for_run(train_config, model_cfg, resume_ckpt)
 
-    packed, source = load_training_data(cfg, info)
+    packed, source = load_training_data(train_config, info)
     if len(packed) == 0:
         raise SymdiffError("no training molecules")
     data = MoleculeTensors(packed, info)
     histogram = atom_count_histogram(packed.num_atoms)
-    batches = SizeGroupedBatches(packed.num_atoms, cfg.batch_size, cfg.seed, ranks.rank, ranks.world_size)
+    batches = SizeGroupedBatches(packed.num_atoms, train_config.batch_size, train_config.seed, ranks.rank,
+                                 ranks.world_size)
     if len(batches) == 0:
         raise SymdiffError("too few molecules for one batch per process")
 
-    model_cfg, model, ema, optimizer, state = _build_networks(cfg, model_cfg, ranks, device, resume_ckpt,
+    model_cfg, model, ema, optimizer, state = _build_networks(train_config, model_cfg, ranks, device, resume_ckpt,
                                                               explicit_model_keys)
     train_model: torch.nn.Module = model
     if ranks.distributed:
@@ -230,7 +232,7 @@ def set_up(cfg: TrainConfig, model_cfg: ModelConfig | None, stops: StopSignals,
 
     if ranks.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        config_text = json.dumps({"model": model_cfg.to_dict(), "train": cfg.to_dict(),
+        config_text = json.dumps({"model": model_cfg.to_dict(), "train": train_config.to_dict(),
                                   "world_size": ranks.world_size}, indent=2)
         write_or_explain(out / "config.json", lambda: (out / "config.json").write_text(config_text))
     log = MetricsLog(out / "metrics.jsonl", ranks.is_main)
@@ -244,5 +246,5 @@ def set_up(cfg: TrainConfig, model_cfg: ModelConfig | None, stops: StopSignals,
             f"(orientation kernel {model_cfg.orientation_kernel}) on {len(packed):,} molecules from {source}, {device}"
             + (f" x {ranks.world_size} processes" if ranks.distributed else "")
             + (f", from step {state.step}" if resumed else ""))
-    return TrainingRun(cfg, model_cfg, ranks, device, use_bf16, info, data, histogram, batches, model, ema, optimizer,
-                train_model, diffusion, state, log, stops)
+    return TrainingRun(train_config, model_cfg, ranks, device, use_bf16, info, data, histogram, batches, model, ema,
+                       optimizer, train_model, diffusion, state, log, stops)
