@@ -19,7 +19,7 @@ import time
 import torch
 
 from symdiff_cli.chem.metrics import evaluate_molecule, summarise
-from symdiff_cli.engine.denoiser import guided_denoiser, with_valence_guidance
+from symdiff_cli.engine.denoiser import autoguided_denoiser, with_valence_guidance
 from symdiff_cli.engine.generate import DEFAULT_BATCH_SIZE_CPU
 from symdiff_cli.engine.shards import plan_for_shard
 from symdiff_cli.engine.release import load_release
@@ -51,7 +51,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     release = load_release(args.model, torch.device("cpu"), show_progress=False)
-    denoiser, weight = guided_denoiser(release, args.guidance, None, show_progress=False)
+    denoiser, weight = autoguided_denoiser(release, args.guidance, None, show_progress=False)
     settings = ValenceGuidanceSettings(scale=args.scale, max_t=args.max_t, width=args.width,
                                        temperature=args.temperature, type_scale=args.type_scale,
                                        over_weight=args.over_weight, decisiveness=args.decisiveness)

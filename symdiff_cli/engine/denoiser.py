@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # torch is imported only when a command runs, so that --help 
     from symdiff_cli.model.valence import ValenceGuidanceSettings
 
 
-def guided_denoiser(release: ReleasedModel, guidance: float | None, guide_specs: Sequence[str] | str | None,
+def autoguided_denoiser(release: ReleasedModel, guidance: float | None, guide_specs: Sequence[str] | str | None,
                     offline: bool = False, show_progress: bool = True) -> tuple[torch.nn.Module, float]:
     """The network the sampler calls for a loaded release, and the guidance weight it applies.
 
@@ -40,7 +40,7 @@ def guided_denoiser(release: ReleasedModel, guidance: float | None, guide_specs:
         guide = mean_of([load_guide_from_release(spec, release.cfg, release.device, offline=offline,
                                                  show_progress=show_progress) for spec in guide_specs])
     if guide is None and release.ships_guide:
-        raise RuntimeError("guided_denoiser needs the release loaded with load_guide=True")
+        raise RuntimeError("autoguided_denoiser needs the release loaded with load_guide=True")
     if guide is None:
         raise UsageError(f"--guidance {weight:g} needs a guide model: this release ships none; pass --guide MODEL")
     return AutoGuidedDenoiser(release.model, guide, weight), weight

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 # generate() looks these up here, so tests can watch what reaches the sampler.
-from symdiff_cli.engine.denoiser import guided_denoiser, valence_guided
+from symdiff_cli.engine.denoiser import autoguided_denoiser, valence_guided
 from symdiff_cli.engine.shards import iter_plan_for_shard, parse_shard, shard_share
 from symdiff_cli.errors import SymdiffError, UsageError
 from symdiff_cli.model.config import DEFAULT_SPACING, SPACING_CHOICES
@@ -228,7 +228,7 @@ def _sampler_for(opts: GenerateOptions, release: ReleasedModel,
     if opts.steps is not None and opts.steps > cfg.timesteps:
         raise UsageError(f"--steps {opts.steps} is above the model's {cfg.timesteps} diffusion steps")
     batch_size = opts.batch_size or (DEFAULT_BATCH_SIZE_CUDA if device.type == "cuda" else DEFAULT_BATCH_SIZE_CPU)
-    denoiser, weight = guided_denoiser(release, opts.guidance, opts.guide, opts.offline, not opts.quiet)
+    denoiser, weight = autoguided_denoiser(release, opts.guidance, opts.guide, opts.offline, not opts.quiet)
     denoiser = valence_guided(denoiser, release, opts.valence_guidance)
     sample_config = _sample_config(opts, release, device, weight)
     return Sampler.from_config(denoiser, cfg, device, sample_config), sample_config, batch_size
