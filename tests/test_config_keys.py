@@ -19,7 +19,7 @@ def test_old_keys_load_as_the_new_ones_and_saves_write_the_new_ones():
     assert ModelConfig.from_dict(old) == cfg == ModelConfig.from_dict(new)
 
 
-def test_shipped_releases_written_with_the_old_keys_load():
+def test_shipped_releases_load_with_either_key():
     for config_path in sorted(WEIGHTS.glob("*/config.json")):
         raw = json.loads(config_path.read_text())["model_config"]
         cfg = ModelConfig.from_dict(raw)
