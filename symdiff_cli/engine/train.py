@@ -41,7 +41,7 @@ def train(train_config: TrainConfig, model_cfg: ModelConfig | None = None,
     """Train (or resume) a run in train_config.out. Returns a summary dict.
 
     model_cfg is required for a new run; a resumed run takes its model configuration from the
-    checkpoint. `on_progress` is called with a dict after every optimiser step (rank 0 only).
+    checkpoint. `on_progress` is called with the log record at the end of every log interval (rank 0 only).
     `explicit_model_keys`: the model settings the user set, which decide what --init-from grows.
 
     Rank 0 holds the run directory's lock (engine/run_lock.py) for the whole run: a second run
