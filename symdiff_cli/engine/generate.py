@@ -62,6 +62,12 @@ class GenerateOptions:
     guidance: float | None = None  # autoguidance weight; None: the release's (1 = the main model alone)
     guide: Sequence[str] | None = None  # other releases as the guide (their mean), in place of the release's own
     valence_guidance: float | None = None  # valence-guidance scale; None: the release's (0 = off)
+    # Relaxation and filtering (engine/keep.py): --relax, --workers, --relax-steps, --keep, --max-attempts.
+    relax: str = "none"
+    workers: int | None = None
+    relax_steps: int | None = None
+    keep: str = "all"
+    max_attempts: int | None = None  # over all shards, like n; None: 10 n
 
 
 @dataclass
@@ -78,6 +84,7 @@ class GenerateResult:
     metrics: dict[str, float] = field(default_factory=dict)
     stop_signal: int | None = None  # the signal that stopped the run (SIGINT, SIGTERM, SIGHUP)
     non_finite: int = 0  # molecules left out because their sampled coordinates were not finite
+    pipeline: Any = None  # engine/keep.py PipelineSummary when relaxing or filtering, else None
 
     @property
     def molecules_per_second(self) -> float:
@@ -201,6 +208,9 @@ def _check_options(opts: GenerateOptions) -> None:
         raise UsageError(f"--guidance must be a number >= 0 (1: no guidance), not {opts.guidance}")
     if opts.valence_guidance is not None and not (math.isfinite(opts.valence_guidance) and opts.valence_guidance >= 0):
         raise UsageError(f"--valence-guidance must be a number >= 0 (0: off), not {opts.valence_guidance}")
+    from symdiff_cli.engine.keep import check_keep_options
+
+    check_keep_options(opts.keep, opts.n, opts.max_attempts, opts.relax, opts.workers, opts.relax_steps or 1)
 
 
 def guided_denoiser(release: ReleasedModel, guidance: float | None, guide_specs: Sequence[str] | str | None,
@@ -299,6 +309,9 @@ class GenerateProgress:
     def batch_done(self, done: int) -> None:
         """`done` molecules are finished and in the file."""
 
+    def relaxed(self, done: int, total: int) -> None:
+        """`done` of the current batch's `total` molecules are relaxed (--relax)."""
+
     def stop(self) -> None:
         """Sampling ended (finished, interrupted or failed)."""
 
@@ -361,6 +374,14 @@ def generate(opts: GenerateOptions, progress: GenerateProgress | None = None) ->
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
 
+    from symdiff_cli.chem.relax import require_method
+    from symdiff_cli.engine.keep import BatchPipeline
+
+    if opts.relax != "none":
+        require_method(opts.relax)  # a missing optional package fails before the model loads
+    max_attempts = None if opts.max_attempts is None else shard_share(opts.max_attempts, *shard)
+    pipeline = BatchPipeline(opts.relax, opts.keep, n_shard, max_attempts, opts.workers, opts.relax_steps,
+                             on_relaxed=progress.relaxed)
     started = time.perf_counter()
     with StopSignals() as stops:
         # Deferred: a signal between creating the temporary file and holding it in `writer`
@@ -385,6 +406,7 @@ def generate(opts: GenerateOptions, progress: GenerateProgress | None = None) ->
                 raise UsageError(f"--steps {steps} is above the model's {cfg.timesteps} diffusion steps")
             batch_size = opts.batch_size or (DEFAULT_BATCH_SIZE_CUDA if device.type == "cuda" else DEFAULT_BATCH_SIZE_CPU)
             plan = iter_plan_for_shard(release.histogram, n_shard, opts.num_atoms, batch_size, opts.seed, shard)
+            plan = pipeline.plan(plan, release.histogram, opts.num_atoms, batch_size, opts.seed, shard)
             # On CPUs bf16 measured no faster end to end (elementwise work dominates at this model
             # size; docs/training.md), so auto keeps float32 there.
             use_bf16 = opts.precision == "bf16" or (opts.precision == "auto" and device.type == "cuda")
@@ -392,7 +414,7 @@ def generate(opts: GenerateOptions, progress: GenerateProgress | None = None) ->
             denoiser = valence_guided(denoiser, release, opts.valence_guidance)
             sampler = Sampler(denoiser, cfg, device, autocast_bf16=use_bf16, spacing=opts.spacing)
             # Metrics feed the SDF tags and the summary; skip them when neither is wanted.
-            with_metrics = fmt == "sdf" or not opts.quiet
+            with_metrics = fmt == "sdf" or not opts.quiet or pipeline.needs_metrics
             name_prefix = f"symdiff-seed{opts.seed}-" + (f"shard{shard[0]}of{shard[1]}-" if shard[1] > 1 else "")
             progress.start(n_shard, steps)
             try:
@@ -405,7 +427,10 @@ def generate(opts: GenerateOptions, progress: GenerateProgress | None = None) ->
                     for k, mol in enumerate(mols):
                         mol.props["name"] = f"{name_prefix}{sampled + k:07d}"
                     finite = _finite_only(mols)
+                    pipeline.count_sampled(len(mols))
+                    pipeline.relax_and_measure(finite, fmt)  # relaxes in place: the tags describe the result
                     batch_reports = _tag_molecules(finite, with_metrics)
+                    finite, batch_reports = pipeline.keep_passing(finite, batch_reports)
                     with stops.deferred():
                         writer.write(finite)
                         totals.add(batch_reports)
@@ -413,7 +438,7 @@ def generate(opts: GenerateOptions, progress: GenerateProgress | None = None) ->
                         sampled += len(mols)
                         in_file, left_out = writer.written, writer.skipped
                     stops.raise_if_received()
-                    progress.batch_done(sampled)
+                    progress.batch_done(pipeline.done(sampled))
             finally:
                 progress.stop()
             if non_finite == sampled > 0:
@@ -430,12 +455,16 @@ def generate(opts: GenerateOptions, progress: GenerateProgress | None = None) ->
             raise
         else:
             with stops.deferred():
+                pipeline.close()
                 writer.close()
             in_file, left_out = writer.written, writer.skipped
+        finally:
+            pipeline.close(interrupted=True)  # after an error or a stop: end the relaxation workers at once
     seconds = time.perf_counter() - started
     result = GenerateResult(requested=n_shard, written=in_file, skipped=left_out, seconds=seconds, shard=shard,
                             out=opts.out, interrupted=stop_signal is not None, metrics=totals.as_dict(),
-                            stop_signal=stop_signal, non_finite=non_finite)
+                            stop_signal=stop_signal, non_finite=non_finite,
+                            pipeline=pipeline.summary if pipeline.active else None)
     return result
 
 

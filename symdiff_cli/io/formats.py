@@ -390,7 +390,9 @@ def _molecule_from_rdkit(rd_mol) -> Molecule:
     title = rd_mol.GetProp("_Name").strip() if rd_mol.HasProp("_Name") else ""
     if title:
         props["name"] = title
-    return Molecule(numbers, positions, bonds=_bonds_from_rdkit(rd_mol), props=props)
+    charges = np.array([atom.GetFormalCharge() for atom in rd_mol.GetAtoms()], dtype=np.int64)
+    return Molecule(numbers, positions, bonds=_bonds_from_rdkit(rd_mol), props=props,
+                    formal_charges=charges if charges.any() else None)
 
 
 def _unsupported_atom_reason(rd_mol) -> str | None:
@@ -674,7 +676,8 @@ def sdf_block(mol: Molecule, bonds: str = "benchmark") -> str:
 
     from symdiff_cli.chem.rdkit_mol import rdkit_mol_from_bonds
 
-    stored = Molecule(mol.atomic_numbers, stored_positions(mol.positions, "sdf"), mol.bonds, mol.props)
+    stored = Molecule(mol.atomic_numbers, stored_positions(mol.positions, "sdf"), mol.bonds, mol.props,
+                      mol.formal_charges)
     bond_rows = perceive_bonds(stored, bonds)
     if _too_dense_for_rdkit(stored, bond_rows):
         return _v3000_block(stored, bond_rows)
