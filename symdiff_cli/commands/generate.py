@@ -240,5 +240,6 @@ def generate_command(
         from symdiff_cli.errors import SymdiffError
 
         p = result.pipeline
+        where = f"they are in {result.out}" if p.kept else "no file was written"
         raise SymdiffError(f"only {p.kept} of {p.target} molecules passed --keep {p.keep} in {p.attempts} attempts "
-                           f"(acceptance {100 * p.acceptance:.1f} %); they are in {result.out}. Raise --max-attempts")
+                           f"(acceptance {100 * p.acceptance:.1f} %); {where}. Raise --max-attempts")

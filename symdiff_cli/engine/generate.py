@@ -430,9 +430,9 @@ def generate(opts: GenerateOptions, progress: GenerateProgress | None = None) ->
                     pipeline.count_sampled(len(mols))
                     pipeline.relax_and_measure(finite, fmt)  # relaxes in place: the tags describe the result
                     batch_reports = _tag_molecules(finite, with_metrics)
-                    finite, batch_reports = pipeline.keep_passing(finite, batch_reports)
+                    kept, batch_reports = pipeline.keep_passing(finite, batch_reports)
                     with stops.deferred():
-                        writer.write(finite)
+                        writer.write(kept)
                         totals.add(batch_reports)
                         non_finite += len(mols) - len(finite)
                         sampled += len(mols)
@@ -456,7 +456,8 @@ def generate(opts: GenerateOptions, progress: GenerateProgress | None = None) ->
         else:
             with stops.deferred():
                 pipeline.close()
-                writer.close()
+                # --keep with nothing passing: no empty file (the error says so), the previous file stays.
+                writer.abort(keep=False) if pipeline.nothing_kept else writer.close()
             in_file, left_out = writer.written, writer.skipped
         finally:
             pipeline.close(interrupted=True)  # after an error or a stop: end the relaxation workers at once

@@ -153,6 +153,11 @@ class BatchPipeline:
         return self._pool is not None or self.keep != "all"
 
     @property
+    def nothing_kept(self) -> bool:
+        """--keep valid|stable and not one molecule passed."""
+        return self.keep != "all" and self.summary.kept == 0
+
+    @property
     def needs_metrics(self) -> bool:
         return self.active
 
