@@ -355,3 +355,32 @@ def test_evaluate_energy_reports_strain_and_rmsd_per_molecule_and_in_quartiles(t
     assert rows[0].endswith("relax_status,energy_given_kcal_mol,energy_relaxed_kcal_mol,strain_kcal_mol,rmsd_angstrom")
     given, relaxed, strain_one = (float(x) for x in rows[1].split(",")[-4:-1])
     assert strain_one == pytest.approx(given - relaxed, abs=1e-3) and strain_one > 0
+
+
+@pytest.mark.slow
+@needs_xtb
+def test_ctrl_c_during_generate_relax_keeps_finished_batches_and_ends_the_workers(env, tmp_path):
+    out = tmp_path / "mols.sdf"
+    # The tiny model's samples make every SCF fail slowly (atoms far apart): a few seconds a batch.
+    proc = subprocess.Popen(CLI + ["generate", "--model", "tiny", "--out", str(out), "--n", "40", "--threads", "1",
+                                   "--relax", "xtb", "--workers", "2", *FAST],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=subprocess_env(env), cwd=tmp_path,
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 120
+    while not any(p.name.endswith(".partial") and p.stat().st_size > 0 for p in tmp_path.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    stderr = stderr.decode()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "Interrupted: wrote" in stderr
+    mols, skipped = read_molecules(str(out), strict=True)
+    assert skipped == 0 and 4 <= len(mols) < 40 and len(mols) % 4 == 0  # whole batches only
+    assert all(m.props["symdiff_relax_method"] == "xtb" for m in mols)
+    assert [p.name for p in tmp_path.iterdir()] == ["mols.sdf"]
+    # No worker outlived the command (a container without an init may leave them as zombies:
+    # ended, only not reaped).
+    time.sleep(0.5)
+    states = subprocess.run(["ps", "-o", "stat=", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert all(state.startswith("Z") for state in states), states
