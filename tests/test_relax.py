@@ -191,6 +191,18 @@ def test_convert_relax_gives_the_same_bytes_with_one_or_two_workers(tmp_path, ca
     assert float(tags["symdiff_relax_energy_kcal_mol"]) < -1000  # GFN2-xTB total energy of ethanol, kcal/mol
 
 
+def interrupt_once_written(proc: subprocess.Popen, folder: Path) -> str:
+    """Wait until `proc` (a session leader) has written into its .partial file, then send SIGINT to
+    its whole process group, as a terminal sends Ctrl-C; returns its standard error."""
+    deadline = time.monotonic() + 120
+    while not any(p.name.endswith(".partial") and p.stat().st_size > 0 for p in folder.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    return stderr.decode()
+
+
 @needs_xtb
 def test_ctrl_c_during_convert_relax_keeps_the_finished_molecules(tmp_path):
     sdf = tmp_path / "in.sdf"
@@ -201,13 +213,7 @@ def test_ctrl_c_during_convert_relax_keeps_the_finished_molecules(tmp_path):
     proc = subprocess.Popen(CLI + ["convert", str(sdf), str(out), "--relax", "xtb", "--workers", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 120
-    while not any(p.name.endswith(".partial") and p.stat().st_size > 0 for p in tmp_path.iterdir()):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
-    stderr = stderr.decode()
+    stderr = interrupt_once_written(proc, tmp_path)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "Interrupted by SIGINT: wrote" in stderr
     mols, skipped = read_molecules(str(out), strict=True)
@@ -366,13 +372,7 @@ def test_ctrl_c_during_generate_relax_keeps_finished_batches_and_ends_the_worker
                                    "--relax", "xtb", "--workers", "2", *FAST],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=subprocess_env(env), cwd=tmp_path,
                             start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 120
-    while not any(p.name.endswith(".partial") and p.stat().st_size > 0 for p in tmp_path.iterdir()):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
-    stderr = stderr.decode()
+    stderr = interrupt_once_written(proc, tmp_path)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "Interrupted: wrote" in stderr
     mols, skipped = read_molecules(str(out), strict=True)

@@ -320,27 +320,6 @@ class GenerateProgress:
 # The run
 
 
-class _MetricTotals:
-    """Running sums of the metrics the summary shows: memory stays flat however many molecules."""
-
-    def __init__(self) -> None:
-        self.molecules = self.atoms = self.stable_atoms = self.stable = self.valid = 0
-
-    def add(self, reports: list) -> None:
-        for report in reports:
-            self.molecules += 1
-            self.atoms += report.num_atoms
-            self.stable_atoms += report.num_stable_atoms
-            self.stable += bool(report.stable)
-            self.valid += bool(report.valid)
-
-    def as_dict(self) -> dict[str, float]:
-        if not self.molecules:
-            return {}
-        return {"atom_stability": self.stable_atoms / self.atoms if self.atoms else 0.0,
-                "molecule_stability": self.stable / self.molecules, "validity": self.valid / self.molecules}
-
-
 def _finite_only(mols: list) -> list:
     """The molecules whose coordinates are all finite (a diverged sample has NaN or inf)."""
     return [mol for mol in mols if np.isfinite(mol.positions).all()]
@@ -375,7 +354,7 @@ def generate(opts: GenerateOptions, progress: GenerateProgress | None = None) ->
         torch.set_num_threads(opts.threads)
 
     from symdiff_cli.chem.relax import require_method
-    from symdiff_cli.engine.keep import BatchPipeline
+    from symdiff_cli.engine.keep import BatchPipeline, MetricCounts
 
     if opts.relax != "none":
         require_method(opts.relax)  # a missing optional package fails before the model loads
@@ -390,7 +369,7 @@ def generate(opts: GenerateOptions, progress: GenerateProgress | None = None) ->
             writer = MoleculeWriter(opts.out, fmt)  # checks the output path before the slow model load
         sampled = 0  # molecules of the batches handed to the writer completely, non-finite ones included
         in_file, left_out, non_finite = 0, 0, 0  # counts after the last complete batch
-        totals = _MetricTotals()
+        totals = MetricCounts()
         stop_signal: int | None = None
         try:
             stops.raise_if_received()
@@ -406,7 +385,8 @@ def generate(opts: GenerateOptions, progress: GenerateProgress | None = None) ->
                 raise UsageError(f"--steps {steps} is above the model's {cfg.timesteps} diffusion steps")
             batch_size = opts.batch_size or (DEFAULT_BATCH_SIZE_CUDA if device.type == "cuda" else DEFAULT_BATCH_SIZE_CPU)
             plan = iter_plan_for_shard(release.histogram, n_shard, opts.num_atoms, batch_size, opts.seed, shard)
-            plan = pipeline.plan(plan, release.histogram, opts.num_atoms, batch_size, opts.seed, shard)
+            plan = pipeline.plan(plan, release.histogram, opts.num_atoms, batch_size,
+                                 shard_seed_sequence(opts.seed, *shard))
             # On CPUs bf16 measured no faster end to end (elementwise work dominates at this model
             # size; docs/training.md), so auto keeps float32 there.
             use_bf16 = opts.precision == "bf16" or (opts.precision == "auto" and device.type == "cuda")

@@ -58,15 +58,12 @@ def check_keep_options(keep: str, n: int, max_attempts: int | None, relax: str, 
         raise UsageError(f"--relax-steps must be at least 1, not {relax_steps}")
 
 
-@dataclass
 class MetricCounts:
-    """Running counts of the summary's metrics over some molecules."""
+    """Running sums of the summary's metrics over some molecules: memory stays flat however many
+    (generate keeps one for the written molecules, the pipeline for the raw and relaxed ones)."""
 
-    molecules: int = 0
-    atoms: int = 0
-    stable_atoms: int = 0
-    stable: int = 0
-    valid: int = 0
+    def __init__(self) -> None:
+        self.molecules = self.atoms = self.stable_atoms = self.stable = self.valid = 0
 
     def add(self, reports: list) -> None:
         for report in reports:
@@ -80,8 +77,7 @@ class MetricCounts:
         if not self.molecules:
             return {}
         return {"atom_stability": self.stable_atoms / self.atoms if self.atoms else 0.0,
-                "molecule_stability": self.stable / self.molecules, "validity": self.valid / self.molecules,
-                "molecules": self.molecules}
+                "molecule_stability": self.stable / self.molecules, "validity": self.valid / self.molecules}
 
 
 @dataclass
@@ -111,7 +107,9 @@ class PipelineSummary:
     def as_dict(self) -> dict:
         return {"relax": self.relax, "keep": self.keep, "target": self.target, "max_attempts": self.max_attempts,
                 "attempts": self.attempts, "kept": self.kept, "acceptance": self.acceptance,
-                "raw": self.raw.as_dict(), "relaxed": self.relaxed.as_dict(), "relax_status": dict(self.relax_status),
+                "raw": {**self.raw.as_dict(), "molecules": self.raw.molecules},
+                "relaxed": {**self.relaxed.as_dict(), "molecules": self.relaxed.molecules},
+                "relax_status": dict(self.relax_status),
                 "relax_seconds": self.relax_seconds}
 
 
@@ -164,10 +162,10 @@ class BatchPipeline:
     # Planning -----------------------------------------------------------------------------
 
     def plan(self, first_round: Iterator[tuple[int, int, int]], histogram: dict[int, int], num_atoms: int | None,
-             batch_size: int, seed: int, shard: tuple[int, int]) -> Iterator[tuple[int, int, int]]:
+             batch_size: int, root: np.random.SeedSequence) -> Iterator[tuple[int, int, int]]:
         """The batches to sample: `first_round` (the plan of a plain run), then, for --keep, rounds
-        of their own until `target` molecules have passed or the attempts are spent."""
-        from symdiff_cli.engine.generate import shard_seed_sequence
+        of their own until `target` molecules have passed or the attempts are spent. `root` is
+        the shard's seed sequence (engine/generate.py shard_seed_sequence)."""
         from symdiff_cli.engine.sampling import draw_atom_counts, plan_batches
 
         s = self.summary
@@ -179,7 +177,6 @@ class BatchPipeline:
             return
         # Rounds after the first take spawn keys 2, 3, ... of the shard's root: the first round
         # uses its children 0 and 1 (engine/generate.py iter_plan_for_shard).
-        root = shard_seed_sequence(seed, *shard)
         round_index = 0
         while s.kept < s.target and s.attempts < s.max_attempts:
             round_index += 1
@@ -255,5 +252,5 @@ class BatchPipeline:
             self._pool.close(interrupted=interrupted)
 
 
-__all__ = ["BatchPipeline", "DEFAULT_ATTEMPTS_PER_MOLECULE", "KEEP_CHOICES", "MetricCounts", "PipelineSummary",
+__all__ = ["BatchPipeline", "DEFAULT_ATTEMPTS_PER_MOLECULE", "KEEP_CHOICES", "PipelineSummary",
            "check_keep_options"]
