@@ -41,7 +41,6 @@ DEFAULT_MAX_STEPS = 300
 MAX_STEP_ANGSTROM = 0.2
 
 EV_TO_KCAL_PER_MOL = 23.060547830619026
-HARTREE_TO_KCAL_PER_MOL = 627.5094740631
 
 RELAX_EXTRA_HINT = "pip install 'symdiff-cli[relax]' (or: pip install tblite ase)"
 
@@ -148,20 +147,6 @@ def _outcome(method: str, status: str, mol: Molecule, positions: np.ndarray, sta
 
 # --------------------------------------------------------------------------------------
 # GFN2-xTB
-
-
-def xtb_energy(atomic_numbers: np.ndarray, positions: np.ndarray, charge: int = 0) -> float:
-    """The GFN2-xTB single-point energy in kcal/mol (multiplicity from the electron count)."""
-    from tblite.interface import Calculator
-
-    numbers = np.asarray(atomic_numbers, dtype=np.int64)
-    calc = Calculator("GFN2-xTB", numbers, np.asarray(positions, dtype=np.float64) / _BOHR_ANGSTROM,
-                      charge=float(charge), uhf=unpaired_electrons(numbers, charge))
-    calc.set("verbosity", 0)
-    return float(calc.singlepoint().get("energy")) * HARTREE_TO_KCAL_PER_MOL
-
-
-_BOHR_ANGSTROM = 0.52917721067
 
 
 def _relax_xtb(mol: Molecule, settings: RelaxSettings) -> RelaxOutcome:
@@ -285,4 +270,4 @@ def relax_tags(outcome: RelaxOutcome) -> dict[str, str]:
 
 __all__ = ["CONVERGED", "DEFAULT_FMAX", "DEFAULT_MAX_STEPS", "FAILED", "RELAX_EXTRA_HINT", "RELAX_METHODS",
            "RelaxOutcome", "RelaxSettings", "STEP_CAP", "UNASSIGNED", "heavy_atom_rmsd", "relax_molecule",
-           "relax_tags", "require_method", "total_charge", "unpaired_electrons", "xtb_available", "xtb_energy"]
+           "relax_tags", "require_method", "total_charge", "unpaired_electrons", "xtb_available"]
