@@ -153,7 +153,7 @@ def convert_command(
         help="Relax every molecule before writing it: 'xtb' is GFN2-xTB (the tblite package; the "
         "charge is the input's formal charge, 0 when it has none; singlet or, for an odd electron "
         "count, doublet) minimised by ASE's BFGS to 0.05 eV/A, and needs pip install "
-        "'symdiff-cli[relax]'; 'mmff' is RDKit's MMFF94 for molecules whose bonds can be assigned "
+        "'symdiff-cli\\[relax]'; 'mmff' is RDKit's MMFF94 for molecules whose bonds can be assigned "
         "(the others are written as read and counted). SDF output gets the tags symdiff_relax_method, "
         "_status, _converged, _energy_kcal_mol, _energy_drop_kcal_mol and _heavy_rmsd_angstrom. "
         "Ctrl-C keeps the molecules relaxed so far in a complete file.",

@@ -200,7 +200,7 @@ def evaluate_command(
         False,
         "--energy",
         help="Also relax every molecule with GFN2-xTB (tblite, ASE BFGS to 0.05 eV/A; needs pip install "
-        "'symdiff-cli[relax]') and report the energy of the given and the relaxed geometry, the strain "
+        "'symdiff-cli\\[relax]') and report the energy of the given and the relaxed geometry, the strain "
         "energy (their difference, kcal/mol) and the heavy-atom RMSD: medians and quartiles in the "
         "table and the JSON, per molecule in --per-molecule, beside the same for a subsample of the "
         "QM9 test split (--energy-reference).",

@@ -153,7 +153,7 @@ def generate_command(
         "none", "--relax", metavar="xtb|mmff|none",
         help="Relax every sample before it is written: 'xtb' is GFN2-xTB (the tblite package, charge 0, "
              "singlet or, for an odd electron count, doublet) minimised by ASE's BFGS to 0.05 eV/A; "
-             "needs pip install 'symdiff-cli[relax]'. 'mmff' is RDKit's MMFF94 for molecules whose bonds "
+             "needs pip install 'symdiff-cli\\[relax]'. 'mmff' is RDKit's MMFF94 for molecules whose bonds "
              "can be assigned (others are written as sampled and counted). SDF records get the tags "
              "symdiff_relax_method, _status, _converged, _energy_kcal_mol, _energy_drop_kcal_mol and "
              "_heavy_rmsd_angstrom; the stability and validity tags describe the relaxed molecule.",
