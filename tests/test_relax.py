@@ -384,3 +384,20 @@ def test_ctrl_c_during_generate_relax_keeps_finished_batches_and_ends_the_worker
     time.sleep(0.5)
     states = subprocess.run(["ps", "-o", "stat=", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
     assert all(state.startswith("Z") for state in states), states
+
+
+@needs_xtb
+def test_the_qm9_energy_reference_is_a_seeded_subsample_computed_once(tmp_path, monkeypatch, small_packed):
+    import symdiff_cli.data.qm9 as qm9
+    import symdiff_cli.engine.energy_reference as reference
+
+    monkeypatch.setenv("SYMDIFF_CACHE", str(tmp_path))
+    monkeypatch.setattr(qm9, "qm9_split", lambda split: small_packed)  # small molecules stand in for QM9
+    calls = []
+    real = reference.molecule_energies
+    monkeypatch.setattr(reference, "molecule_energies",
+                        lambda mols, workers=None, on_done=None: calls.append(len(mols)) or real(mols, workers, on_done))
+    first = reference.qm9_energy_reference(3, workers=1)
+    assert calls == [3] and first["molecules"] == 3 and first["relaxed"] == 3
+    assert first["sample"] == f"3 of the {len(small_packed)} QM9 test molecules, drawn with seed 0"
+    assert reference.qm9_energy_reference(3, workers=1) == first and calls == [3]  # from the cache
