@@ -4,7 +4,9 @@ Reproducibility: the molecules depend only on the model, --seed, --shard, --n, -
 --batch-size, --steps, --spacing, --guidance, --guide and the device. Shard I of K derives its
 own seed from (seed, I, K), so shards of a job array never share a random stream, and it
 generates its own share of n (n split as evenly as possible). Every batch of the plan carries
-its own seed, so the file is the same however the run is scheduled.
+its own seed, so the file is the same however the run is scheduled. --relax, --relax-steps,
+--keep and --max-attempts change the file too (not --workers); engine/keep.py says how --keep
+plans its further rounds.
 
 Output is streamed batch by batch through MoleculeWriter, which writes a temporary file and
 renames it into place: an error leaves no file; Ctrl-C, SIGTERM (timeout, Slurm's time limit,
