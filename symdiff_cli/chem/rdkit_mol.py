@@ -20,8 +20,8 @@ BOND_TYPES = {
 
 
 def rdkit_mol_from_bonds(mol: Molecule, bonds: np.ndarray) -> Chem.Mol:
-    """An unsanitised RDKit molecule with our atoms, the (M, 3) bond rows (i, j, order) and a
-    3D conformer.
+    """An unsanitised RDKit molecule with our atoms (and their formal charges, if any), the
+    (M, 3) bond rows (i, j, order) and a 3D conformer.
 
     Atoms keep RDKit's default implicit-hydrogen handling, as in EDM's validity code
     (`build_molecule`): sanitisation may add implicit hydrogens to under-bonded atoms, while
@@ -31,8 +31,11 @@ def rdkit_mol_from_bonds(mol: Molecule, bonds: np.ndarray) -> Chem.Mol:
     marks its atoms aromatic, or sanitisation could not kekulise it.
     """
     editable = Chem.RWMol()
-    for z in mol.atomic_numbers.tolist():
-        editable.AddAtom(Chem.Atom(int(z)))
+    charges = [0] * mol.num_atoms if mol.formal_charges is None else np.asarray(mol.formal_charges).tolist()
+    for z, charge in zip(mol.atomic_numbers.tolist(), charges):
+        atom = Chem.Atom(int(z))
+        atom.SetFormalCharge(int(charge))
+        editable.AddAtom(atom)
     for i, j, order in np.asarray(bonds, dtype=np.int64).reshape(-1, 3).tolist():
         if order not in BOND_TYPES:
             raise SymdiffError(f"bond {i}-{j} has unsupported order {order} (use 1, 2, 3 or 4)")
@@ -100,7 +103,6 @@ def bonds_from_rdkit(rd_mol) -> np.ndarray:
     return np.array(rows, dtype=np.int64).reshape(-1, 3)
 
 
-
 def molecule_from_rdkit(rd_mol) -> Molecule:
     numbers = np.array([atom.GetAtomicNum() for atom in rd_mol.GetAtoms()], dtype=np.int64)
     if rd_mol.GetNumConformers():
@@ -111,4 +113,6 @@ def molecule_from_rdkit(rd_mol) -> Molecule:
     title = rd_mol.GetProp("_Name").strip() if rd_mol.HasProp("_Name") else ""
     if title:
         props["name"] = title
-    return Molecule(numbers, positions, bonds=bonds_from_rdkit(rd_mol), props=props)
+    charges = np.array([atom.GetFormalCharge() for atom in rd_mol.GetAtoms()], dtype=np.int64)
+    return Molecule(numbers, positions, bonds=bonds_from_rdkit(rd_mol), props=props,
+                    formal_charges=charges if charges.any() else None)

@@ -41,6 +41,9 @@ def _convert_molecules(
     to_format: Optional[str],
     bonds: str,
     strict: bool,
+    relax: str = "none",
+    workers: Optional[int] = None,
+    relax_steps: int = 300,
 ) -> None:
     """Read every molecule of IN and write them to OUT; a summary goes to stderr."""
     # Imported here so that `symdiff --help` does not load RDKit.
@@ -50,9 +53,20 @@ def _convert_molecules(
 
     # Check the output format before reading anything: a typo should fail fast.
     output_format = resolve_format(output_path, to_format)
+    if relax != "none":
+        from symdiff_cli.commands.relax_convert import check_relax_options
+
+        check_relax_options(relax, workers, relax_steps)
     molecules, unreadable = read_molecules(input_path, fmt=from_format, strict=strict)
-    # Atomic: on any error, Ctrl-C included, no output file is created or changed.
-    left_out = write_molecules(output_path, molecules, fmt=output_format, bonds=bonds)
+    relax_note = None
+    if relax != "none":
+        from symdiff_cli.commands.relax_convert import relax_and_write
+
+        left_out, relax_note = relax_and_write(molecules, output_path, output_format, bonds, relax, workers,
+                                               relax_steps)
+    else:
+        # Atomic: on any error, Ctrl-C included, no output file is created or changed.
+        left_out = write_molecules(output_path, molecules, fmt=output_format, bonds=bonds)
     written = len(molecules) - left_out
 
     source = "standard input" if input_path == "-" else input_path
@@ -64,6 +78,8 @@ def _convert_molecules(
     if left_out:
         notes.append(f"left out {_plural(left_out, 'molecule')} that RDKit cannot sanitise (no valid SMILES)")
     typer.echo(summary + ("; " + "; ".join(notes) if notes else "") + ".", err=True)
+    if relax_note:
+        typer.echo(relax_note, err=True)
 
 
 def convert_command(
@@ -132,6 +148,30 @@ def convert_command(
         help="Stop with an error at the first unreadable SDF record or SMILES line instead of "
         "skipping and counting it.",
     ),
+    relax: str = typer.Option(
+        "none",
+        "--relax",
+        metavar="xtb|mmff|none",
+        help="Relax every molecule before writing it: 'xtb' is GFN2-xTB (the tblite package; the "
+        "charge is the input's formal charge, 0 when it has none; singlet or, for an odd electron "
+        "count, doublet) minimised by ASE's BFGS to 0.05 eV/A, and needs pip install "
+        "'symdiff-cli\\[relax]'; 'mmff' is RDKit's MMFF94 for molecules whose bonds can be assigned "
+        "(the others are written as read and counted). SDF output gets the tags symdiff_relax_method, "
+        "_status, _converged, _energy_kcal_mol, _energy_drop_kcal_mol and _heavy_rmsd_angstrom. "
+        "Ctrl-C keeps the molecules relaxed so far in a complete file.",
+    ),
+    workers: Optional[int] = typer.Option(
+        None,
+        "--workers",
+        help="With --relax: processes that relax molecules in parallel (default: the number of cores). "
+        "The file is the same for any number.",
+    ),
+    relax_steps: int = typer.Option(
+        300,
+        "--relax-steps",
+        help="With --relax: optimiser steps at most per molecule; one not converged by then is written "
+        "as far as it got, tagged symdiff_relax_converged 0.",
+    ),
 ) -> None:
     """Convert molecule files between XYZ, SDF, SMILES and npz, or a training checkpoint to a release.
 
@@ -156,16 +196,20 @@ def convert_command(
     from symdiff_cli.chem.quiet import quiet_library_warnings
 
     with quiet_library_warnings():
-        _convert(input_path, output_path, from_format, to_format, bonds, weights, guide, guidance, strict, card_only)
+        _convert(input_path, output_path, from_format, to_format, bonds, weights, guide, guidance, strict, card_only,
+                 relax, workers, relax_steps)
 
 
 def _convert(input_path: str, output_path: str, from_format: Optional[str], to_format: Optional[str],
              bonds: BondPerception, weights: CheckpointWeights, guide: Optional[List[str]],
-             guidance: Optional[float], strict: bool, card_only: bool = False) -> None:
+             guidance: Optional[float], strict: bool, card_only: bool = False, relax: str = "none",
+             workers: Optional[int] = None, relax_steps: int = 300) -> None:
     """convert_command's dispatch: a checkpoint, a release directory, or molecule files."""
     from symdiff_cli.io.paths import refuse_overwriting_inputs
 
     is_model = input_path.endswith(".pt") or Path(input_path).is_dir()
+    if is_model and (relax != "none" or workers is not None):
+        raise UsageError("--relax and --workers apply to molecule files, not to a checkpoint or release")
     if is_model and output_path == "-":
         raise UsageError("a release is a directory of files and cannot go to standard output: give OUT a directory")
     if card_only and not (Path(input_path).is_dir() and not input_path.endswith(".pt")):
@@ -196,7 +240,8 @@ def _convert(input_path: str, output_path: str, from_format: Optional[str], to_f
     if guide or guidance is not None:
         raise UsageError("--guide and --guidance apply only to a training checkpoint or a release directory")
     refuse_overwriting_inputs({"OUT": output_path}, [input_path])
-    _convert_molecules(input_path, output_path, from_format, to_format, bonds.value, strict)
+    _convert_molecules(input_path, output_path, from_format, to_format, bonds.value, strict, relax, workers,
+                       relax_steps)
 
 
 def _weight(guidance: Optional[float]) -> float:

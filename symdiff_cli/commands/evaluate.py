@@ -116,11 +116,13 @@ def _results_table(result, title: str):
     return table
 
 
-def _per_molecule_csv(result, origins) -> str:
+def _per_molecule_csv(result, origins, energies: Optional[list] = None) -> str:
+    from symdiff_cli.commands.energy_report import ENERGY_COLUMNS, energy_cells
+
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(PER_MOLECULE_COLUMNS)
-    for (source, index), report in zip(origins, result.reports):
+    writer.writerow(PER_MOLECULE_COLUMNS + (ENERGY_COLUMNS if energies is not None else ()))
+    for k, ((source, index), report) in enumerate(zip(origins, result.reports)):
         writer.writerow(
             [
                 index,
@@ -135,6 +137,7 @@ def _per_molecule_csv(result, origins) -> str:
                 int(report.odd_electrons),
                 report.hydrogen_balance,
                 report.isolated_atoms,
+                *(energy_cells(energies[k]) if energies is not None else []),
             ]
         )
     return buffer.getvalue()
@@ -194,16 +197,50 @@ def evaluate_command(
         "--no-novelty",
         help="Skip novelty (it needs the QM9 training SMILES, built once and cached on first use).",
     ),
+    energy: bool = typer.Option(
+        False,
+        "--energy",
+        help="Also relax every molecule with GFN2-xTB (tblite, ASE BFGS to 0.05 eV/A; needs pip install "
+        "'symdiff-cli\\[relax]') and report the energy of the given and the relaxed geometry, the strain "
+        "energy (their difference, kcal/mol) and the heavy-atom RMSD: medians and quartiles in the "
+        "table and the JSON, per molecule in --per-molecule, beside the same for a subsample of the "
+        "QM9 test split (--energy-reference).",
+    ),
+    energy_reference: int = typer.Option(
+        200,
+        "--energy-reference",
+        metavar="N",
+        help="With --energy: QM9 test molecules (drawn with seed 0) relaxed as the reference, computed "
+        "once and cached; 0 leaves the reference out.",
+    ),
+    workers: Optional[int] = typer.Option(
+        None,
+        "--workers",
+        help="With --energy: processes that relax molecules in parallel (default: the number of cores).",
+        show_default=False,
+    ),
 ) -> None:
-    """Stability, validity, uniqueness and novelty of molecules, by the QM9 benchmark rules (EDM)."""
+    """Stability, validity, uniqueness and novelty of molecules, by the QM9 benchmark rules (EDM);
+    with --energy, GFN2-xTB strain energies and relaxation RMSDs too."""
     from symdiff_cli.chem.quiet import quiet_library_warnings
 
+    if energy:
+        from symdiff_cli.commands.relax_convert import check_relax_options
+
+        check_relax_options("xtb", workers, 1)
+        if energy_reference < 0:
+            raise UsageError(f"--energy-reference must be 0 or more, not {energy_reference}")
+    elif workers is not None:
+        raise UsageError("--workers applies only with --energy")
     with quiet_library_warnings():
-        _evaluate(list(files or []), dataset, split, json_path, per_molecule, from_format, strict, no_novelty)
+        _evaluate(list(files or []), dataset, split, json_path, per_molecule, from_format, strict, no_novelty,
+                  energy_reference if energy else None, workers)
 
 
 def _evaluate(files: list[str], dataset: DatasetChoice, split: Optional[SplitChoice], json_path: Optional[str],
-              per_molecule: Optional[str], from_format: Optional[str], strict: bool, no_novelty: bool) -> None:
+              per_molecule: Optional[str], from_format: Optional[str], strict: bool, no_novelty: bool,
+              energy_reference: Optional[int] = None, workers: Optional[int] = None) -> None:
+    """energy_reference None: no --energy; else the size of the QM9 reference (0: none)."""
     from rich.console import Console
 
     from symdiff_cli.chem.metrics import evaluate_molecules
@@ -249,11 +286,17 @@ def _evaluate(files: list[str], dataset: DatasetChoice, split: Optional[SplitCho
     # Machine-readable output on stdout must stay parseable: the table then goes to stderr.
     table_console = Console(stderr="-" in (json_path, per_molecule))
     table_console.print(_results_table(result, title))
+    energies, energy_section = None, None
+    if energy_reference is not None:
+        from symdiff_cli.commands.energy_report import compute_energies, energy_table
+
+        energies, energy_section = compute_energies(molecules, energy_reference, workers)
+        table_console.print(energy_table(energy_section))
 
     if per_molecule == "-":
-        typer.echo(_per_molecule_csv(result, origins), nl=False)
+        typer.echo(_per_molecule_csv(result, origins, energies), nl=False)
     elif per_molecule is not None:
-        _write_text_atomic(per_molecule, _per_molecule_csv(result, origins))
+        _write_text_atomic(per_molecule, _per_molecule_csv(result, origins, energies))
     if json_path is not None:
         payload = {
             "dataset": dataset.value,
@@ -261,6 +304,8 @@ def _evaluate(files: list[str], dataset: DatasetChoice, split: Optional[SplitCho
             "files": files,
             **result.as_dict(),
         }
+        if energy_section is not None:
+            payload["energy"] = energy_section
         text = json.dumps(payload, indent=2) + "\n"
         if json_path == "-":
             typer.echo(text, nl=False)

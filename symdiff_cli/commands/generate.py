@@ -22,6 +22,7 @@ class RichProgress(GenerateProgress):
         self.description = description
         self.steps = 1
         self._bar = None
+        self._relax_task = None
 
     def start(self, total_molecules: int, steps: int) -> None:
         from rich.console import Console
@@ -53,6 +54,17 @@ class RichProgress(GenerateProgress):
     def batch_done(self, done: int) -> None:
         if self._bar is not None:
             self._bar.update(self._task, done=done, completed=done * self.steps)
+            if self._relax_task is not None:
+                self._bar.update(self._relax_task, visible=False)
+
+    def relaxed(self, done: int, total: int) -> None:
+        """A second line counts the molecules of the current batch as they are relaxed."""
+        if self._bar is None:
+            return
+        if self._relax_task is None:
+            self._relax_task = self._bar.add_task("relaxing", total=total, done=0, total_molecules=total)
+        self._bar.update(self._relax_task, visible=True, total=total, done=done, total_molecules=total,
+                         completed=done)
 
 
 def print_summary(result: GenerateResult) -> None:
@@ -82,10 +94,16 @@ def print_summary(result: GenerateResult) -> None:
         console.print(f"{result.skipped} molecules without a valid SMILES were left out of the SMILES file")
     if result.metrics:
         m = result.metrics
+        written = "of the written molecules: " if result.pipeline is not None else ""
         console.print(
-            f"atom stability {100 * m['atom_stability']:.1f} %, molecule stability "
+            f"{written}atom stability {100 * m['atom_stability']:.1f} %, molecule stability "
             f"{100 * m['molecule_stability']:.1f} %, validity {100 * m['validity']:.1f} %"
         )
+    if result.pipeline is not None:
+        from symdiff_cli.commands.relax_summary import pipeline_lines
+
+        for line in pipeline_lines(result.pipeline):
+            console.print(line)
 
 
 def generate_command(
@@ -131,6 +149,39 @@ def generate_command(
              "off. Default: the model's own (see its README.md; none for older releases).",
         show_default=False,
     ),
+    relax: str = typer.Option(
+        "none", "--relax", metavar="xtb|mmff|none",
+        help="Relax every sample before it is written: 'xtb' is GFN2-xTB (the tblite package, charge 0, "
+             "singlet or, for an odd electron count, doublet) minimised by ASE's BFGS to 0.05 eV/A; "
+             "needs pip install 'symdiff-cli\\[relax]'. 'mmff' is RDKit's MMFF94 for molecules whose bonds "
+             "can be assigned (others are written as sampled and counted). SDF records get the tags "
+             "symdiff_relax_method, _status, _converged, _energy_kcal_mol, _energy_drop_kcal_mol and "
+             "_heavy_rmsd_angstrom; the stability and validity tags describe the relaxed molecule.",
+    ),
+    workers: Optional[int] = typer.Option(
+        None, "--workers",
+        help="Processes that relax molecules in parallel (default: the number of cores). The file is "
+             "the same for any number.",
+    ),
+    relax_steps: int = typer.Option(
+        300, "--relax-steps",
+        help="Optimiser steps at most per molecule; one that has not converged by then is written as "
+             "far as it got, tagged symdiff_relax_converged 0.",
+    ),
+    keep: str = typer.Option(
+        "all", "--keep", metavar="all|valid|stable",
+        help="Write only molecules that pass, and sample on until --n have: 'valid' (RDKit sanitises "
+             "the perceived bonds) or 'stable' (the benchmark's molecule stability), judged after "
+             "--relax if given. Rejected molecules leave gaps in the numbering of the names. The summary "
+             "gives the acceptance rate and the metrics before filtering.",
+    ),
+    max_attempts: Optional[int] = typer.Option(
+        None, "--max-attempts",
+        help="With --keep valid|stable: sample at most this many molecules (over all shards, like "
+             "--n; default 10 x --n). Fewer than --n passing by then is an error, with the ones that "
+             "passed kept in the file.",
+        show_default=False,
+    ),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed and options give the same file."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA if available), cpu, cuda or cuda:N."),
     num_atoms: Optional[int] = typer.Option(
@@ -164,6 +215,10 @@ def generate_command(
     keep their names, so the gap in the numbering shows which. With --out - and a reader that
     stops early (| head), the run ends quietly with code 141, as Unix tools do on SIGPIPE.
     SDF records carry perceived bonds and the tags symdiff_stable, symdiff_valid and smiles.
+
+    --relax relaxes each sample (GFN2-xTB or MMFF94) and --keep writes only those that pass,
+    sampling until --n have; same seed and options give the same file, and the summary shows
+    the raw samples' metrics beside what relaxation and filtering changed.
     """
     from symdiff_cli.chem.quiet import quiet_library_warnings
     from symdiff_cli.engine.generate import GenerateOptions, generate
@@ -174,9 +229,17 @@ def generate_command(
             n=n, out=out, fmt=fmt, batch_size=batch_size, steps=steps, seed=seed, device=device,
             num_atoms=num_atoms, model=model, offline=offline, shard=shard, quiet=quiet, threads=threads,
             precision=precision, spacing=spacing, guidance=guidance, guide=guide,
-            valence_guidance=valence_guidance,
+            valence_guidance=valence_guidance, relax=relax, workers=workers, relax_steps=relax_steps,
+            keep=keep, max_attempts=max_attempts,
         ), progress=None if quiet else RichProgress("sampling"))
     if not quiet:
         print_summary(result)
     if result.exit_code:
         raise typer.Exit(result.exit_code)
+    if result.pipeline is not None and result.pipeline.short:
+        from symdiff_cli.errors import SymdiffError
+
+        p = result.pipeline
+        where = f"they are in {result.out}" if p.kept else "no file was written"
+        raise SymdiffError(f"only {p.kept} of {p.target} molecules passed --keep {p.keep} in {p.attempts} attempts "
+                           f"(acceptance {100 * p.acceptance:.1f} %); {where}. Raise --max-attempts")

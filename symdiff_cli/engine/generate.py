@@ -4,7 +4,9 @@ Reproducibility: the molecules depend only on the model, --seed, --shard, --n, -
 --batch-size, --steps, --spacing, --guidance, --guide and the device. Shard I of K derives its
 own seed from (seed, I, K), so shards of a job array never share a random stream, and it
 generates its own share of n (n split as evenly as possible). Every batch of the plan carries
-its own seed, so the file is the same however the run is scheduled.
+its own seed, so the file is the same however the run is scheduled. --relax, --relax-steps,
+--keep and --max-attempts change the file too (not --workers); engine/keep.py says how --keep
+plans its further rounds.
 
 Output is streamed batch by batch through MoleculeWriter, which writes a temporary file and
 renames it into place: an error leaves no file; Ctrl-C, SIGTERM (timeout, Slurm's time limit,
@@ -19,19 +21,20 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 # generate() looks these up here, so tests can watch what reaches the sampler.
 from symdiff_cli.engine.denoiser import autoguided_denoiser, valence_guided
-from symdiff_cli.engine.shards import iter_plan_for_shard, parse_shard, shard_share
+from symdiff_cli.engine.shards import iter_plan_for_shard, parse_shard, shard_seed_sequence, shard_share
 from symdiff_cli.errors import SymdiffError, UsageError
 from symdiff_cli.model.config import DEFAULT_SPACING, SPACING_CHOICES
 
 if TYPE_CHECKING:  # torch is imported only when a command runs, so that --help stays fast
     import torch
 
+    from symdiff_cli.engine.keep import BatchPipeline, MetricCounts
     from symdiff_cli.engine.release import ReleasedModel
     from symdiff_cli.engine.sample_config import SampleConfig
     from symdiff_cli.engine.sampling import Sampler
@@ -66,6 +69,12 @@ class GenerateOptions:
     guidance: float | None = None  # autoguidance weight; None: the release's (1 = the main model alone)
     guide: Sequence[str] | None = None  # other releases as the guide (their mean), in place of the release's own
     valence_guidance: float | None = None  # valence-guidance scale; None: the release's (0 = off)
+    # Relaxation and filtering (engine/keep.py): --relax, --workers, --relax-steps, --keep, --max-attempts.
+    relax: str = "none"
+    workers: int | None = None
+    relax_steps: int | None = None
+    keep: str = "all"
+    max_attempts: int | None = None  # over all shards, like n; None: 10 n
 
 
 @dataclass
@@ -82,6 +91,7 @@ class GenerateResult:
     metrics: dict[str, float] = field(default_factory=dict)
     stop_signal: int | None = None  # the signal that stopped the run (SIGINT, SIGTERM, SIGHUP)
     non_finite: int = 0  # molecules left out because their sampled coordinates were not finite
+    pipeline: Any = None  # engine/keep.py PipelineSummary when relaxing or filtering, else None
 
     @property
     def molecules_per_second(self) -> float:
@@ -121,6 +131,9 @@ def _check_options(opts: GenerateOptions) -> None:
         raise UsageError(f"--guidance must be a number >= 0 (1: no guidance), not {opts.guidance}")
     if opts.valence_guidance is not None and not (math.isfinite(opts.valence_guidance) and opts.valence_guidance >= 0):
         raise UsageError(f"--valence-guidance must be a number >= 0 (0: off), not {opts.valence_guidance}")
+    from symdiff_cli.engine.keep import check_keep_options
+
+    check_keep_options(opts.keep, opts.n, opts.max_attempts, opts.relax, opts.workers, opts.relax_steps or 1)
 
 
 def _tag_molecules(mols: list, with_metrics: bool) -> list:
@@ -157,33 +170,15 @@ class GenerateProgress:
     def batch_done(self, done: int) -> None:
         """`done` molecules are finished and in the file."""
 
+    def relaxed(self, done: int, total: int) -> None:
+        """`done` of the current batch's `total` molecules are relaxed (--relax)."""
+
     def stop(self) -> None:
         """Sampling ended (finished, interrupted or failed)."""
 
 
 # --------------------------------------------------------------------------------------
 # The run
-
-
-class _MetricTotals:
-    """Running sums of the metrics the summary shows: memory stays flat however many molecules."""
-
-    def __init__(self) -> None:
-        self.molecules = self.atoms = self.stable_atoms = self.stable = self.valid = 0
-
-    def add(self, reports: list) -> None:
-        for report in reports:
-            self.molecules += 1
-            self.atoms += report.num_atoms
-            self.stable_atoms += report.num_stable_atoms
-            self.stable += bool(report.stable)
-            self.valid += bool(report.valid)
-
-    def as_dict(self) -> dict[str, float]:
-        if not self.molecules:
-            return {}
-        return {"atom_stability": self.stable_atoms / self.atoms if self.atoms else 0.0,
-                "molecule_stability": self.stable / self.molecules, "validity": self.valid / self.molecules}
 
 
 def _finite_only(mols: list) -> list:
@@ -199,7 +194,13 @@ class _RunCounts:
     in_file: int = 0
     left_out: int = 0  # left out by the writer (SMILES output: no valid SMILES)
     non_finite: int = 0
-    totals: _MetricTotals = field(default_factory=_MetricTotals)
+    totals: MetricCounts = field(default_factory=lambda: _metric_counts())
+
+
+def _metric_counts() -> MetricCounts:
+    from symdiff_cli.engine.keep import MetricCounts
+
+    return MetricCounts()
 
 
 def _sample_config(opts: GenerateOptions, release: ReleasedModel, device: torch.device,
@@ -235,7 +236,8 @@ def _sampler_for(opts: GenerateOptions, release: ReleasedModel,
 
 
 def _sample_into(writer: MoleculeWriter, opts: GenerateOptions, fmt: str, shard: tuple[int, int], n_shard: int,
-                 device: torch.device, stops: StopSignals, progress: GenerateProgress, counts: _RunCounts) -> None:
+                 device: torch.device, stops: StopSignals, progress: GenerateProgress, counts: _RunCounts,
+                 pipeline: BatchPipeline) -> None:
     """Load the release, sample this shard batch by batch and hand each batch to `writer`;
     `counts` follows every complete batch, so an interruption knows what the file holds."""
     from symdiff_cli.engine.release import load_release
@@ -248,8 +250,9 @@ def _sample_into(writer: MoleculeWriter, opts: GenerateOptions, fmt: str, shard:
     sampler, sample_config, batch_size = _sampler_for(opts, release, device)
     steps = sample_config.steps
     plan = iter_plan_for_shard(release.histogram, n_shard, opts.num_atoms, batch_size, opts.seed, shard)
+    plan = pipeline.plan(plan, release.histogram, opts.num_atoms, batch_size, shard_seed_sequence(opts.seed, *shard))
     # Metrics feed the SDF tags and the summary; skip them when neither is wanted.
-    with_metrics = fmt == "sdf" or not opts.quiet
+    with_metrics = fmt == "sdf" or not opts.quiet or pipeline.needs_metrics
     name_prefix = f"symdiff-seed{opts.seed}-" + (f"shard{shard[0]}of{shard[1]}-" if shard[1] > 1 else "")
     progress.start(n_shard, steps)
     try:
@@ -262,15 +265,18 @@ def _sample_into(writer: MoleculeWriter, opts: GenerateOptions, fmt: str, shard:
             for k, mol in enumerate(mols):
                 mol.props["name"] = f"{name_prefix}{counts.sampled + k:07d}"
             finite = _finite_only(mols)
+            pipeline.count_sampled(len(mols))
+            pipeline.relax_and_measure(finite, fmt)  # relaxes in place: the tags describe the result
             batch_reports = _tag_molecules(finite, with_metrics)
+            kept, batch_reports = pipeline.keep_passing(finite, batch_reports)
             with stops.deferred():
-                writer.write(finite)
+                writer.write(kept)
                 counts.totals.add(batch_reports)
                 counts.non_finite += len(mols) - len(finite)
                 counts.sampled += len(mols)
                 counts.in_file, counts.left_out = writer.written, writer.skipped
             stops.raise_if_received()
-            progress.batch_done(counts.sampled)
+            progress.batch_done(pipeline.done(counts.sampled))
     finally:
         progress.stop()
     if counts.non_finite == counts.sampled > 0:
@@ -304,6 +310,14 @@ def generate(opts: GenerateOptions, progress: GenerateProgress | None = None) ->
     device = resolve_device(opts.device)
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
+    from symdiff_cli.chem.relax import require_method
+    from symdiff_cli.engine.keep import BatchPipeline
+
+    if opts.relax != "none":
+        require_method(opts.relax)  # a missing optional package fails before the model loads
+    max_attempts = None if opts.max_attempts is None else shard_share(opts.max_attempts, *shard)
+    pipeline = BatchPipeline(opts.relax, opts.keep, n_shard, max_attempts, opts.workers, opts.relax_steps,
+                             on_relaxed=progress.relaxed)
 
     started = time.perf_counter()
     counts = _RunCounts()
@@ -315,7 +329,7 @@ def generate(opts: GenerateOptions, progress: GenerateProgress | None = None) ->
             writer = MoleculeWriter(opts.out, fmt)  # checks the output path before the slow model load
         try:
             stops.raise_if_received()
-            _sample_into(writer, opts, fmt, shard, n_shard, device, stops, progress, counts)
+            _sample_into(writer, opts, fmt, shard, n_shard, device, stops, progress, counts, pipeline)
         except KeyboardInterrupt as interrupt:
             stop_signal = signal_of(interrupt)
             with stops.deferred():
@@ -327,9 +341,14 @@ def generate(opts: GenerateOptions, progress: GenerateProgress | None = None) ->
             raise
         else:
             with stops.deferred():
-                writer.close()
+                pipeline.close()
+                # --keep with nothing passing: no empty file (the error says so), the previous file stays.
+                writer.abort(keep=False) if pipeline.nothing_kept else writer.close()
             counts.in_file, counts.left_out = writer.written, writer.skipped
+        finally:
+            pipeline.close(interrupted=True)  # after an error or a stop: end the relaxation workers at once
     seconds = time.perf_counter() - started
     return GenerateResult(requested=n_shard, written=counts.in_file, skipped=counts.left_out, seconds=seconds,
                           shard=shard, out=opts.out, interrupted=stop_signal is not None,
-                          metrics=counts.totals.as_dict(), stop_signal=stop_signal, non_finite=counts.non_finite)
+                          metrics=counts.totals.as_dict(), stop_signal=stop_signal, non_finite=counts.non_finite,
+                          pipeline=pipeline.summary if pipeline.active else None)

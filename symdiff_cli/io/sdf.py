@@ -105,7 +105,8 @@ def sdf_block(mol: Molecule, bonds: str = "benchmark") -> str:
 
     from symdiff_cli.chem.rdkit_mol import rdkit_mol_from_bonds
 
-    stored = Molecule(mol.atomic_numbers, stored_positions(mol.positions, "sdf"), mol.bonds, mol.props)
+    stored = Molecule(mol.atomic_numbers, stored_positions(mol.positions, "sdf"), mol.bonds, mol.props,
+                      mol.formal_charges)
     bond_rows = perceive_bonds(stored, bonds)
     if too_dense_for_rdkit(stored, bond_rows):
         return _v3000_block(stored, bond_rows)
