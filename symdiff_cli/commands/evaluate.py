@@ -89,29 +89,17 @@ def _warn_foreign_elements(molecules, dataset: str) -> None:
         )
 
 
-def _percent(value: Optional[float]) -> str:
-    return "n/a" if value is None else f"{100 * value:.2f} %"
-
-
 def _results_table(result, title: str):
     from rich.table import Table
+
+    from symdiff_cli.chem.metric_rows import metric_rows
 
     table = Table(title=title)
     table.add_column("Metric")
     table.add_column("Value", justify="right")
     table.add_column("Count", justify="right")
-    rows = [
-        ("Atom stability", result.atom_stability, f"{result.num_stable_atoms} / {result.num_atoms}"),
-        ("Molecule stability", result.molecule_stability, f"{result.num_stable_molecules} / {result.num_molecules}"),
-        ("Validity", result.validity, f"{result.num_valid} / {result.num_molecules}"),
-        ("Strict validity (one fragment)", result.strict_validity, f"{result.num_strict_valid} / {result.num_molecules}"),
-        ("Uniqueness", result.uniqueness, f"{result.num_unique} / {result.num_valid}"),
-        ("Valid and unique", result.valid_and_unique, f"{result.num_unique} / {result.num_molecules}"),
-    ]
-    if result.novelty is not None:
-        rows.append(("Novelty", result.novelty, f"{result.num_novel} / {result.num_unique}"))
-    for name, value, count in rows:
-        table.add_row(name, _percent(value), count)
+    for row in metric_rows(result):
+        table.add_row(row.label, row.percent, row.count_text)
     return table
 
 
