@@ -181,17 +181,39 @@ def evaluate_command(
         "--no-novelty",
         help="Skip novelty (it needs the QM9 training SMILES, built once and cached on first use).",
     ),
+    report: Optional[str] = typer.Option(
+        None,
+        "--report",
+        metavar="HTML",
+        help="Also write a self-contained HTML report to HTML: the metrics beside QM9's, bond-length, "
+        "atom-count, element and ring-size distributions against the QM9 test split, the failures, and "
+        "drawings of some molecules; each FILE is its own column. Given training run directories "
+        "(folders with a metrics.jsonl) instead of files, plots their loss, learning rate, throughput and "
+        "periodic evaluations.",
+        show_default=False,
+    ),
+    report_molecules: int = typer.Option(
+        24,
+        "--report-molecules",
+        metavar="N",
+        min=0,
+        help="How many molecules of each FILE the report draws (picked at random, seed 0; 0 draws none).",
+    ),
 ) -> None:
     """Stability, validity, uniqueness and novelty of molecules, by the QM9 benchmark rules (EDM)."""
     from symdiff_cli.chem.quiet import quiet_library_warnings
 
     with quiet_library_warnings():
-        _evaluate(list(files or []), dataset, split, json_path, per_molecule, from_format, strict, no_novelty)
+        _evaluate(list(files or []), dataset, split, json_path, per_molecule, from_format, strict, no_novelty,
+                  report, report_molecules)
 
 
 def _evaluate(files: list[str], dataset: DatasetChoice, split: Optional[SplitChoice], json_path: Optional[str],
-              per_molecule: Optional[str], from_format: Optional[str], strict: bool, no_novelty: bool) -> None:
+              per_molecule: Optional[str], from_format: Optional[str], strict: bool, no_novelty: bool,
+              report: Optional[str] = None, report_molecules: int = 24) -> None:
     from rich.console import Console
+
+    from symdiff_cli.commands import evaluate_report
 
     from symdiff_cli.chem.metrics import evaluate_molecules
     from symdiff_cli.io.paths import refuse_overwriting_inputs
@@ -204,7 +226,14 @@ def _evaluate(files: list[str], dataset: DatasetChoice, split: Optional[SplitCho
         raise UsageError("--json and --per-molecule cannot both write to standard output")
     if from_format is not None and split is not None:
         raise UsageError("--from applies to molecule files, not to --split")
-    refuse_overwriting_inputs({"--per-molecule": per_molecule, "--json": json_path}, files)
+    refuse_overwriting_inputs({"--per-molecule": per_molecule, "--json": json_path, "--report": report}, files)
+    if report is not None:
+        evaluate_report.check_report_path(report)
+    if files and any(evaluate_report.is_run_dir(f) for f in files):
+        if json_path is not None or per_molecule is not None or from_format is not None:
+            raise UsageError("--json, --per-molecule and --from apply to molecule files, not to training runs")
+        evaluate_report.training_runs_report(files, report, _write_text_atomic, Console())
+        return
 
     if split is not None:
         if dataset is not DatasetChoice.qm9:
@@ -219,6 +248,8 @@ def _evaluate(files: list[str], dataset: DatasetChoice, split: Optional[SplitCho
         molecules, origins = _read_inputs(files, strict, from_format)
         _warn_foreign_elements(molecules, dataset.value)
         title = f"{len(molecules)} molecules from {', '.join('stdin' if f == '-' else f for f in files)}"
+    if report is not None and not molecules:
+        raise SymdiffError("no molecules to report on")
 
     reference = None
     if dataset is DatasetChoice.qm9 and not no_novelty:
@@ -247,3 +278,8 @@ def _evaluate(files: list[str], dataset: DatasetChoice, split: Optional[SplitCho
             typer.echo(text, nl=False)
         else:
             _write_text_atomic(json_path, text)
+    if report is not None:
+        html = evaluate_report.molecule_report_html(molecules, origins, result, reference, dataset.value,
+                                                    report_molecules, title)
+        _write_text_atomic(report, html)
+        table_console.print(f"Report written to {report}")

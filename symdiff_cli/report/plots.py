@@ -35,13 +35,14 @@ class Image:
     title: str
     caption: str
     data_uri: str
+    key: str = ""  # what the page places beside it (the failure tables go with "failures")
 
 
 def colour(index: int) -> str:
     return INPUT_COLOURS[index % len(INPUT_COLOURS)]
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -75,7 +76,7 @@ def _all_series(inputs: Sequence[SetStats], reference: SetStats | None) -> list[
 
 
 def bond_length_figure(inputs: Sequence[SetStats], reference: SetStats | None) -> Image:
-    fig = _figure(13, 6.2)
+    fig = new_figure(13, 6.2)
     axes = fig.subplots(2, 4).ravel()
     centres = (DISTANCE_EDGES[:-1] + DISTANCE_EDGES[1:]) / 2
     for ax, bond_type in zip(axes, BOND_TYPES):
@@ -119,7 +120,7 @@ def bond_length_figure(inputs: Sequence[SetStats], reference: SetStats | None) -
 
 def composition_figure(inputs: Sequence[SetStats], reference: SetStats | None) -> Image:
     series = _all_series(inputs, reference)
-    fig = _figure(13, 3.8)
+    fig = new_figure(13, 3.8)
     ax_n, ax_el, ax_ring = fig.subplots(1, 3, width_ratios=(1.4, 1, 1))
     sizes = sorted({n for _, _, s in series for n in s.atom_counts})
     if sizes:
@@ -170,7 +171,7 @@ def unstable_categories(sets: Sequence[SetStats], most: int = 14) -> list[tuple[
 
 def failure_figure(inputs: Sequence[SetStats], reference: SetStats | None) -> Image:
     series = _all_series(inputs, reference)
-    fig = _figure(13, 3.8)
+    fig = new_figure(13, 3.8)
     ax_cause, ax_atoms = fig.subplots(1, 2, width_ratios=(1, 2.2))
     _grouped_bars(ax_cause, list(FAILURES),
                   [(n, c, np.array([s.failures.get(f, 0) for f in FAILURES], float) / max(s.num_molecules, 1))
@@ -194,6 +195,7 @@ def failure_figure(inputs: Sequence[SetStats], reference: SetStats | None) -> Im
         "unstable atoms by element and the sum of their perceived bond orders (C (3): a carbon with only "
         "three bonds' worth), as a share of all atoms of that element.",
         png_data_uri(fig),
+        key="failures",
     )
 
 
@@ -202,5 +204,5 @@ def molecule_figures(inputs: Sequence[SetStats], reference: SetStats | None) -> 
             failure_figure(inputs, reference)]
 
 
-__all__ = ["Image", "colour", "molecule_figures", "png_data_uri", "unstable_categories", "REFERENCE_COLOUR",
+__all__ = ["Image", "colour", "molecule_figures", "new_figure", "png_data_uri", "unstable_categories", "REFERENCE_COLOUR",
            "INPUT_COLOURS"]

@@ -174,4 +174,28 @@ def collect_stats(name: str, molecules: Sequence[Molecule], reports: Sequence[Mo
     )
 
 
-__all__ = ["BOND_TYPES", "DISTANCE_EDGES", "FAILURES", "SetStats", "bond_thresholds", "collect_stats"]
+def _add_counts(target: dict, source: dict) -> None:
+    for key, value in source.items():
+        target[key] = target.get(key, 0) + value
+
+
+def merge_stats(name: str, parts: Sequence[SetStats], metrics: dict[str, Any]) -> SetStats:
+    """The statistics of several sets taken together (their counts added); `metrics` is the
+    pooled evaluation's as_dict(), since uniqueness and novelty do not add up."""
+    merged = SetStats(name, metrics, {t: [0] * (len(DISTANCE_EDGES) - 1) for t in BOND_TYPES}, {}, {}, {}, {},
+                      {f: 0 for f in FAILURES}, 0, 0, {})
+    for part in parts:
+        for bond_type, counts in part.bond_hist.items():
+            merged.bond_hist[bond_type] = [a + b for a, b in zip(merged.bond_hist[bond_type], counts)]
+        for mine, theirs in ((merged.atom_counts, part.atom_counts), (merged.elements, part.elements),
+                             (merged.ring_sizes, part.ring_sizes), (merged.failures, part.failures),
+                             (merged.hydrogen_balance, part.hydrogen_balance)):
+            _add_counts(mine, theirs)
+        for element, by_valence in part.unstable.items():
+            _add_counts(merged.unstable.setdefault(element, {}), by_valence)
+        merged.odd_electrons += part.odd_electrons
+        merged.with_isolated_atoms += part.with_isolated_atoms
+    return merged
+
+
+__all__ = ["BOND_TYPES", "DISTANCE_EDGES", "FAILURES", "SetStats", "bond_thresholds", "collect_stats", "merge_stats"]
