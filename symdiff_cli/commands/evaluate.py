@@ -11,6 +11,7 @@ from typing import Optional
 
 import typer
 
+from symdiff_cli.commands.evaluate_report import DEFAULT_DEPICTIONS
 from symdiff_cli.errors import SymdiffError, UsageError
 from symdiff_cli.io.atomic import atomic_output
 
@@ -132,7 +133,8 @@ def evaluate_command(
         None,
         metavar="FILE",
         help="Molecule files to evaluate (.sdf, .xyz, .npz, .smi), or '-' for standard input. "
-        "Leave out and give --split to evaluate the dataset itself.",
+        "Leave out and give --split to evaluate the dataset itself. Folders are read as training run "
+        "directories: their metrics.jsonl is summarised (and plotted with --report).",
         show_default=False,
     ),
     dataset: DatasetChoice = typer.Option(
@@ -193,7 +195,7 @@ def evaluate_command(
         show_default=False,
     ),
     report_molecules: int = typer.Option(
-        24,
+        DEFAULT_DEPICTIONS,
         "--report-molecules",
         metavar="N",
         min=0,
@@ -210,7 +212,7 @@ def evaluate_command(
 
 def _evaluate(files: list[str], dataset: DatasetChoice, split: Optional[SplitChoice], json_path: Optional[str],
               per_molecule: Optional[str], from_format: Optional[str], strict: bool, no_novelty: bool,
-              report: Optional[str] = None, report_molecules: int = 24) -> None:
+              report: Optional[str] = None, report_molecules: int = DEFAULT_DEPICTIONS) -> None:
     from rich.console import Console
 
     from symdiff_cli.commands import evaluate_report
@@ -229,7 +231,7 @@ def _evaluate(files: list[str], dataset: DatasetChoice, split: Optional[SplitCho
     refuse_overwriting_inputs({"--per-molecule": per_molecule, "--json": json_path, "--report": report}, files)
     if report is not None:
         evaluate_report.check_report_path(report)
-    if files and any(evaluate_report.is_run_dir(f) for f in files):
+    if files and any(evaluate_report.is_folder(f) for f in files):
         if json_path is not None or per_molecule is not None or from_format is not None:
             raise UsageError("--json, --per-molecule and --from apply to molecule files, not to training runs")
         evaluate_report.training_runs_report(files, report, _write_text_atomic, Console())

@@ -91,10 +91,9 @@ def molecule_report_html(molecules, origins, result, train_smiles, dataset: str,
     return render_molecule_report(inputs, pooled, reference, figures, sections, title, notes)
 
 
-def is_run_dir(path: str) -> bool:
-    from symdiff_cli.report.runs import is_run_dir as check
-
-    return check(path)
+def is_folder(path: str) -> bool:
+    """Whether a FILE argument names a folder: then it must be a training run directory."""
+    return path != "-" and Path(path).is_dir()
 
 
 def training_runs_report(paths: Sequence[str], report_path: str | None, write_text: Callable[[str, str], None],
@@ -103,12 +102,14 @@ def training_runs_report(paths: Sequence[str], report_path: str | None, write_te
     from rich.table import Table
 
     from symdiff_cli.chem.metric_rows import format_percent
-    from symdiff_cli.report.runs import EVAL_METRICS, read_run, run_names, run_summary
+    from symdiff_cli.report.runs import EVAL_METRICS, METRICS_FILE, is_run_dir, read_run, run_names, run_summary
 
-    not_runs = [p for p in paths if not is_run_dir(p)]
-    if not_runs:
-        raise UsageError(f"{not_runs[0]} is not a training run directory: give either molecule files or "
-                         "run directories (folders with a metrics.jsonl), not both")
+    for path in paths:
+        if not is_folder(path):
+            raise UsageError(f"{path} is a molecule file and the other inputs are folders: give either molecule "
+                             f"files or training run directories, not both")
+        if not is_run_dir(path):
+            raise UsageError(f"{path} is a folder but not a training run directory (it has no {METRICS_FILE})")
     runs = [read_run(path, name) for path, name in zip(paths, run_names(paths))]
     table = Table(title=f"{len(runs)} training run{'s' if len(runs) > 1 else ''}")
     for header in ("Run", "Steps", "Time (min)", "Last loss", *(label for _, label in EVAL_METRICS)):
@@ -128,5 +129,5 @@ def training_runs_report(paths: Sequence[str], report_path: str | None, write_te
         write_text(report_path, render_training_report(runs, f"Training report: {', '.join(run_names(paths))}"))
 
 
-__all__ = ["DEFAULT_DEPICTIONS", "check_report_path", "input_slices", "is_run_dir", "molecule_report_html",
+__all__ = ["DEFAULT_DEPICTIONS", "check_report_path", "input_slices", "is_folder", "molecule_report_html",
            "progress_bar", "training_runs_report"]
