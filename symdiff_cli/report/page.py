@@ -102,7 +102,7 @@ def failure_rows(columns: Sequence[Column]) -> list[dict[str, Any]]:
 def unstable_rows(columns: Sequence[Column]) -> list[dict[str, Any]]:
     """Unstable atoms by element and bond-order sum: count and share of that element's atoms."""
     rows = []
-    for element, valence in unstable_categories([c.stats for c in columns], most=30):
+    for element, valence in unstable_categories([c.stats for c in columns], most=16):
         rows.append({"label": f"{element} with bond-order sum {valence}",
                      "cells": [(c.stats.unstable.get(element, {}).get(valence, 0), c.stats.elements.get(element, 0))
                                for c in columns]})
