@@ -17,29 +17,13 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 from symdiff_cli.io.molecule import PackedMolecules
+from test_evaluate_cli import XYZ_TEXT, assert_one_line_error  # noqa: F401 (assert_one_line_error: re-exported)
 
 SYMDIFF = Path(sys.executable).with_name("symdiff")
 
-# Methane, formaldehyde and water (stable), and a carbon with a hydrogen 3 Angstrom away (not).
-XYZ_GOOD = """5
-methane
-C 0.0 0.0 0.0
-H 0.629 0.629 0.629
-H -0.629 -0.629 0.629
-H -0.629 0.629 -0.629
-H 0.629 -0.629 -0.629
-4
-formaldehyde
-C 0.0 0.0 0.0
-O 1.21 0.0 0.0
-H -0.55 0.9526 0.0
-H -0.55 -0.9526 0.0
-3
-water
-O 0.0 0.0 0.0
-H 0.96 0.0 0.0
-H -0.24 0.93 0.0
-"""
+# Methane, formaldehyde and water (stable, from the evaluate tests), and below a carbon with a
+# hydrogen 3 Angstrom away (not stable) beside another water.
+XYZ_GOOD = XYZ_TEXT
 XYZ_BROKEN = """2
 far apart
 C 0.0 0.0 0.0
@@ -77,13 +61,6 @@ def run_symdiff(cache: Path, *args: str) -> subprocess.CompletedProcess:
     command = [str(SYMDIFF)] if SYMDIFF.exists() else [sys.executable, "-m", "symdiff_cli"]
     env = {**os.environ, "SYMDIFF_CACHE": str(cache)}
     return subprocess.run(command + list(args), capture_output=True, text=True, timeout=600, env=env)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess) -> None:
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error:"), result.stderr
 
 
 def write_run(folder: Path, steps: int = 40, evals: tuple[int, ...] = (20, 40), loss0: float = 2.0) -> Path:

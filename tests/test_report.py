@@ -208,7 +208,8 @@ def test_qm9_reference_on_a_subsample(tmp_path, monkeypatch):
     assert stats.metrics["fractions"]["molecule_stability"] > 0.85
     assert set(stats.elements) <= {"H", "C", "N", "O", "F"}
     assert max(stats.atom_counts) <= 29
-    # QM9's C-H bonds sit near 1.09 A, well inside the 1.19 A single-bond threshold.
+    # QM9's C-H bonds sit near 1.09 A, well inside the 1.19 A single-bond threshold (the C-H
+    # pairs further out are 1-3 distances across small rings).
     centres = (DISTANCE_EDGES[:-1] + DISTANCE_EDGES[1:]) / 2
-    ch = np.asarray(stats.bond_hist["C-H"], float)
-    assert abs(float((centres * ch).sum() / ch.sum()) - 1.09) < 0.02
+    ch = np.where(centres < 1.19, np.asarray(stats.bond_hist["C-H"], float), 0.0)
+    assert abs(float((centres * ch).sum() / ch.sum()) - 1.09) < 0.01

@@ -103,7 +103,7 @@ def unstable_rows(columns: Sequence[Column]) -> list[dict[str, Any]]:
     """Unstable atoms by element and bond-order sum: count and share of that element's atoms."""
     rows = []
     for element, valence in unstable_categories([c.stats for c in columns], most=16):
-        rows.append({"label": f"{element} with bond-order sum {valence}",
+        rows.append({"label": f"{element} with bond-order sum {valence}", "key": f"{element}{valence}",
                      "cells": [(c.stats.unstable.get(element, {}).get(valence, 0), c.stats.elements.get(element, 0))
                                for c in columns]})
     return rows
