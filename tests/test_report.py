@@ -213,3 +213,37 @@ def test_qm9_reference_on_a_subsample(tmp_path, monkeypatch):
     centres = (DISTANCE_EDGES[:-1] + DISTANCE_EDGES[1:]) / 2
     ch = np.where(centres < 1.19, np.asarray(stats.bond_hist["C-H"], float), 0.0)
     assert abs(float((centres * ch).sum() / ch.sum()) - 1.09) < 0.01
+
+
+@pytest.mark.slow
+def test_report_of_a_real_training_run(cache, tmp_path, small_npz):
+    """The page of a run `symdiff train` wrote (not a hand-made log): what it logged is what it shows."""
+    from symdiff_cli.engine.metrics_log import read_metrics
+
+    run = tmp_path / "run"
+    trained = run_symdiff(cache, "train", "--out", str(run), "--data", str(small_npz), "--preset", "tiny",
+                          "--max-steps", "6", "--batch-size", "8", "--log-every", "2", "--eval-every", "3",
+                          "--eval-samples", "4", "--eval-steps", "5", "--threads", "1", "--quiet")
+    assert trained.returncode == 0, trained.stderr
+    report = tmp_path / "run.html"
+    result = run_symdiff(cache, "evaluate", str(run), "--report", str(report))
+    assert result.returncode == 0, result.stderr
+    page = parse_report(report)
+    assert_self_contained(page)
+    assert len(page.images) == 2
+    last_eval = [r for r in read_metrics(run / "metrics.jsonl") if r.get("event") == "eval"][-1]
+    assert f'data-field="molecule_stability" data-value="{json.dumps(last_eval["molecule_stability"])}"' in report.read_text()
+
+
+def test_page_escapes_names_and_smiles(small_packed):
+    """File names and SMILES reach the page as text, never as markup."""
+    from symdiff_cli.report.depict import Depiction
+    from symdiff_cli.report.page import InputSection, render_molecule_report
+
+    mols = small_packed.to_molecules()[:3]
+    result = evaluate_molecules(mols)
+    stats = collect_stats("<b>evil&name</b>.sdf", mols, result.reports, result)
+    section = InputSection(stats.name, "#000", 3, [Depiction(0, 5, True, True, "<script>x</script>", "data:,")])
+    html = render_molecule_report([stats], None, None, [], [section], "title <i>")
+    assert "<b>evil" not in html and "&lt;b&gt;evil&amp;name&lt;/b&gt;.sdf" in html
+    assert "<script>" not in html and "title &lt;i&gt;" in html

@@ -10,8 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from symdiff_cli.errors import SymdiffError, UsageError
+
+if TYPE_CHECKING:  # the report's modules import matplotlib and RDKit: loaded only when used
+    from symdiff_cli.chem.metrics import EvaluationResult
+    from symdiff_cli.chem.molecule import Molecule
+    from symdiff_cli.report.stats import SetStats
 
 # Molecules drawn per input file unless --report-molecules says otherwise.
 DEFAULT_DEPICTIONS = 24
@@ -52,7 +58,7 @@ def input_slices(origins: Sequence[tuple[str, int]]) -> list[tuple[str, int, int
     return [(label, bounds[k], bounds[k + 1]) for k, label in enumerate(labels)]
 
 
-def _reference(dataset: str, train_smiles):
+def _reference(dataset: str, train_smiles: frozenset[str] | None) -> SetStats | None:
     """The QM9 test split's statistics (novelty against `train_smiles`), or None for other data."""
     if dataset != "qm9":
         return None
@@ -65,8 +71,9 @@ def _reference(dataset: str, train_smiles):
     return reference.with_novelty(train_smiles)
 
 
-def molecule_report_html(molecules, origins, result, train_smiles, dataset: str, depictions: int,
-                         title: str) -> str:
+def molecule_report_html(molecules: Sequence[Molecule], origins: Sequence[tuple[str, int]],
+                         result: EvaluationResult, train_smiles: frozenset[str] | None, dataset: str,
+                         depictions: int, title: str) -> str:
     """The report page of evaluated molecules: one column per input file, QM9 beside them."""
     from symdiff_cli.chem.metrics import summarise
     from symdiff_cli.report.depict import depict_sample
@@ -97,7 +104,7 @@ def is_folder(path: str) -> bool:
 
 
 def training_runs_report(paths: Sequence[str], report_path: str | None, write_text: Callable[[str, str], None],
-                         console) -> None:
+                         console: Any) -> None:
     """Print a summary of each run's metrics.jsonl and, with a report path, write its page."""
     from rich.table import Table
 
