@@ -73,7 +73,7 @@ def write_run(folder: Path, steps: int = 40, evals: tuple[int, ...] = (20, 40), 
                         "grad_norm": 1.0, "mol_per_s": 100.0 + step, "time": 1.5 * step, "cpu_time": 1.4 * step})
         if step in evals:
             records.append({"event": "eval", "step": step, "epoch": step // 20, "time": 1.5 * step,
-                            "atom_stability": 0.5 + step / 100, "molecule_stability": step / 100, "validity": 0.4,
+                            "atom_stability": 0.5 + step / 200, "molecule_stability": step / 100, "validity": 0.4,
                             "uniqueness": 1.0, "num_molecules": 8, "sampling_steps": 50})
         if step == 15:
             records.append({"event": "resume", "step": 10, "epoch": 0, "parameters": 1234})

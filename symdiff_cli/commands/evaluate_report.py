@@ -118,8 +118,11 @@ def training_runs_report(paths: Sequence[str], report_path: str | None, write_te
         if not is_run_dir(path):
             raise UsageError(f"{path} is a folder but not a training run directory (it has no {METRICS_FILE})")
     runs = [read_run(path, name) for path, name in zip(paths, run_names(paths))]
-    table = Table(title=f"{len(runs)} training run{'s' if len(runs) > 1 else ''}")
-    for header in ("Run", "Steps", "Time (min)", "Last loss", *(label for _, label in EVAL_METRICS)):
+    table = Table(title=f"{len(runs)} training run{'s' if len(runs) > 1 else ''} (last evaluation)")
+    # Short headers: the table must fit an 80-column terminal.
+    short = {"molecule_stability": "Mol. stable", "atom_stability": "Atoms stable", "validity": "Valid",
+             "uniqueness": "Unique"}
+    for header in ("Run", "Steps", "Min", "Loss", *(short.get(key, label) for key, label in EVAL_METRICS)):
         table.add_column(header, justify="left" if header == "Run" else "right")
     for run in runs:
         row = run_summary(run)
