@@ -1,4 +1,5 @@
 # Two commands do everything on a fresh machine: `make generate` and `make test`.
+# (`make test` also installs chromium for the report's browser tests where it can: `make browser`.)
 # `make test-fast` skips the tests marked slow (training runs, torchrun, QM9 processing): under
 # two minutes on two cores, for the edit-test loop; `make test` (CI) runs everything.
 PYTHON ?= python3
@@ -6,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast generate clean
+.PHONY: install browser test test-fast generate clean
 
 install: $(STAMP)
 
@@ -19,7 +20,21 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test,relax]'
 	touch $(STAMP)
 
-test: install
+# The report's browser tests (tests/test_report_browser.py) open the HTML report in Debian's
+# headless chromium. Installed here when missing and this is root with apt-get; any failure
+# only means those tests are skipped, with the reason, so it never stops the test run.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium and chromium-driver for the report's browser tests"; \
+	    (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver) \
+	      >/dev/null 2>&1 || echo "could not install chromium: the report's browser tests will be skipped"; \
+	  else \
+	    echo "chromium not found (needs root and apt-get to install): the report's browser tests will be skipped"; \
+	  fi; \
+	fi
+
+test: install browser
 	$(PY) -m pytest -q
 
 test-fast: install

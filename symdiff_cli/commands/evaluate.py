@@ -11,6 +11,7 @@ from typing import Optional
 
 import typer
 
+from symdiff_cli.commands.evaluate_report import DEFAULT_DEPICTIONS
 from symdiff_cli.commands.progress import progress_bar
 from symdiff_cli.errors import SymdiffError, UsageError
 from symdiff_cli.io.atomic import atomic_output
@@ -90,29 +91,17 @@ def _warn_foreign_elements(molecules, dataset: str) -> None:
         )
 
 
-def _percent(value: Optional[float]) -> str:
-    return "n/a" if value is None else f"{100 * value:.2f} %"
-
-
 def _results_table(result, title: str):
     from rich.table import Table
+
+    from symdiff_cli.chem.metric_rows import metric_rows
 
     table = Table(title=title)
     table.add_column("Metric")
     table.add_column("Value", justify="right")
     table.add_column("Count", justify="right")
-    rows = [
-        ("Atom stability", result.atom_stability, f"{result.num_stable_atoms} / {result.num_atoms}"),
-        ("Molecule stability", result.molecule_stability, f"{result.num_stable_molecules} / {result.num_molecules}"),
-        ("Validity", result.validity, f"{result.num_valid} / {result.num_molecules}"),
-        ("Strict validity (one fragment)", result.strict_validity, f"{result.num_strict_valid} / {result.num_molecules}"),
-        ("Uniqueness", result.uniqueness, f"{result.num_unique} / {result.num_valid}"),
-        ("Valid and unique", result.valid_and_unique, f"{result.num_unique} / {result.num_molecules}"),
-    ]
-    if result.novelty is not None:
-        rows.append(("Novelty", result.novelty, f"{result.num_novel} / {result.num_unique}"))
-    for name, value, count in rows:
-        table.add_row(name, _percent(value), count)
+    for row in metric_rows(result):
+        table.add_row(row.label, row.percent, row.count_text)
     return table
 
 
@@ -148,7 +137,8 @@ def evaluate_command(
         None,
         metavar="FILE",
         help="Molecule files to evaluate (.sdf, .xyz, .npz, .smi), or '-' for standard input. "
-        "Leave out and give --split to evaluate the dataset itself.",
+        "Leave out and give --split to evaluate the dataset itself. Folders are read as training run "
+        "directories: their metrics.jsonl is summarised (and plotted with --report).",
         show_default=False,
     ),
     dataset: DatasetChoice = typer.Option(
@@ -219,6 +209,24 @@ def evaluate_command(
         help="With --energy: processes that relax molecules in parallel (default: the number of cores).",
         show_default=False,
     ),
+    report: Optional[str] = typer.Option(
+        None,
+        "--report",
+        metavar="HTML",
+        help="Also write a self-contained HTML report to HTML: the metrics beside QM9's, bond-length, "
+        "atom-count, element and ring-size distributions against the QM9 test split, the failures, and "
+        "drawings of some molecules; each FILE is its own column. Given training run directories "
+        "(folders with a metrics.jsonl) instead of files, plots their loss, learning rate, throughput and "
+        "periodic evaluations.",
+        show_default=False,
+    ),
+    report_molecules: int = typer.Option(
+        DEFAULT_DEPICTIONS,
+        "--report-molecules",
+        metavar="N",
+        min=0,
+        help="How many molecules of each FILE the report draws (picked at random, seed 0; 0 draws none).",
+    ),
 ) -> None:
     """Stability, validity, uniqueness and novelty of molecules, by the QM9 benchmark rules (EDM);
     with --energy, GFN2-xTB strain energies and relaxation RMSDs too."""
@@ -234,14 +242,17 @@ def evaluate_command(
         raise UsageError("--workers applies only with --energy")
     with quiet_library_warnings():
         _evaluate(list(files or []), dataset, split, json_path, per_molecule, from_format, strict, no_novelty,
-                  energy_reference if energy else None, workers)
+                  energy_reference if energy else None, workers, report, report_molecules)
 
 
 def _evaluate(files: list[str], dataset: DatasetChoice, split: Optional[SplitChoice], json_path: Optional[str],
               per_molecule: Optional[str], from_format: Optional[str], strict: bool, no_novelty: bool,
-              energy_reference: Optional[int] = None, workers: Optional[int] = None) -> None:
+              energy_reference: Optional[int] = None, workers: Optional[int] = None,
+              report: Optional[str] = None, report_molecules: int = DEFAULT_DEPICTIONS) -> None:
     """energy_reference None: no --energy; else the size of the QM9 reference (0: none)."""
     from rich.console import Console
+
+    from symdiff_cli.commands import evaluate_report
 
     from symdiff_cli.chem.metrics import evaluate_molecules
     from symdiff_cli.io.paths import refuse_overwriting_inputs
@@ -254,7 +265,14 @@ def _evaluate(files: list[str], dataset: DatasetChoice, split: Optional[SplitCho
         raise UsageError("--json and --per-molecule cannot both write to standard output")
     if from_format is not None and split is not None:
         raise UsageError("--from applies to molecule files, not to --split")
-    refuse_overwriting_inputs({"--per-molecule": per_molecule, "--json": json_path}, files)
+    refuse_overwriting_inputs({"--per-molecule": per_molecule, "--json": json_path, "--report": report}, files)
+    if report is not None:
+        evaluate_report.check_report_path(report)
+    if files and any(evaluate_report.is_folder(f) for f in files):
+        if json_path is not None or per_molecule is not None or from_format is not None:
+            raise UsageError("--json, --per-molecule and --from apply to molecule files, not to training runs")
+        evaluate_report.training_runs_report(files, report, _write_text_atomic, Console())
+        return
 
     if split is not None:
         if dataset is not DatasetChoice.qm9:
@@ -270,6 +288,8 @@ def _evaluate(files: list[str], dataset: DatasetChoice, split: Optional[SplitCho
         molecules, origins = _read_inputs(files, strict, from_format)
         _warn_foreign_elements(molecules, dataset.value)
         title = f"{len(molecules)} molecules from {', '.join('stdin' if f == '-' else f for f in files)}"
+    if report is not None and not molecules:
+        raise SymdiffError("no molecules to report on")
 
     reference = None
     if dataset is DatasetChoice.qm9 and not no_novelty:
@@ -311,3 +331,8 @@ def _evaluate(files: list[str], dataset: DatasetChoice, split: Optional[SplitCho
             typer.echo(text, nl=False)
         else:
             _write_text_atomic(json_path, text)
+    if report is not None:
+        html = evaluate_report.molecule_report_html(molecules, origins, result, reference, dataset.value,
+                                                    report_molecules, title)
+        _write_text_atomic(report, html)
+        table_console.print(f"Report written to {report}")
