@@ -13,20 +13,15 @@ validity, uniqueness and the composition/geometry split of the unstable molecule
 from __future__ import annotations
 
 import argparse
-import json
-import time
 
 import torch
 
-from symdiff_cli.chem.metrics import evaluate_molecule, summarise
 from symdiff_cli.engine.denoiser import autoguided_denoiser, with_valence_guidance
-from symdiff_cli.engine.generate import DEFAULT_BATCH_SIZE_CPU
-from symdiff_cli.engine.shards import plan_for_shard
 from symdiff_cli.engine.release import load_release
 from symdiff_cli.engine.sampling import Sampler
-from symdiff_cli.io.formats import round_to_stored_precision
-from symdiff_cli.io.writer import MoleculeWriter
 from symdiff_cli.model.valence import ValenceGuidanceSettings
+
+from screen_run import run_screen  # benchmarks/, beside this script
 
 
 def main() -> None:
@@ -57,29 +52,7 @@ def main() -> None:
                                        over_weight=args.over_weight, decisiveness=args.decisiveness)
     denoiser = with_valence_guidance(denoiser, release.cfg, settings)
     sampler = Sampler(denoiser, release.cfg)
-    steps = args.steps or release.default_steps("cpu")
-    plan = plan_for_shard(release.histogram, args.n, None, DEFAULT_BATCH_SIZE_CPU, args.seed, (0, 1))
-    started = time.perf_counter()
-    reports, molecules = [], []
-    for mols in sampler.sample(plan, steps):
-        round_to_stored_precision(mols, "sdf")
-        reports += [evaluate_molecule(m) for m in mols]
-        molecules += mols
-    seconds = time.perf_counter() - started
-    summary = summarise(reports)
-    print(json.dumps({
-        **vars(args), "guidance_weight": weight, "steps": steps, "seconds": round(seconds, 1),
-        "atom_stability": round(100 * summary.atom_stability, 2), "stable_molecules": summary.num_stable_molecules,
-        "molecules": summary.num_molecules, "validity": round(100 * summary.validity, 2),
-        "uniqueness": round(100 * summary.uniqueness, 2),
-        "composition_failures": sum(r.failure == "composition" for r in reports),
-        "geometry_failures": sum(r.failure == "geometry" for r in reports),
-    }), flush=True)
-    if args.out:
-        writer = MoleculeWriter(args.out, "sdf")
-        writer.write(molecules)
-        writer.close()
-
+    run_screen(sampler, release, args.n, args.seed, args.steps, args.out, {**vars(args), "guidance_weight": weight})
 
 if __name__ == "__main__":
     main()
