@@ -27,6 +27,7 @@ import numpy as np
 
 # generate() looks these up here, so tests can watch what reaches the sampler.
 from symdiff_cli.engine.denoiser import autoguided_denoiser, valence_guided
+from symdiff_cli.engine.keep import BatchPipeline, MetricCounts, check_keep_options
 from symdiff_cli.engine.shards import iter_plan_for_shard, parse_shard, shard_seed_sequence, shard_share
 from symdiff_cli.errors import SymdiffError, UsageError
 from symdiff_cli.model.config import DEFAULT_SPACING, SPACING_CHOICES
@@ -34,7 +35,6 @@ from symdiff_cli.model.config import DEFAULT_SPACING, SPACING_CHOICES
 if TYPE_CHECKING:  # torch is imported only when a command runs, so that --help stays fast
     import torch
 
-    from symdiff_cli.engine.keep import BatchPipeline, MetricCounts
     from symdiff_cli.engine.release import ReleasedModel
     from symdiff_cli.engine.sample_config import SampleConfig
     from symdiff_cli.engine.sampling import Sampler
@@ -131,8 +131,6 @@ def _check_options(opts: GenerateOptions) -> None:
         raise UsageError(f"--guidance must be a number >= 0 (1: no guidance), not {opts.guidance}")
     if opts.valence_guidance is not None and not (math.isfinite(opts.valence_guidance) and opts.valence_guidance >= 0):
         raise UsageError(f"--valence-guidance must be a number >= 0 (0: off), not {opts.valence_guidance}")
-    from symdiff_cli.engine.keep import check_keep_options
-
     check_keep_options(opts.keep, opts.n, opts.max_attempts, opts.relax, opts.workers, opts.relax_steps or 1)
 
 
@@ -194,13 +192,7 @@ class _RunCounts:
     in_file: int = 0
     left_out: int = 0  # left out by the writer (SMILES output: no valid SMILES)
     non_finite: int = 0
-    totals: MetricCounts = field(default_factory=lambda: _metric_counts())
-
-
-def _metric_counts() -> MetricCounts:
-    from symdiff_cli.engine.keep import MetricCounts
-
-    return MetricCounts()
+    totals: MetricCounts = field(default_factory=MetricCounts)
 
 
 def _sample_config(opts: GenerateOptions, release: ReleasedModel, device: torch.device,
@@ -311,7 +303,6 @@ def generate(opts: GenerateOptions, progress: GenerateProgress | None = None) ->
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
     from symdiff_cli.chem.relax import require_method
-    from symdiff_cli.engine.keep import BatchPipeline
 
     if opts.relax != "none":
         require_method(opts.relax)  # a missing optional package fails before the model loads
