@@ -11,7 +11,11 @@
 3. Stability and validity (the benchmark's rules) of the raw and the relaxed molecules.
 4. The xtb strain energy and heavy-atom RMSD of the raw molecules (what `symdiff evaluate
    --energy` reports), beside those of --reference QM9 test molecules (seed 0; cached).
-5. `--keep stable`'s acceptance rate is the fraction of attempts that pass, i.e. the molecule
+5. With --posebusters, the PoseBusters checks for generated molecules (its "mol" configuration:
+   sanitisation, connectivity, bond lengths and angles, planarity, internal clashes, energy
+   ratio) on the raw, MMFF- and xTB-relaxed molecules as SDF files (`pip install posebusters`;
+   the three files are kept in --out-dir).
+6. `--keep stable`'s acceptance rate is the fraction of attempts that pass, i.e. the molecule
    stability of the raw (or relaxed) samples; cost per kept molecule = (sampling + relaxation
    time per attempt) / acceptance rate. With --keep-n K it also runs `symdiff generate --keep
    stable --n K` and reports the acceptance and cost that run printed.
@@ -90,6 +94,21 @@ def _keep_run(out_dir: Path, k: int, threads: int, workers: int, relax: str) -> 
             "wall_seconds_per_kept": seconds / kept if kept else None}
 
 
+def _posebusters(mols, path: Path) -> dict:
+    """PoseBusters ("mol" configuration) on `mols` written as the SDF `path`: the share passing
+    every check and each check's pass rate (molecules it could not judge count as failing)."""
+    from posebusters import PoseBusters
+
+    from symdiff_cli.io.writer import write_molecules
+
+    write_molecules(str(path), mols, "sdf")
+    table = PoseBusters(config="mol").bust(mol_pred=str(path), full_report=False)
+    checks = table.select_dtypes(include="bool").columns.tolist() or table.columns.tolist()
+    passed = table[checks].fillna(False).astype(bool)
+    return {"file": str(path), "molecules": len(table), "pass_all": float(passed.all(axis=1).mean()),
+            "checks": {name: float(passed[name].mean()) for name in checks}}
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f} %"
 
@@ -108,6 +127,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="PyTorch threads for sampling (default 1)")
     parser.add_argument("--reference", type=int, default=200, help="QM9 test molecules for the reference")
     parser.add_argument("--keep-n", type=int, default=0, help="also run generate --keep stable --n K (0: skip)")
+    parser.add_argument("--posebusters", action="store_true", help="also run PoseBusters' checks on the three sets")
     parser.add_argument("--out-dir", type=Path, default=Path("bench-relax"))
     args = parser.parse_args()
 
@@ -128,9 +148,14 @@ def main() -> None:
         results: dict = {"raw_file": str(args.raw), "molecules": len(mols), "workers": args.workers,
                          "sampling_wall_seconds_per_molecule": (args.raw_seconds / args.n) if args.raw_seconds else None,
                          "raw": _metrics(mols)}
+        if args.posebusters:
+            results["raw"]["posebusters"] = _posebusters(mols, args.out_dir / "posebusters-raw.sdf")
         for method in ("mmff", "xtb"):
             run = _relax(mols, method, args.workers)
             results[method] = {key: value for key, value in run.items() if key not in ("outcomes", "molecules")}
+            if args.posebusters:
+                results[method]["metrics_after"]["posebusters"] = _posebusters(
+                    run["molecules"], args.out_dir / f"posebusters-{method}.sdf")
             if method == "xtb":
                 energies = [MoleculeEnergy.from_outcome(o) for o in run["outcomes"]]
                 results["energy"] = summarise_energies(energies)
@@ -146,6 +171,10 @@ def main() -> None:
                       ("validity", "validity")):
         rows.append(f"| {name} | {_pct(results['raw'][key])} | {_pct(results['mmff']['metrics_after'][key])} | "
                     f"{_pct(results['xtb']['metrics_after'][key])} |")
+    if args.posebusters:
+        rows.append("| PoseBusters pass-all | " + " | ".join(
+            _pct(stage["posebusters"]["pass_all"]) for stage in
+            (results["raw"], results["mmff"]["metrics_after"], results["xtb"]["metrics_after"])) + " |")
     for method in ("mmff", "xtb"):
         r = results[method]
         results[method]["keep_stable_acceptance"] = r["metrics_after"]["molecule_stability"]

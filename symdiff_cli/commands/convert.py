@@ -136,6 +136,15 @@ def convert_command(
         help=f"With --guide: the release's default guidance weight (default {DEFAULT_GUIDANCE_WEIGHT:g}). "
         "For a release IN without --guide: a new default weight for the guide it ships.",
     ),
+    guidance_max_t: Optional[int] = typer.Option(
+        None,
+        "--guidance-max-t",
+        metavar="T",
+        help="For a release directory IN: its sampler guides only the steps at timesteps <= T "
+        "(config.json sampling.guidance_max_t; generate --guidance-max-t overrides it); the model's "
+        "number of diffusion steps (1000) or more guides every step.",
+        show_default=False,
+    ),
     card_only: bool = typer.Option(
         False,
         "--card-only",
@@ -197,15 +206,22 @@ def convert_command(
 
     with quiet_library_warnings():
         _convert(input_path, output_path, from_format, to_format, bonds, weights, guide, guidance, strict, card_only,
-                 relax, workers, relax_steps)
+                 relax, workers, relax_steps, guidance_max_t)
 
 
 def _convert(input_path: str, output_path: str, from_format: Optional[str], to_format: Optional[str],
              bonds: BondPerception, weights: CheckpointWeights, guide: Optional[List[str]],
              guidance: Optional[float], strict: bool, card_only: bool = False, relax: str = "none",
-             workers: Optional[int] = None, relax_steps: int = 300) -> None:
+             workers: Optional[int] = None, relax_steps: int = 300, guidance_max_t: Optional[int] = None) -> None:
     """convert_command's dispatch: a checkpoint, a release directory, or molecule files."""
     from symdiff_cli.io.paths import refuse_overwriting_inputs
+
+    if guidance_max_t is not None and (input_path.endswith(".pt") or not Path(input_path).is_dir()):
+        raise UsageError("--guidance-max-t applies only to a release directory IN")
+    if guidance_max_t is not None and card_only:
+        raise UsageError("--card-only writes the card alone: it cannot take --guidance-max-t")
+    if guidance_max_t is not None and guidance_max_t < 0:
+        raise UsageError(f"--guidance-max-t must be a timestep >= 0, not {guidance_max_t}")
 
     is_model = input_path.endswith(".pt") or Path(input_path).is_dir()
     if is_model and (relax != "none" or workers is not None):
@@ -233,7 +249,7 @@ def _convert(input_path: str, output_path: str, from_format: Optional[str], to_f
         if card_only:
             _render_card(input_path, output_path, guide, guidance)
         else:
-            _reguide_release(input_path, output_path, guide, guidance)
+            _reguide_release(input_path, output_path, guide, guidance, guidance_max_t)
         return
     if weights is not CheckpointWeights.ema:
         raise UsageError("--weights applies only to a training checkpoint (IN ending in .pt)")
@@ -264,13 +280,17 @@ def _render_card(input_path: str, output_path: str, guide: Optional[List[str]], 
     typer.echo(f"Wrote the model card {card}.", err=True)
 
 
-def _reguide_release(input_path: str, output_path: str, guide: Optional[List[str]], guidance: Optional[float]) -> None:
-    """Write release IN to OUT as it is, with a new guide (--guide) or a new default weight (--guidance)."""
+def _reguide_release(input_path: str, output_path: str, guide: Optional[List[str]], guidance: Optional[float],
+                     guidance_max_t: Optional[int] = None) -> None:
+    """Write release IN to OUT as it is, with a new guide (--guide), a new default weight (--guidance)
+    or a new guided interval (--guidance-max-t)."""
     from symdiff_cli.engine.guides import attach_guide, guide_from_releases, resave_release, shipped_guide
 
+    interval = "" if guidance_max_t is None else f", guided at timesteps <= {guidance_max_t}"
     if not guide and guidance is None:
-        out = resave_release(input_path, output_path)
-        typer.echo(f"Wrote the release {out} again (same weights and settings, model card regenerated).", err=True)
+        out = resave_release(input_path, output_path, guidance_max_t)
+        typer.echo(f"Wrote the release {out} again (same weights and settings{interval}, model card regenerated).",
+                   err=True)
         return
     if guide:
         new_guide = guide_from_releases(guide, _weight(guidance))
@@ -278,6 +298,6 @@ def _reguide_release(input_path: str, output_path: str, guide: Optional[List[str
         new_guide = shipped_guide(input_path, guidance)
         if new_guide is None:
             raise UsageError(f"{input_path} ships no guide: pass --guide MODEL to add one")
-    out = attach_guide(input_path, output_path, new_guide)
+    out = attach_guide(input_path, output_path, new_guide, guidance_max_t=guidance_max_t)
     typer.echo(f"Wrote the release {out} with guidance weight {new_guide.weight:g}"
-               + (f" and the guide {_names(guide)}" if guide else "") + ".", err=True)
+               + (f" and the guide {_names(guide)}" if guide else "") + interval + ".", err=True)

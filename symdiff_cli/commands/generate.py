@@ -140,6 +140,13 @@ def generate_command(
              "the mean of several releases' predictions. Needs --guidance for a model that ships no "
              "guide.",
     ),
+    guidance_max_t: Optional[int] = typer.Option(
+        None, "--guidance-max-t", metavar="T",
+        help="Guide only the steps at timesteps <= T (of the model's 1000 noise levels); the noisier "
+             "steps run the main model alone, which skips the guide's networks there. The model's "
+             "own setting by default (qm9: see its README.md); 1000 guides every step.",
+        show_default=False,
+    ),
     valence_guidance: Optional[float] = typer.Option(
         None, "--valence-guidance", metavar="S",
         help="Valence guidance scale: at every step below the model's noise threshold, move the "
@@ -229,7 +236,7 @@ def generate_command(
             n=n, out=out, fmt=fmt, batch_size=batch_size, steps=steps, seed=seed, device=device,
             num_atoms=num_atoms, model=model, offline=offline, shard=shard, quiet=quiet, threads=threads,
             precision=precision, spacing=spacing, guidance=guidance, guide=guide,
-            valence_guidance=valence_guidance, relax=relax, workers=workers, relax_steps=relax_steps,
+            guidance_max_t=guidance_max_t, valence_guidance=valence_guidance, relax=relax, workers=workers, relax_steps=relax_steps,
             keep=keep, max_attempts=max_attempts,
         ), progress=None if quiet else RichProgress("sampling"))
     if not quiet:

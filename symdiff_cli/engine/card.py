@@ -217,7 +217,10 @@ def _architecture(config: dict[str, Any], num_parameters: int | None) -> list[st
         lines.append(
             f"- Sampling: autoguidance with weight {number_text(guidance.get('weight'))} (Karras et al. 2024): each step "
             "extrapolates from a weaker guide model's prediction towards this model's, eps = eps_guide + "
-            "w (eps_main - eps_guide), which adds the guide's cost to every step"
+            "w (eps_main - eps_guide), which adds the guide's cost to "
+            + (f"the steps at timesteps <= {max_t} (guidance in a limited interval, Kynkaanniemi et al. 2024; "
+               "the noisier steps run this model alone)" if (max_t := config.get("sampling", {}).get("guidance_max_t"))
+               is not None else "every step")
             + (f"; the guide's prediction is the mean of {len(entries)} networks'" if len(entries) > 1 else ""))
         for index, entry in enumerate(entries):
             gcfg, gprov = entry.get("model_config", {}), entry.get("provenance", {})

@@ -15,14 +15,16 @@ if TYPE_CHECKING:  # torch is imported only when a command runs, so that --help 
 
 
 def autoguided_denoiser(release: ReleasedModel, guidance: float | None, guide_specs: Sequence[str] | str | None,
-                    offline: bool = False, show_progress: bool = True) -> tuple[torch.nn.Module, float]:
+                        offline: bool = False, show_progress: bool = True,
+                        guidance_max_t: int | None = None) -> tuple[torch.nn.Module, float]:
     """The network the sampler calls for a loaded release, and the guidance weight it applies.
 
-    The release's own guide and weight unless overridden; several `guide_specs` guide with the
-    mean of their networks. With weight 1 the guide is not called (nor loaded, for --guide), so
-    the main model alone sets the cost.
+    The release's own guide, weight and guided interval (timesteps <= `guidance_max_t`) unless
+    overridden; several `guide_specs` guide with the mean of their networks. With weight 1 the
+    guide is not called (nor loaded, for --guide), so the main model alone sets the cost.
     """
     from symdiff_cli.engine.guides import load_guide_from_release
+    from symdiff_cli.engine.release_config import release_guidance_max_t
     from symdiff_cli.model.config import DEFAULT_GUIDANCE_WEIGHT
     from symdiff_cli.model.guidance import AutoGuidedDenoiser, mean_of
 
@@ -43,7 +45,11 @@ def autoguided_denoiser(release: ReleasedModel, guidance: float | None, guide_sp
         raise RuntimeError("autoguided_denoiser needs the release loaded with load_guide=True")
     if guide is None:
         raise UsageError(f"--guidance {weight:g} needs a guide model: this release ships none; pass --guide MODEL")
-    return AutoGuidedDenoiser(release.model, guide, weight), weight
+    if guidance_max_t is None:
+        guidance_max_t = release_guidance_max_t(release.config)
+    if guidance_max_t is not None and guidance_max_t >= release.cfg.timesteps:
+        guidance_max_t = None  # every timestep is guided
+    return AutoGuidedDenoiser(release.model, guide, weight, guidance_max_t), weight
 
 
 def with_valence_guidance(denoiser: torch.nn.Module, cfg: ModelConfig,

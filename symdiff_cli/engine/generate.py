@@ -69,6 +69,7 @@ class GenerateOptions:
     guidance: float | None = None  # autoguidance weight; None: the release's (1 = the main model alone)
     guide: Sequence[str] | None = None  # other releases as the guide (their mean), in place of the release's own
     valence_guidance: float | None = None  # valence-guidance scale; None: the release's (0 = off)
+    guidance_max_t: int | None = None  # noisiest guided timestep; None: the release's (its T: every one)
     # Relaxation and filtering (engine/keep.py): --relax, --workers, --relax-steps, --keep, --max-attempts.
     relax: str = "none"
     workers: int | None = None
@@ -129,6 +130,8 @@ def _check_options(opts: GenerateOptions) -> None:
         raise UsageError(f"--spacing must be one of {', '.join(SPACING_CHOICES)}, not {opts.spacing!r}")
     if opts.guidance is not None and not (math.isfinite(opts.guidance) and opts.guidance >= 0):
         raise UsageError(f"--guidance must be a number >= 0 (1: no guidance), not {opts.guidance}")
+    if opts.guidance_max_t is not None and opts.guidance_max_t < 0:
+        raise UsageError(f"--guidance-max-t must be a timestep >= 0, not {opts.guidance_max_t}")
     if opts.valence_guidance is not None and not (math.isfinite(opts.valence_guidance) and opts.valence_guidance >= 0):
         raise UsageError(f"--valence-guidance must be a number >= 0 (0: off), not {opts.valence_guidance}")
     check_keep_options(opts.keep, opts.n, opts.max_attempts, opts.relax, opts.workers, opts.relax_steps or 1)
@@ -205,9 +208,12 @@ def _sample_config(opts: GenerateOptions, release: ReleasedModel, device: torch.
     # On CPUs bf16 measured no faster end to end (elementwise work dominates at this model
     # size), so auto keeps float32 there.
     use_bf16 = opts.precision == "bf16" or (opts.precision == "auto" and device.type == "cuda")
+    max_t = defaults.guidance_max_t if opts.guidance_max_t is None else opts.guidance_max_t
+    if guidance_weight == 1.0 or (max_t is not None and max_t >= release.cfg.timesteps):
+        max_t = None
     return SampleConfig(steps=steps, spacing=opts.spacing, guidance_weight=guidance_weight,
-                        valence_guidance=defaults.valence_guidance, autocast_bf16=use_bf16
-                        ).with_valence_scale(opts.valence_guidance)
+                        valence_guidance=defaults.valence_guidance, autocast_bf16=use_bf16,
+                        guidance_max_t=max_t).with_valence_scale(opts.valence_guidance)
 
 
 def _sampler_for(opts: GenerateOptions, release: ReleasedModel,
@@ -221,7 +227,10 @@ def _sampler_for(opts: GenerateOptions, release: ReleasedModel,
     if opts.steps is not None and opts.steps > cfg.timesteps:
         raise UsageError(f"--steps {opts.steps} is above the model's {cfg.timesteps} diffusion steps")
     batch_size = opts.batch_size or (DEFAULT_BATCH_SIZE_CUDA if device.type == "cuda" else DEFAULT_BATCH_SIZE_CPU)
-    denoiser, weight = autoguided_denoiser(release, opts.guidance, opts.guide, opts.offline, not opts.quiet)
+    if opts.guidance_max_t is not None and opts.guidance_max_t > cfg.timesteps:
+        raise UsageError(f"--guidance-max-t {opts.guidance_max_t} is above the model's {cfg.timesteps} diffusion steps")
+    denoiser, weight = autoguided_denoiser(release, opts.guidance, opts.guide, opts.offline, not opts.quiet,
+                                           opts.guidance_max_t)
     denoiser = valence_guided(denoiser, release, opts.valence_guidance)
     sample_config = _sample_config(opts, release, device, weight)
     return Sampler.from_config(denoiser, cfg, device, sample_config), sample_config, batch_size

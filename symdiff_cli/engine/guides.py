@@ -11,7 +11,7 @@ import torch
 
 from symdiff_cli.engine.release import load_release, save_release
 from symdiff_cli.engine.release_config import (
-    Guide, GuideNetwork, check_guidance_weight, check_guide_fits, default_sampling_steps, expected_checksum,
+    GUIDANCE_MAX_T_KEY, Guide, GuideNetwork, check_guidance_weight, check_guide_fits, default_sampling_steps, expected_checksum,
     parse_guidance, read_release_config,
 )
 from symdiff_cli.engine.release_layout import CONFIG_FILE, WEIGHTS_FILE, guide_entries
@@ -68,17 +68,25 @@ def shipped_guide(spec: str | os.PathLike, weight: float | None = None) -> Guide
 
 
 def attach_guide(release_spec: str | os.PathLike, out_dir: str | os.PathLike, guide: Guide | None,
-                 card_text: str | None = None) -> Path:
+                 card_text: str | None = None, guidance_max_t: int | None = None) -> Path:
     """Write release `release_spec` again to `out_dir` (which may be where it is) with `guide`
     (None: without one), replacing any guide it had; its weights, histogram, provenance,
     sampling settings, metrics.json and other config.json keys are kept, and the card is
-    generated again unless `card_text` is given."""
+    generated again unless `card_text` is given. `guidance_max_t` sets the noisiest guided
+    timestep (the model's T or more: every one); None keeps the release's setting."""
     from symdiff_cli.engine.metrics_file import read_metrics_text
     from symdiff_cli.engine.registry import resolve_model
 
     release_dir = resolve_model(str(release_spec))
     config, model_cfg, histogram = read_release_config(release_dir)
     state = read_weights(release_dir / WEIGHTS_FILE, model_cfg, expected_checksum(config, WEIGHTS_FILE))
+    sampling = dict(config.get("sampling", {}))
+    if guidance_max_t is not None:
+        if guidance_max_t < 0:
+            raise SymdiffError(f"the guided interval's highest timestep must be >= 0, not {guidance_max_t}")
+        sampling.pop(GUIDANCE_MAX_T_KEY, None)
+        if guidance_max_t < model_cfg.timesteps:
+            sampling[GUIDANCE_MAX_T_KEY] = int(guidance_max_t)
     return save_release(
         out_dir, model_cfg, state, histogram, str(config.get("dataset", model_cfg.dataset)),
         config.get("provenance", {}), card_text,
@@ -86,12 +94,14 @@ def attach_guide(release_spec: str | os.PathLike, out_dir: str | os.PathLike, gu
         default_steps_cuda=default_sampling_steps(config, model_cfg, "cuda"),
         guide=guide,
         metrics_text=read_metrics_text(release_dir),
-        sampling=config.get("sampling"),
+        sampling=sampling,
         extra_config=config,
     )
 
 
-def resave_release(release_spec: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+def resave_release(release_spec: str | os.PathLike, out_dir: str | os.PathLike,
+                   guidance_max_t: int | None = None) -> Path:
     """Write release `release_spec` again to `out_dir` as it is, with its own guide and
-    weight: the same tensors and settings, a regenerated model card, its metrics.json."""
-    return attach_guide(release_spec, out_dir, shipped_guide(release_spec))
+    weight: the same tensors and settings (`guidance_max_t` as in `attach_guide`), a
+    regenerated model card, its metrics.json."""
+    return attach_guide(release_spec, out_dir, shipped_guide(release_spec), guidance_max_t=guidance_max_t)

@@ -41,6 +41,9 @@ GUIDE_SHARED_SETTINGS = ("dataset", "atom_types", "max_atoms", "timesteps", "noi
 DEFAULT_STEPS_CPU = 100
 DEFAULT_STEPS_CUDA = 1000
 
+# The config.json key (in `sampling`) of the noisiest timestep that autoguidance acts on.
+GUIDANCE_MAX_T_KEY = "guidance_max_t"
+
 # The config.json key of the weights files' SHA-256 digests.
 CHECKSUMS_KEY = "sha256"
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -263,7 +266,19 @@ def parse_release_config(config: Any, source: str) -> tuple[ModelConfig, dict[in
         steps = sampling.get(key)
         if steps is not None and (not isinstance(steps, int) or not 1 <= steps <= model_cfg.timesteps):
             raise SymdiffError(f"{source}: sampling.{key} must be an integer in 1..{model_cfg.timesteps}")
+    max_t = sampling.get(GUIDANCE_MAX_T_KEY)
+    if max_t is not None and (isinstance(max_t, bool) or not isinstance(max_t, int)
+                              or not 0 <= max_t <= model_cfg.timesteps):
+        raise SymdiffError(f"{source}: sampling.{GUIDANCE_MAX_T_KEY} must be an integer in 0..{model_cfg.timesteps}")
     return model_cfg, histogram
+
+
+def release_guidance_max_t(config: dict[str, Any]) -> int | None:
+    """The noisiest timestep a checked release config guides (sampling.guidance_max_t); None: all.
+
+    Kept in `sampling`, which older symdiff versions read past: they guide at every timestep, the
+    sampler releases had before this setting existed."""
+    return config.get("sampling", {}).get(GUIDANCE_MAX_T_KEY)
 
 
 def default_sampling_steps(config: dict[str, Any], model_cfg: ModelConfig, device_type: str) -> int:
@@ -288,12 +303,14 @@ def valence_guidance_settings(config: dict[str, Any]) -> ValenceGuidanceSettings
 
 
 def release_sample_config(config: dict[str, Any], model_cfg: ModelConfig, device_type: str) -> SampleConfig:
-    """The sampling defaults of a checked config.json on "cpu" or "cuda": the step count and valence
-    guidance of its `sampling` section, and the weight of its `guidance` section (1 without one)."""
+    """The sampling defaults of a checked config.json on "cpu" or "cuda": the step count, valence
+    guidance and guidance interval of its `sampling` section, and the weight of its `guidance`
+    section (1 without one)."""
     guidance = parse_guidance(config, model_cfg, CONFIG_FILE)
     return SampleConfig(steps=default_sampling_steps(config, model_cfg, device_type),
                         guidance_weight=1.0 if guidance is None else guidance[1],
-                        valence_guidance=valence_guidance_settings(config))
+                        valence_guidance=valence_guidance_settings(config),
+                        guidance_max_t=release_guidance_max_t(config))
 
 
 def read_release_config(release_dir: Path) -> tuple[dict[str, Any], ModelConfig, dict[int, int]]:

@@ -1,13 +1,14 @@
 """The sampler's settings, one dataclass beside ModelConfig (the network) and TrainConfig (a run).
 
 A release states its defaults in config.json (`sampling`: the step counts for CPU and GPU and the
-valence guidance; `guidance.weight`: the autoguidance weight), read by
+valence guidance, `guidance_max_t`: the noisiest timestep that is guided; `guidance.weight`: the
+autoguidance weight), read by
 `release_config.release_sample_config`; `symdiff generate` overrides them with its options.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from symdiff_cli.model.config import DEFAULT_SPACING
 from symdiff_cli.model.valence import ValenceGuidanceSettings
@@ -20,7 +21,8 @@ class SampleConfig:
 
     steps: denoising steps; spacing: where they fall among the model's noise levels (cubic,
     quadratic or uniform; model/config.py); guidance_weight: the autoguidance weight w, 1 for the
-    main model alone (model/guidance.py); valence_guidance: model/valence.py, scale 0 for off;
+    main model alone (model/guidance.py); guidance_max_t: timesteps above it are not guided (None:
+    every timestep is); valence_guidance: model/valence.py, scale 0 for off;
     autocast_bf16: the network runs in bf16 autocast while the update maths stays float32.
     """
 
@@ -29,10 +31,10 @@ class SampleConfig:
     guidance_weight: float = 1.0
     valence_guidance: ValenceGuidanceSettings = field(default_factory=ValenceGuidanceSettings)
     autocast_bf16: bool = False
+    guidance_max_t: int | None = None
 
     def with_valence_scale(self, scale: float | None) -> SampleConfig:
         """These settings with valence guidance at `scale` (None: as they are; 0: off)."""
         if scale is None:
             return self
-        return SampleConfig(self.steps, self.spacing, self.guidance_weight, self.valence_guidance.with_scale(scale),
-                            self.autocast_bf16)
+        return replace(self, valence_guidance=self.valence_guidance.with_scale(scale))
