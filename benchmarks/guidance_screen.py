@@ -101,7 +101,8 @@ def main() -> None:
     ap.add_argument("--position-weight", type=float, default=None, help="default: the release's weight")
     ap.add_argument("--type-weight", type=float, default=None, help="default: the release's weight")
     ap.add_argument("--t-min", type=int, default=0, help="lowest timestep (of 1000) that is guided")
-    ap.add_argument("--t-max", type=int, default=10**9, help="highest timestep (of 1000) that is guided")
+    ap.add_argument("--t-max", type=int, default=None,
+                    help="highest timestep (of 1000) that is guided (default: the release's own, else every step)")
     ap.add_argument("--corrector-steps", type=int, default=0, help="Langevin steps after each step in range")
     ap.add_argument("--corrector-t-min", type=int, default=100)
     ap.add_argument("--corrector-t-max", type=int, default=400)
@@ -116,6 +117,8 @@ def main() -> None:
     guided, weight = autoguided_denoiser(release, None, None, show_progress=False)
     position_weight = weight if args.position_weight is None else args.position_weight
     type_weight = weight if args.type_weight is None else args.type_weight
+    if args.t_max is None:  # the release's own interval (sampling.guidance_max_t), else every step
+        args.t_max = guided.max_t if guided.max_t is not None else release.cfg.timesteps
     denoiser = ChannelIntervalGuidance(guided.main, guided.guide, position_weight, type_weight,
                                        args.t_min, args.t_max)
     sampler = Sampler(denoiser, release.cfg)

@@ -40,9 +40,12 @@ def test_markdown_output_has_every_row_and_the_shipped_numbers():
     with open(TABLE, newline="", encoding="utf-8") as f:
         assert len(lines) == 2 + sum(1 for _ in csv.DictReader(f))
     assert lines[0].startswith("| date | area |") and lines[1].startswith("|---|")
-    # the default guide of weights/qm9: 5,265 of 10,000 molecules stable over seeds 0-9
-    shipped = [line for line in lines if "5,265 (52.65 %)" in line]
+    # the default guide of weights/qm9 at every step: 5,265 of 10,000 molecules stable over seeds 0-9
+    shipped = [line for line in lines if "| 5,265 (52.65 %) |" in line]
     assert len(shipped) == 1 and "| guidance |" in shipped[0] and "--guide qm9-guide-small" in shipped[0]
+    # and guided at t <= 600, the default since: 5,405
+    interval = [line for line in lines if "| 5,405 (54.05 %) |" in line]
+    assert len(interval) == 1 and "| sampler |" in interval[0] and "--guidance-max-t 600" in interval[0]
 
 
 def test_area_filter_and_columns():

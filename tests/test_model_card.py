@@ -119,9 +119,10 @@ def test_the_shipped_card_layout(name):
 
 def test_the_default_model_card_numbers():
     card = (REPO / "weights" / "qm9" / CARD_FILE).read_text()
-    for needed in ("52.65 % (5,265 / 10,000)", "94.55 % (170,133 / 179,939)", "| 81.6 % |",
-                   "52.65 ± 2.16 %", "49.2 - 56.9 %", "94.55 ± 0.43 %", "93.77 - 95.25 %",
-                   "10 seeds (0-9) of 1,000 molecules each", "measured 2026-12-02",
+    for needed in ("54.05 % (5,405 / 10,000)", "95.08 % (171,088 / 179,939)", "| 82.96 % (8,296 / 10,000) |",
+                   "54.05 ± 2.37 %", "50.7 - 58.4 %", "95.08 ± 0.44 %", "94.34 - 95.76 %",
+                   "10 seeds (0-9) of 1,000 molecules each", "measured 2026-12-03", "guidance max t 600",
+                   "the steps at timesteps <= 600", "kynkaanniemi2024applying", "molecule stability 52.65 %",
                    "symdiff generate --n 1000 --seed S --out mols.sdf && symdiff evaluate mols.sdf --dataset qm9",
                    "Parameters: 2,550,570", "autoguidance with weight 5.0", "the mean of 2 networks'",
                    "(`guide-2.safetensors`): hidden 64, depth 4, trained 29,451 steps, 418,410 parameters",
@@ -148,8 +149,8 @@ def test_the_front_matter_is_hugging_face_yaml():
             assert set(metric) == {"name", "type", "value"} and isinstance(metric["value"], (int, float))
     meta = yaml.safe_load(front_matter((REPO / "weights" / "qm9" / CARD_FILE).read_text()))
     values = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
-    assert values == {"atom_stability": 94.55, "molecule_stability": 52.65, "validity": 81.6,
-                      "strict_validity": 77.5, "uniqueness": 99.8, "novelty": 82.6}
+    assert values == {"atom_stability": 95.08, "molecule_stability": 54.05, "validity": 82.96,
+                      "strict_validity": 79.68, "uniqueness": 99.82, "novelty": 83.24}
 
 
 def test_the_shipped_metrics_files():
@@ -164,7 +165,8 @@ def test_the_shipped_metrics_files():
                     assert round(sum(metric["per_seed"]) * entry["n_per_seed"] / 100) == metric["count"]
     default = json.loads((REPO / "weights" / "qm9" / METRICS_FILE).read_text())["measurements"][0]
     assert default["seeds"] == list(range(10)) and default["n_per_seed"] == 1000
-    assert default["metrics"]["molecule_stability"]["count"] == 5265
+    assert default["metrics"]["molecule_stability"]["count"] == 5405
+    assert default["sampler"]["guidance_max_t"] == 600
 
 
 # --------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ def test_shipped_release_defaults():
     model_cfg = ModelConfig.from_dict(config["model_config"])
     cpu = release_sample_config(config, model_cfg, "cpu")
     assert cpu == SampleConfig(steps=100, spacing=DEFAULT_SPACING, guidance_weight=5.0,
-                               valence_guidance=ValenceGuidanceSettings(), autocast_bf16=False)
+                               valence_guidance=ValenceGuidanceSettings(), autocast_bf16=False, guidance_max_t=600)
     assert release_sample_config(config, model_cfg, "cuda").steps == 1000
 
 

@@ -51,6 +51,13 @@ _CITATIONS = {
   booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
   year      = {2024}
 }""",
+    "guidance_interval": """@inproceedings{kynkaanniemi2024applying,
+  title     = {Applying Guidance in a Limited Interval Improves Sample and Distribution Quality in Diffusion Models},
+  author    = {Kynk{\\"a}{\\"a}nniemi, Tuomas and Aittala, Miika and Karras, Tero and Laine, Samuli and Aila, Timo
+               and Lehtinen, Jaakko},
+  booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
+  year      = {2024}
+}""",
 }
 
 
@@ -280,10 +287,13 @@ def _training(config: dict[str, Any]) -> list[str]:
 
 
 def _citation(config: dict[str, Any]) -> list[str]:
-    keys = ["symdiff", "edm"] + (["autoguidance"] if config.get("guidance") else [])
+    guided = bool(config.get("guidance"))
+    interval = guided and config.get("sampling", {}).get("guidance_max_t") is not None
+    keys = ["symdiff", "edm"] + (["autoguidance"] if guided else []) + (["guidance_interval"] if interval else [])
     lines = ["## Citation", "",
              "SymDiff (the model), EDM (the diffusion formulation and the QM9 metrics)"
-             + (" and autoguidance (the sampler)" if config.get("guidance") else "") + ":", "", "```bibtex"]
+             + (" and autoguidance (the sampler)" if guided and not interval else "")
+             + (", autoguidance and its limited interval (the sampler)" if interval else "") + ":", "", "```bibtex"]
     for key in keys:
         lines += _CITATIONS[key].splitlines()
     return lines + ["```"]
