@@ -95,18 +95,13 @@ def _keep_run(out_dir: Path, k: int, threads: int, workers: int, relax: str) -> 
 
 
 def _posebusters(mols, path: Path) -> dict:
-    """PoseBusters ("mol" configuration) on `mols` written as the SDF `path`: the share passing
-    every check and each check's pass rate (molecules it could not judge count as failing)."""
-    from posebusters import PoseBusters
+    """PoseBusters ("mol" configuration) on `mols` written as the SDF `path` (posebusters_check.py)."""
+    from posebusters_check import posebusters_rates  # benchmarks/, beside this script
 
     from symdiff_cli.io.writer import write_molecules
 
     write_molecules(str(path), mols, "sdf")
-    table = PoseBusters(config="mol").bust(mol_pred=str(path), full_report=False)
-    checks = table.columns.tolist()  # one boolean column per check; None where it could not run
-    passed = table.fillna(False).astype(bool)
-    return {"file": str(path), "molecules": len(table), "pass_all": float(passed.all(axis=1).mean()),
-            "checks": {name: float(passed[name].mean()) for name in checks}}
+    return posebusters_rates(str(path))
 
 
 def _pct(x: float) -> str:

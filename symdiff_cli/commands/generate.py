@@ -144,7 +144,7 @@ def generate_command(
         None, "--guidance-max-t", metavar="T",
         help="Guide only the steps at timesteps <= T (of the model's 1000 noise levels); the noisier "
              "steps run the main model alone, which skips the guide's networks there. The model's "
-             "own setting by default (qm9: see its README.md); 1000 guides every step.",
+             "own setting by default (qm9: 600; see its README.md); 1000 guides every step.",
         show_default=False,
     ),
     valence_guidance: Optional[float] = typer.Option(

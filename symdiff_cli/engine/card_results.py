@@ -16,6 +16,7 @@ METRIC_LABELS = {
     "uniqueness": "uniqueness (of valid)",
     "valid_and_unique": "valid and unique",
     "novelty": "novelty (of unique valid, vs the training set)",
+    "posebusters_pass_all": "PoseBusters pass-all (every check of its \"mol\" configuration)",
 }
 
 def number_text(value: Any) -> str:
