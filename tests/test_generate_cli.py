@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from cli_helpers import run_cli  # tests/, beside this file
 from symdiff_cli.engine.shards import parse_shard, shard_share
 from symdiff_cli.engine.release import save_release
 from symdiff_cli.engine.release_config import Guide, GuideNetwork
@@ -64,23 +65,6 @@ def env(weights, monkeypatch):
     for name in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN"):
         monkeypatch.delenv(name, raising=False)
     return weights
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    """Run the console entry point in-process: (exit code, stdout, stderr)."""
-    from symdiff_cli.cli import main
-
-    saved = sys.argv
-    sys.argv = ["symdiff", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-    finally:
-        sys.argv = saved
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def subprocess_env(weights: Path) -> dict[str, str]:

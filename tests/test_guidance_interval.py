@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from cli_helpers import run_cli  # tests/, beside this file
 from symdiff_cli.engine.release import load_release, save_release
 from symdiff_cli.engine.release_config import Guide
 from symdiff_cli.errors import SymdiffError
@@ -107,21 +107,6 @@ def weights(tmp_path, monkeypatch) -> Path:
     return root
 
 
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    from symdiff_cli.cli import main
-
-    saved, sys.argv = sys.argv, ["symdiff", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-    finally:
-        sys.argv = saved
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def generated_positions(capsys, tmp_path: Path, name: str, *options: str) -> list[np.ndarray]:
     out = tmp_path / f"{name}.sdf"
     code, _, err = run_cli(capsys, "generate", "--n", "6", "--batch-size", "3", "--seed", "4", "--out", str(out),
@@ -168,6 +153,9 @@ def test_bad_intervals_fail_with_one_clear_line(weights, tmp_path, capsys):
     assert code != 0 and "above the model's 1000 diffusion steps" in err and not out.exists()
     code, _, err = run_cli(capsys, "convert", "a.sdf", "b.sdf", "--guidance-max-t", "600")
     assert code != 0 and "applies only to a release directory" in err
+    release = str(weights / "guided")
+    code, _, err = run_cli(capsys, "convert", release, release, "--guidance-max-t", "-1")
+    assert code != 0 and "must be >= 0, not -1" in err and "Traceback" not in err
 
     config_path = weights / "guided" / "config.json"
     config = json.loads(config_path.read_text())

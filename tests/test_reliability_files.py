@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import os
 import random
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli_helpers import run_cli as cli  # tests/, beside this file
 from symdiff_cli.engine.checkpoint import CHECKSUM_KEY, atomic_torch_save, load_checkpoint, save_checkpoint
 from symdiff_cli.engine.guides import attach_guide
 from symdiff_cli.engine.release import load_release, load_release_state_dict, save_release
@@ -42,25 +42,6 @@ FORMALDEHYDE_XYZ = (
 
 # --------------------------------------------------------------------------------------
 # Helpers
-
-
-def cli(capfd, *args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
-    """Run the console entry point in this process: (exit code, stdout, stderr)."""
-    from symdiff_cli.cli import main
-
-    saved_argv, saved_stdin = sys.argv, sys.stdin
-    sys.argv = ["symdiff", *args]
-    if stdin is not None:
-        sys.stdin = io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8")
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-    finally:
-        sys.argv, sys.stdin = saved_argv, saved_stdin
-    captured = capfd.readouterr()
-    return code, captured.out, captured.err
 
 
 def assert_one_line_error(code: int, stdout: str, stderr: str, expected: str = "", exit_code: int | None = None) -> None:

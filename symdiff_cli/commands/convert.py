@@ -220,8 +220,6 @@ def _convert(input_path: str, output_path: str, from_format: Optional[str], to_f
         raise UsageError("--guidance-max-t applies only to a release directory IN")
     if guidance_max_t is not None and card_only:
         raise UsageError("--card-only writes the card alone: it cannot take --guidance-max-t")
-    if guidance_max_t is not None and guidance_max_t < 0:
-        raise UsageError(f"--guidance-max-t must be a timestep >= 0, not {guidance_max_t}")
 
     is_model = input_path.endswith(".pt") or Path(input_path).is_dir()
     if is_model and (relax != "none" or workers is not None):

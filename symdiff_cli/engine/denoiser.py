@@ -24,7 +24,7 @@ def autoguided_denoiser(release: ReleasedModel, guidance: float | None, guide_sp
     guide is not called (nor loaded, for --guide), so the main model alone sets the cost.
     """
     from symdiff_cli.engine.guides import load_guide_from_release
-    from symdiff_cli.engine.release_config import release_guidance_max_t
+    from symdiff_cli.engine.release_config import guided_interval_max_t
     from symdiff_cli.model.config import DEFAULT_GUIDANCE_WEIGHT
     from symdiff_cli.model.guidance import AutoGuidedDenoiser, mean_of
 
@@ -45,11 +45,8 @@ def autoguided_denoiser(release: ReleasedModel, guidance: float | None, guide_sp
         raise RuntimeError("autoguided_denoiser needs the release loaded with load_guide=True")
     if guide is None:
         raise UsageError(f"--guidance {weight:g} needs a guide model: this release ships none; pass --guide MODEL")
-    if guidance_max_t is None:
-        guidance_max_t = release_guidance_max_t(release.config)
-    if guidance_max_t is not None and guidance_max_t >= release.cfg.timesteps:
-        guidance_max_t = None  # every timestep is guided
-    return AutoGuidedDenoiser(release.model, guide, weight, guidance_max_t), weight
+    max_t = guided_interval_max_t(guidance_max_t, release.config, release.cfg.timesteps)
+    return AutoGuidedDenoiser(release.model, guide, weight, max_t), weight
 
 
 def with_valence_guidance(denoiser: torch.nn.Module, cfg: ModelConfig,

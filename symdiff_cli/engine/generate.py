@@ -201,6 +201,7 @@ class _RunCounts:
 def _sample_config(opts: GenerateOptions, release: ReleasedModel, device: torch.device,
                    guidance_weight: float) -> SampleConfig:
     """The release's sampling defaults on this device, overridden by the options."""
+    from symdiff_cli.engine.release_config import guided_interval_max_t
     from symdiff_cli.engine.sample_config import SampleConfig
 
     defaults = release.sample_config(device.type)
@@ -208,9 +209,8 @@ def _sample_config(opts: GenerateOptions, release: ReleasedModel, device: torch.
     # On CPUs bf16 measured no faster end to end (elementwise work dominates at this model
     # size), so auto keeps float32 there.
     use_bf16 = opts.precision == "bf16" or (opts.precision == "auto" and device.type == "cuda")
-    max_t = defaults.guidance_max_t if opts.guidance_max_t is None else opts.guidance_max_t
-    if guidance_weight == 1.0 or (max_t is not None and max_t >= release.cfg.timesteps):
-        max_t = None
+    max_t = None if guidance_weight == 1.0 else guided_interval_max_t(opts.guidance_max_t, release.config,
+                                                                      release.cfg.timesteps)
     return SampleConfig(steps=steps, spacing=opts.spacing, guidance_weight=guidance_weight,
                         valence_guidance=defaults.valence_guidance, autocast_bf16=use_bf16,
                         guidance_max_t=max_t).with_valence_scale(opts.valence_guidance)

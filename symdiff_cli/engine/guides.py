@@ -11,8 +11,8 @@ import torch
 
 from symdiff_cli.engine.release import load_release, save_release
 from symdiff_cli.engine.release_config import (
-    GUIDANCE_MAX_T_KEY, Guide, GuideNetwork, check_guidance_weight, check_guide_fits, default_sampling_steps, expected_checksum,
-    parse_guidance, read_release_config,
+    GUIDANCE_MAX_T_KEY, Guide, GuideNetwork, check_guidance_weight, check_guide_fits, default_sampling_steps,
+    expected_checksum, guided_interval_max_t, parse_guidance, read_release_config,
 )
 from symdiff_cli.engine.release_layout import CONFIG_FILE, WEIGHTS_FILE, guide_entries
 from symdiff_cli.engine.release_tensors import read_weights
@@ -85,8 +85,8 @@ def attach_guide(release_spec: str | os.PathLike, out_dir: str | os.PathLike, gu
         if guidance_max_t < 0:
             raise SymdiffError(f"the guided interval's highest timestep must be >= 0, not {guidance_max_t}")
         sampling.pop(GUIDANCE_MAX_T_KEY, None)
-        if guidance_max_t < model_cfg.timesteps:
-            sampling[GUIDANCE_MAX_T_KEY] = int(guidance_max_t)
+        if (max_t := guided_interval_max_t(guidance_max_t, config, model_cfg.timesteps)) is not None:
+            sampling[GUIDANCE_MAX_T_KEY] = max_t
     return save_release(
         out_dir, model_cfg, state, histogram, str(config.get("dataset", model_cfg.dataset)),
         config.get("provenance", {}), card_text,

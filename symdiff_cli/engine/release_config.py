@@ -281,6 +281,13 @@ def release_guidance_max_t(config: dict[str, Any]) -> int | None:
     return config.get("sampling", {}).get(GUIDANCE_MAX_T_KEY)
 
 
+def guided_interval_max_t(override: int | None, config: dict[str, Any], timesteps: int) -> int | None:
+    """The noisiest guided timestep of a sampler: `override` (a --guidance-max-t), else the
+    release's own; None when every timestep is guided (none set, or `timesteps` and above)."""
+    max_t = release_guidance_max_t(config) if override is None else override
+    return None if max_t is None or max_t >= timesteps else int(max_t)
+
+
 def default_sampling_steps(config: dict[str, Any], model_cfg: ModelConfig, device_type: str) -> int:
     """A release config's default number of sampling steps for "cpu" or "cuda"."""
     sampling = config.get("sampling", {})
