@@ -105,12 +105,15 @@ def _results_table(result, title: str):
     return table
 
 
-def _per_molecule_csv(result, origins, energies: Optional[list] = None) -> str:
+def _per_molecule_csv(result, origins, energies: Optional[list] = None,
+                      property_values: Optional[list] = None) -> str:
     from symdiff_cli.commands.energy_report import ENERGY_COLUMNS, energy_cells
+    from symdiff_cli.commands.property_report import PROPERTY_COLUMNS
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(PER_MOLECULE_COLUMNS + (ENERGY_COLUMNS if energies is not None else ()))
+    writer.writerow(PER_MOLECULE_COLUMNS + (ENERGY_COLUMNS if energies is not None else ())
+                    + (PROPERTY_COLUMNS if property_values is not None else ()))
     for k, ((source, index), report) in enumerate(zip(origins, result.reports)):
         writer.writerow(
             [
@@ -127,6 +130,7 @@ def _per_molecule_csv(result, origins, energies: Optional[list] = None) -> str:
                 report.hydrogen_balance,
                 report.isolated_atoms,
                 *(energy_cells(energies[k]) if energies is not None else []),
+                *([f"{v:.6g}" for v in property_values[k]] if property_values is not None else []),
             ]
         )
     return buffer.getvalue()
@@ -220,6 +224,25 @@ def evaluate_command(
         "periodic evaluations.",
         show_default=False,
     ),
+    property_name: Optional[str] = typer.Option(
+        None,
+        "--property",
+        metavar="PROP",
+        help="For molecules generated with --condition PROP (alpha, gap, homo, lumo, mu, Cv): predict each "
+        "molecule's PROP with a property predictor and report the mean absolute error to the value it was "
+        "generated for (its symdiff_condition_PROP tag), beside the predictor's references (shuffled values, "
+        "atom count alone, real molecules) and EDM's published numbers; per molecule in --per-molecule "
+        "(columns requested, predicted) and in the JSON under 'property'.",
+        show_default=False,
+    ),
+    predictor: Optional[str] = typer.Option(
+        None,
+        "--predictor",
+        metavar="MODEL",
+        help="With --property: the predictor release (name in weights/ or directory; default qm9-PROP-predictor, "
+        "trained with `symdiff train --predictor PROP`).",
+        show_default=False,
+    ),
     report_molecules: int = typer.Option(
         DEFAULT_DEPICTIONS,
         "--report-molecules",
@@ -229,7 +252,8 @@ def evaluate_command(
     ),
 ) -> None:
     """Stability, validity, uniqueness and novelty of molecules, by the QM9 benchmark rules (EDM);
-    with --energy, GFN2-xTB strain energies and relaxation RMSDs too."""
+    with --energy, GFN2-xTB strain energies and relaxation RMSDs too; with --property, how close
+    conditionally generated molecules come to their requested values (EDM's protocol)."""
     from symdiff_cli.chem.quiet import quiet_library_warnings
 
     if energy:
@@ -240,15 +264,25 @@ def evaluate_command(
             raise UsageError(f"--energy-reference must be 0 or more, not {energy_reference}")
     elif workers is not None:
         raise UsageError("--workers applies only with --energy")
+    if predictor is not None and property_name is None:
+        raise UsageError("--predictor applies only with --property")
+    if property_name is not None:
+        from symdiff_cli.data.properties import qm9_property
+
+        qm9_property(property_name)  # an unknown name fails before anything is read
+        if split is not None:
+            raise UsageError("--property judges generated molecules against the values they were generated for; "
+                             "give molecule files, not --split")
     with quiet_library_warnings():
         _evaluate(list(files or []), dataset, split, json_path, per_molecule, from_format, strict, no_novelty,
-                  energy_reference if energy else None, workers, report, report_molecules)
+                  energy_reference if energy else None, workers, report, report_molecules, property_name, predictor)
 
 
 def _evaluate(files: list[str], dataset: DatasetChoice, split: Optional[SplitChoice], json_path: Optional[str],
               per_molecule: Optional[str], from_format: Optional[str], strict: bool, no_novelty: bool,
               energy_reference: Optional[int] = None, workers: Optional[int] = None,
-              report: Optional[str] = None, report_molecules: int = DEFAULT_DEPICTIONS) -> None:
+              report: Optional[str] = None, report_molecules: int = DEFAULT_DEPICTIONS,
+              property_name: Optional[str] = None, predictor: Optional[str] = None) -> None:
     """energy_reference None: no --energy; else the size of the QM9 reference (0: none)."""
     from rich.console import Console
 
@@ -271,6 +305,8 @@ def _evaluate(files: list[str], dataset: DatasetChoice, split: Optional[SplitCho
     if files and any(evaluate_report.is_folder(f) for f in files):
         if json_path is not None or per_molecule is not None or from_format is not None:
             raise UsageError("--json, --per-molecule and --from apply to molecule files, not to training runs")
+        if property_name is not None:
+            raise UsageError("--property applies to molecule files, not to training runs")
         evaluate_report.training_runs_report(files, report, _write_text_atomic, Console())
         return
 
@@ -290,6 +326,11 @@ def _evaluate(files: list[str], dataset: DatasetChoice, split: Optional[SplitCho
         title = f"{len(molecules)} molecules from {', '.join('stdin' if f == '-' else f for f in files)}"
     if report is not None and not molecules:
         raise SymdiffError("no molecules to report on")
+    property_predictor = None
+    if property_name is not None:  # a missing or wrong predictor fails before the slow metrics
+        from symdiff_cli.commands.property_report import load_property_predictor
+
+        property_predictor = load_property_predictor(property_name, predictor)
 
     reference = None
     if dataset is DatasetChoice.qm9 and not no_novelty:
@@ -312,11 +353,17 @@ def _evaluate(files: list[str], dataset: DatasetChoice, split: Optional[SplitCho
 
         energies, energy_section = compute_energies(molecules, energy_reference, workers)
         table_console.print(energy_table(energy_section))
+    property_values, property_section = None, None
+    if property_name is not None:
+        from symdiff_cli.commands.property_report import compute_property_section, property_table
+
+        property_values, property_section = compute_property_section(molecules, property_name, property_predictor)
+        table_console.print(property_table(property_section))
 
     if per_molecule == "-":
-        typer.echo(_per_molecule_csv(result, origins, energies), nl=False)
+        typer.echo(_per_molecule_csv(result, origins, energies, property_values), nl=False)
     elif per_molecule is not None:
-        _write_text_atomic(per_molecule, _per_molecule_csv(result, origins, energies))
+        _write_text_atomic(per_molecule, _per_molecule_csv(result, origins, energies, property_values))
     if json_path is not None:
         payload = {
             "dataset": dataset.value,
@@ -326,6 +373,8 @@ def _evaluate(files: list[str], dataset: DatasetChoice, split: Optional[SplitCho
         }
         if energy_section is not None:
             payload["energy"] = energy_section
+        if property_section is not None:
+            payload["property"] = property_section
         text = json.dumps(payload, indent=2) + "\n"
         if json_path == "-":
             typer.echo(text, nl=False)

@@ -147,6 +147,14 @@ def generate_command(
              "own setting by default (qm9: 600; see its README.md); 1000 guides every step.",
         show_default=False,
     ),
+    condition: Optional[List[str]] = typer.Option(
+        None, "--condition", metavar="PROP[=VALUE]",
+        help="For a conditional model (e.g. qm9-alpha): generate molecules with this property value, "
+             "--condition alpha=80, in the property's units (alpha Bohr^3; gap, homo, lumo meV; mu D; "
+             "Cv cal/(mol K)). --condition alpha, or no --condition, draws each molecule's value with its "
+             "atom count from the model's training data. Each SDF record gets the tag "
+             "symdiff_condition_PROP with its requested value, which `symdiff evaluate --property` reads.",
+    ),
     valence_guidance: Optional[float] = typer.Option(
         None, "--valence-guidance", metavar="S",
         help="Valence guidance scale: at every step below the model's noise threshold, move the "
@@ -237,7 +245,7 @@ def generate_command(
             num_atoms=num_atoms, model=model, offline=offline, shard=shard, quiet=quiet, threads=threads,
             precision=precision, spacing=spacing, guidance=guidance, guide=guide,
             guidance_max_t=guidance_max_t, valence_guidance=valence_guidance, relax=relax, workers=workers, relax_steps=relax_steps,
-            keep=keep, max_attempts=max_attempts,
+            keep=keep, max_attempts=max_attempts, condition=condition,
         ), progress=None if quiet else RichProgress("sampling"))
     if not quiet:
         print_summary(result)

@@ -97,6 +97,8 @@ def train_command(
     min_lr: Optional[float] = typer.Option(None, help="Final learning rate of the cosine schedule (default: 0)."),
     low_noise_fraction: Optional[float] = typer.Option(None, help="Share of each batch whose timestep is drawn from the lowest tenth of noise levels, where bond lengths are refined (default: 0, uniform timesteps as in the paper)."),
     self_condition: bool = typer.Option(False, "--self-condition", help="Self-conditioning (Chen et al. 2022): the network also reads its own previous estimate of the clean molecule. In training half the batches first predict it without gradients and then learn from a second pass that reads it (about 1.5x the compute per step); in sampling each step reads the previous step's estimate. Same as --set model.self_condition=true; with --init-from the new input starts at zero, so the run starts from exactly the release's model."),
+    condition: Optional[List[str]] = typer.Option(None, "--condition", help="Train a conditional model on this QM9 property (alpha, gap, homo, lumo, mu, Cv; repeatable). The run trains on the second half of the QM9 train split, as EDM's benchmark does (the first half is for the property predictor). With --init-from an unconditional release, the new input starts at zero, so the run starts from exactly the release's model."),
+    predictor: Optional[str] = typer.Option(None, "--predictor", help="Train a property predictor instead of a generator: an invariant regressor of this QM9 property on the first half of the train split, the judge of `symdiff evaluate --property`. --out receives a predictor release; uses --max-time, --batch-size, --lr, --seed, --threads and --preset (tiny or small)."),
     ema_decay: Optional[float] = typer.Option(None, help="EMA decay of the weights that are evaluated and released (default: 0.9999)."),
     grad_clip: Optional[float] = typer.Option(None, help="Gradient norm clip (default: 2.0)."),
     epochs: Optional[int] = typer.Option(None, help="Stop after this many epochs (counted over the whole run)."),
@@ -125,6 +127,15 @@ def train_command(
     step (continue it with --resume) and exit with code 130, 143 and 129.
     """
     import os
+
+    if predictor is not None:
+        from symdiff_cli.commands.train_predictor import train_predictor_command
+
+        return train_predictor_command(
+            predictor, out, preset, batch_size, lr,
+            parse_duration(max_time) if max_time else None, max_steps, seed, threads, quiet,
+            {"--condition": condition, "--init-from": init_from, "--resume": resume, "--data": data,
+             "--config": config, "--set": set_, "--epochs": epochs, "--self-condition": self_condition})
 
     from symdiff_cli.engine.stop_signals import exit_code_for
     from symdiff_cli.engine.train import train
@@ -159,7 +170,8 @@ def train_command(
                  max_time=parse_duration(max_time) if max_time else None,
                  checkpoint_every=parse_duration(checkpoint_every), eval_every=eval_every,
                  eval_samples=eval_samples, eval_steps=eval_steps, log_every=log_every, seed=seed,
-                 device=device, precision=precision, init_from=init_from, threads=threads)
+                 device=device, precision=precision, init_from=init_from, threads=threads,
+                 conditions=list(condition) if condition else None)
     train_over.update({k: v for k, v in given.items() if v is not None})
     train_config = _with_settings(TrainConfig(), train_over, "train")
     check_train_config(train_config)

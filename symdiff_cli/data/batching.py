@@ -12,7 +12,7 @@ from symdiff_cli.io.molecule import PackedMolecules
 class MoleculeTensors:
     """A dataset held as flat tensors, gathered into (B, n, .) blocks for molecules of equal size."""
 
-    def __init__(self, packed: PackedMolecules, dataset: DatasetInfo):
+    def __init__(self, packed: PackedMolecules, dataset: DatasetInfo, values: np.ndarray | None = None):
         lookup = np.full(max(dataset.atomic_numbers) + 1, -1, dtype=np.int64)
         for i, z in enumerate(dataset.atomic_numbers):
             lookup[z] = i
@@ -26,6 +26,12 @@ class MoleculeTensors:
         self.num_atoms = packed.num_atoms.copy()
         self.offsets = torch.from_numpy(packed.offsets)
         self.num_types = len(dataset.atom_types)
+        # A conditional run's raw property values, (M, K), in the order of the model's conditions.
+        self.values = None if values is None else torch.from_numpy(np.asarray(values, dtype=np.float32))
+
+    def condition(self, indices: np.ndarray) -> torch.Tensor | None:
+        """The property values (B, K) of the molecules `indices`, or None for an unconditional run."""
+        return None if self.values is None else self.values[torch.from_numpy(np.asarray(indices))]
 
     def __len__(self) -> int:
         return int(len(self.num_atoms))

@@ -19,6 +19,7 @@ from symdiff_cli.engine.metrics_file import (  # noqa: F401  (the card's names f
     METRICS_FILE, METRICS_FORMAT, METRICS_FORMAT_VERSION, check_metrics, is_number, parse_metrics_text,
     read_metrics_text,
 )
+from symdiff_cli.engine.card_conditioning import conditioning_section
 from symdiff_cli.engine.card_results import (
     METRIC_LABELS, number_text, pooled_percent, results_section, short_metric_label,
 )
@@ -97,6 +98,7 @@ def model_card(config: dict[str, Any], num_parameters: int | None = None, metric
     lines += _usage(config, name, dataset, name == DEFAULT_MODEL_NAME)
     lines += _architecture(config, num_parameters)
     lines += _training(config)
+    lines += conditioning_section(config, name, metrics)
     lines += results_section(measurements)
     lines += _citation(config)
     return "\n".join(lines).rstrip("\n") + "\n"
@@ -160,8 +162,11 @@ def _intended_use(config: dict[str, Any], dataset: str, primary: dict[str, Any] 
             "  82.0 % (EDM) and about 89-90 % (SymDiff as published), the data itself 95.2 %.",
         ]
     lines += [f"- {limit}" for limit in limits]
+    conditions = with_current_model_keys(config["model_config"]).get("conditions")
     lines += [
-        "- Unconditional: molecule sizes follow the training set's atom-count histogram; no property conditioning.",
+        (f"- Conditional on {', '.join(conditions)} (below); molecule sizes follow the training set's atom-count "
+         "histogram." if conditions else
+         "- Unconditional: molecule sizes follow the training set's atom-count histogram; no property conditioning."),
         "- Reproducibility: the same command, seed, options and thread count give the same file on the same",
         "  machine; another thread count, CPU or BLAS build may change the last digits of coordinates.",
         "",

@@ -57,7 +57,7 @@ def convert_checkpoint_to_release(
     # above all, that the run continued an earlier release, whose own training is then part of
     # this model's history.
     defaults = TrainConfig()
-    for key in ("init_from", "lr_schedule", "min_lr", "low_noise_fraction"):
+    for key in ("init_from", "lr_schedule", "min_lr", "low_noise_fraction", "conditions"):
         unused = getattr(defaults, key)
         if train_cfg.get(key, unused) != unused:
             provenance[key] = train_cfg[key]
@@ -66,8 +66,9 @@ def convert_checkpoint_to_release(
         provenance["weights"] = "raw"
     dataset = str(ckpt.get("dataset") or model_cfg.dataset)
     state_dict = ckpt["ema"] if weights == "ema" else ckpt["model"]
+    extra = {"conditioning": ckpt["conditioning"]} if ckpt.get("conditioning") else None
     return save_release(out_dir, model_cfg, state_dict, {int(k): int(v) for k, v in histogram.items()},
-                        dataset, provenance, card_text, guide=guide)
+                        dataset, provenance, card_text, guide=guide, extra_config=extra)
 
 
 __all__ = ["convert_checkpoint_to_release"]

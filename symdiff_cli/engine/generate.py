@@ -1,7 +1,7 @@
 """`symdiff generate`: sample molecules from a release and stream them into a file.
 
 Reproducibility: the molecules depend only on the model, --seed, --shard, --n, --num-atoms,
---batch-size, --steps, --spacing, --guidance, --guide and the device. Shard I of K derives its
+--batch-size, --steps, --spacing, --guidance, --guide, --condition and the device. Shard I of K derives its
 own seed from (seed, I, K), so shards of a job array never share a random stream, and it
 generates its own share of n (n split as evenly as possible). Every batch of the plan carries
 its own seed, so the file is the same however the run is scheduled. --relax, --relax-steps,
@@ -76,6 +76,8 @@ class GenerateOptions:
     relax_steps: int | None = None
     keep: str = "all"
     max_attempts: int | None = None  # over all shards, like n; None: 10 n
+    # A conditional model's requests: "alpha=80" (fixed) or "alpha" (drawn); unnamed ones are drawn.
+    condition: Sequence[str] | None = None
 
 
 @dataclass
@@ -233,7 +235,16 @@ def _sampler_for(opts: GenerateOptions, release: ReleasedModel,
                                            opts.guidance_max_t)
     denoiser = valence_guided(denoiser, release, opts.valence_guidance)
     sample_config = _sample_config(opts, release, device, weight)
-    return Sampler.from_config(denoiser, cfg, device, sample_config), sample_config, batch_size
+    return (Sampler.from_config(denoiser, cfg, device, sample_config, _condition_source(opts, release)),
+            sample_config, batch_size)
+
+
+def _condition_source(opts: GenerateOptions, release: ReleasedModel):
+    """What a conditional release is asked for (engine/conditions.py); None for an unconditional one."""
+    from symdiff_cli.engine.conditions import ConditionDraws, parse_condition_specs
+
+    chosen = parse_condition_specs(list(opts.condition or []), release.cfg, opts.model or release.path.name)
+    return ConditionDraws.for_release(release.cfg, release.config, chosen) if release.cfg.conditions else None
 
 
 def _sample_into(writer: MoleculeWriter, opts: GenerateOptions, fmt: str, shard: tuple[int, int], n_shard: int,

@@ -1,4 +1,5 @@
-"""Growing a released model: more transformer blocks, or self-conditioning, that start as no-ops."""
+"""Growing a released model: more transformer blocks, self-conditioning or property conditioning,
+that start as no-ops."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 
 from symdiff_cli.errors import SymdiffError
 from symdiff_cli.model.config import ModelConfig
-from symdiff_cli.model.dit import SELF_COND_PREFIX
+from symdiff_cli.model.dit import CONDITION_PREFIX, SELF_COND_PREFIX
 
 
 GROWABLE_DEPTHS = ("depth", "orientation_depth")
@@ -26,6 +27,16 @@ def model_config_from_release(release_cfg: ModelConfig, requested: ModelConfig,
     `explicit` (library callers), a request that differs from the release only in depths is
     taken as the growth it asks for.
     """
+    conditioning = ("conditions", "condition_mean", "condition_std")
+    if requested.conditions and not release_cfg.conditions:
+        # Property conditioning can be added (its embedding starts at zero), with the new data's
+        # normalisation.
+        release_cfg = dataclasses.replace(release_cfg, **{k: getattr(requested, k) for k in conditioning})
+    elif requested.conditions != release_cfg.conditions and requested.conditions:
+        raise SymdiffError(f"--init-from cannot change the properties a model is conditioned on: the release "
+                           f"reads {', '.join(release_cfg.conditions)}")
+    elif release_cfg.conditions:
+        requested = dataclasses.replace(requested, **{k: getattr(release_cfg, k) for k in conditioning})
     release, wanted = dataclasses.asdict(release_cfg), dataclasses.asdict(requested)
     differing = {k for k in release if release[k] != wanted.get(k)}
     if explicit is None:
@@ -55,8 +66,8 @@ def load_release_weights(model: torch.nn.Module, state: dict[str, torch.Tensor])
     if result.unexpected_keys:
         raise SymdiffError(f"release weights do not fit the model: {result.unexpected_keys[:3]}")
     # A self-conditioning embedding is zero-initialised too: added to a release, it changes nothing.
-    not_block = [k for k in result.missing_keys
-                 if ".transformer.blocks." not in k and not k.startswith(SELF_COND_PREFIX)]
+    not_block = [k for k in result.missing_keys if ".transformer.blocks." not in k
+                 and not k.startswith((SELF_COND_PREFIX, CONDITION_PREFIX))]
     if not_block:
         raise SymdiffError(f"release weights lack tensors of the model: {not_block[:3]}")
     return list(result.missing_keys)

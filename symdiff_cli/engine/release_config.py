@@ -232,6 +232,9 @@ def parse_release_config(config: Any, source: str) -> tuple[ModelConfig, dict[in
     """Check a loaded config.json; returns the model config and the atom-count histogram."""
     if not isinstance(config, dict):
         raise SymdiffError(f"{source}: expected a JSON object")
+    if config.get("format") == "symdiff-property-predictor":  # engine/predictor.py PREDICTOR_FORMAT
+        raise SymdiffError(f"{source} belongs to a property predictor, not a generator: it is the judge of "
+                           "`symdiff evaluate --property`")
     if config.get("format") != RELEASE_FORMAT:
         raise SymdiffError(f"{source} is not a symdiff release config (its 'format' is not {RELEASE_FORMAT!r})")
     version = config.get("format_version")

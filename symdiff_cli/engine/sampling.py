@@ -56,11 +56,26 @@ def decode(x: torch.Tensor, h: torch.Tensor, cfg: ModelConfig) -> list[Molecule]
     return [Molecule(z_lookup[types[i]], pos[i]) for i in range(x.shape[0])]
 
 
+# A conditional model's requested values for a batch: (atom count, batch size, the batch's seed)
+# -> (batch size, K) raw property values, in the order of cfg.conditions (engine/conditions.py).
+ConditionSource = Callable[[int, int, int], np.ndarray]
+
+
+def condition_tag(name: str) -> str:
+    """The SDF property that records the value of `name` a molecule was generated for."""
+    return f"symdiff_condition_{name}"
+
+
 class Sampler:
-    """Runs the reverse diffusion of a SymmetrisedDenoiser batch by batch."""
+    """Runs the reverse diffusion of a SymmetrisedDenoiser batch by batch.
+
+    A conditional model (cfg.conditions) needs `condition_source`, which gives each batch its
+    requested property values; each molecule carries its values as condition_tag(name) props.
+    """
 
     def __init__(self, model: torch.nn.Module, cfg: ModelConfig, device: torch.device | str = "cpu",
-                 autocast_bf16: bool = False, spacing: str = DEFAULT_SPACING):
+                 autocast_bf16: bool = False, spacing: str = DEFAULT_SPACING,
+                 condition_source: ConditionSource | None = None):
         self.model = model.eval()
         self.cfg = cfg
         self.device = torch.device(device)
@@ -68,13 +83,17 @@ class Sampler:
         self.autocast_bf16 = autocast_bf16
         self.spacing = spacing
         self.self_condition = uses_self_condition(model)
+        if cfg.conditions and condition_source is None:
+            raise ValueError(f"a model conditioned on {', '.join(cfg.conditions)} needs a condition source")
+        self.condition_source = condition_source if cfg.conditions else None
 
     @classmethod
     def from_config(cls, model: torch.nn.Module, cfg: ModelConfig, device: torch.device | str,
-                    sample_config: SampleConfig) -> Sampler:
+                    sample_config: SampleConfig, condition_source: ConditionSource | None = None) -> Sampler:
         """A sampler of `model` at the precision and step spacing of `sample_config`; the network
         passed in already carries its guidance (engine/denoiser.py)."""
-        return cls(model, cfg, device, autocast_bf16=sample_config.autocast_bf16, spacing=sample_config.spacing)
+        return cls(model, cfg, device, autocast_bf16=sample_config.autocast_bf16, spacing=sample_config.spacing,
+                   condition_source=condition_source)
 
     def _denoise(self, x, h, t, mask, generator=None, **kwargs):
         # Only the network runs in bf16; the ancestral update stays in float32, so rounding
@@ -89,12 +108,22 @@ class Sampler:
     def sample_batch(self, num_atoms: int, batch_size: int, steps: int, seed: int,
                      on_step: Callable[[], None] | None = None) -> list[Molecule]:
         generator = torch.Generator(device=self.device).manual_seed(seed)
+        denoise, values = self._denoise, None
+        if self.condition_source is not None:
+            values = np.asarray(self.condition_source(num_atoms, batch_size, seed), dtype=np.float64)
+            condition = torch.from_numpy(values).float().to(self.device)
+            denoise = lambda *args, **kwargs: self._denoise(*args, condition=condition, **kwargs)  # noqa: E731
         x, h = self.diffusion.sample(
-            self._denoise, batch_size, num_atoms, self.cfg.feature_dim, steps,
+            denoise, batch_size, num_atoms, self.cfg.feature_dim, steps,
             generator=generator, device=self.device, progress=on_step, spacing=self.spacing,
             self_condition=self.self_condition,
         )
-        return decode(x, h, self.cfg)
+        mols = decode(x, h, self.cfg)
+        if values is not None:
+            for mol, row in zip(mols, values):
+                for name, value in zip(self.cfg.conditions, row):
+                    mol.props[condition_tag(name)] = f"{value:.6g}"
+        return mols
 
     def sample(self, plan: SamplePlan | Iterable[tuple[int, int, int]], steps: int,
                on_step: Callable[[int], None] | None = None) -> Iterator[list[Molecule]]:

@@ -138,7 +138,9 @@ def _optimiser_step(run: TrainingRun, idx: np.ndarray, lr: float) -> tuple[torch
     x, h = run.data.gather(idx, run.model_cfg.norm_one_hot, run.model_cfg.norm_charge)
     if run.device.type == "cuda":  # only a copy from pinned memory leaves the host free to go on
         x, h = x.pin_memory(), h.pin_memory()
-    batch = Batch(x.to(run.device, non_blocking=True), h.to(run.device, non_blocking=True), None)
+    condition = run.data.condition(idx)
+    batch = Batch(x.to(run.device, non_blocking=True), h.to(run.device, non_blocking=True), None,
+                  None if condition is None else condition.to(run.device))
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.use_bf16):

@@ -41,6 +41,9 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 autocast on CUDA) | fp32 | bf16
     init_from: str | None = None  # release model (name, directory) whose weights start the run
     threads: int = 0  # CPU threads; 0 = torch's default
+    # QM9 properties to condition on (data/properties.py): the run trains on the second half of
+    # the train split with their values (EDM's protocol; the first half is the predictor's).
+    conditions: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -84,5 +87,14 @@ def check_train_config(train_config: TrainConfig) -> None:
     if max_time is not None and (isinstance(max_time, bool) or not isinstance(max_time, (int, float))
                                  or not math.isfinite(max_time) or max_time <= 0):
         raise UsageError(f"train.max_time must be a positive number of seconds, not {train_config.max_time!r}")
+    if train_config.conditions:
+        from symdiff_cli.data.properties import qm9_property
+
+        names = [qm9_property(name).name for name in train_config.conditions]  # unknown: one line
+        if len(set(names)) != len(names):
+            raise UsageError("--condition names a property twice")
+        if train_config.data or train_config.dataset != "qm9":
+            raise UsageError("--condition reads the properties of QM9: it cannot be combined with --data "
+                             "or another --dataset")
     if train_config.eval_steps < 1:
         raise UsageError("--eval-steps must be at least 1")

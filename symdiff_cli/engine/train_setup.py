@@ -32,6 +32,8 @@ from symdiff_cli.model.dit import SymmetrisedDenoiser, count_parameters
 
 def load_training_data(train_config: TrainConfig, info: DatasetInfo) -> tuple[PackedMolecules, str]:
     """The molecules to train on and a short description of where they came from."""
+    if train_config.conditions:
+        return load_conditional_data(train_config)[0], CONDITIONAL_DATA
     if train_config.data:
         if train_config.data_format == "geom":
             from symdiff_cli.data.user_data import load_geom_processed
@@ -46,6 +48,41 @@ def load_training_data(train_config: TrainConfig, info: DatasetInfo) -> tuple[Pa
     from symdiff_cli.data.qm9 import qm9_split
 
     return qm9_split("train"), "QM9 train split (100,000 molecules)"
+
+
+CONDITIONAL_DATA = "QM9 train split, second half (50,000 molecules)"
+
+
+def load_conditional_data(train_config: TrainConfig) -> tuple[PackedMolecules, np.ndarray, tuple[str, ...]]:
+    """A conditional run's molecules (the second half of the QM9 train split), their property
+    values (M, K) and the properties' names."""
+    from symdiff_cli.data.properties import qm9_half_with_properties
+
+    data = qm9_half_with_properties("second", train_config.conditions)
+    return data.molecules, data.values, data.names
+
+
+def _conditions_of_run(train_config: TrainConfig, resume_ckpt: dict[str, Any] | None) -> TrainConfig:
+    """The run's conditions: a resumed run's, or a conditional release's under --init-from, when
+    the options name none; a different list is refused."""
+    from symdiff_cli.data.properties import qm9_property
+
+    given = [qm9_property(name).name for name in train_config.conditions]
+    if resume_ckpt is not None:
+        have, what = list(ModelConfig.from_dict(resume_ckpt["model_config"]).conditions), "the run"
+    elif train_config.init_from:
+        from symdiff_cli.engine.registry import resolve_model
+        from symdiff_cli.engine.release_config import read_release_config
+
+        have = list(read_release_config(resolve_model(train_config.init_from))[1].conditions)
+        what = f"the release {train_config.init_from}"
+        if not have:
+            return dataclasses.replace(train_config, conditions=given)
+    else:
+        return dataclasses.replace(train_config, conditions=given)
+    if given and given != have:
+        raise SymdiffError(f"{what} is conditioned on {', '.join(have) or 'nothing'}, not {', '.join(given)}")
+    return dataclasses.replace(train_config, conditions=have)
 
 
 def atom_count_histogram(num_atoms: np.ndarray) -> dict[int, int]:
@@ -63,13 +100,20 @@ class TrainState:
 
 
 def evaluate_samples(model: torch.nn.Module, model_cfg: ModelConfig, histogram: dict[int, int],
-                     n: int, steps: int, seed: int, device: torch.device) -> dict[str, Any]:
-    """Sample n molecules with the (EMA) model and compute the benchmark metrics."""
+                     n: int, steps: int, seed: int, device: torch.device,
+                     conditioning: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Sample n molecules with the (EMA) model and compute the benchmark metrics; a conditional
+    model is asked for values drawn from its training data (`conditioning`)."""
     from symdiff_cli.chem.metrics import evaluate_molecules
+    from symdiff_cli.engine.conditions import CONDITIONING_KEY, ConditionDraws
     from symdiff_cli.engine.sampling import Sampler, draw_atom_counts, plan_batches
 
     counts = draw_atom_counts(histogram, n, np.random.default_rng(seed))
-    sampler = Sampler(model, model_cfg, device)
+    source = None
+    if model_cfg.conditions:
+        source = ConditionDraws.for_release(model_cfg, {CONDITIONING_KEY: conditioning},
+                                            {name: None for name in model_cfg.conditions})
+    sampler = Sampler(model, model_cfg, device, condition_source=source)
     mols = [m for batch in sampler.sample(plan_batches(counts, 256, seed), steps) for m in batch]
     model.train()
     result = evaluate_molecules(mols)
@@ -105,6 +149,7 @@ class TrainingRun:
     model: torch.nn.Module
     ema: torch.nn.Module
     optimizer: torch.optim.Optimizer
+    conditioning: dict[str, Any] | None  # a conditional run's release section (engine/conditions.py)
     train_model: torch.nn.Module | None  # `model`, wrapped in DistributedDataParallel when distributed
     diffusion: VPDiffusion
     state: TrainState
@@ -134,6 +179,8 @@ class TrainingRun:
             "model_config": self.model_cfg.to_dict(), "train_config": self.train_config.to_dict(),
             "atom_count_histogram": self.histogram, "dataset": self.info.name, "world_size": self.ranks.world_size,
         }
+        if self.conditioning is not None:
+            payload["conditioning"] = self.conditioning
         path = self.checkpoint_path
         try:
             write_or_explain(path, lambda: write_checkpoint(payload, path))
@@ -150,7 +197,8 @@ class TrainingRun:
             with self.stops.interruptible():
                 settings = self.train_config
                 return evaluate_samples(self.ema, self.model_cfg, self.histogram, settings.eval_samples,
-                                        settings.eval_steps, settings.seed + self.state.step, self.device)
+                                        settings.eval_steps, settings.seed + self.state.step, self.device,
+                                        self.conditioning)
         except Interrupted:
             return None
 
@@ -211,11 +259,27 @@ def set_up(train_config: TrainConfig, model_cfg: ModelConfig | None, stops: Stop
     out = Path(train_config.out)
     resume_ckpt = load_checkpoint(out / CHECKPOINT_NAME) if (out / CHECKPOINT_NAME).exists() else None
     model_cfg, info = _model_config_for_run(train_config, model_cfg, resume_ckpt)
+    train_config = _conditions_of_run(train_config, resume_ckpt)
 
-    packed, source = load_training_data(train_config, info)
+    values, conditioning = None, None
+    if train_config.conditions:
+        from symdiff_cli.data.properties import quantile_table
+        from symdiff_cli.engine.conditions import conditioning_section
+
+        packed, values, names = load_conditional_data(train_config)
+        source = CONDITIONAL_DATA
+        conditioning = conditioning_section(
+            names, {name: quantile_table(packed.num_atoms, values[:, k]) for k, name in enumerate(names)}, source)
+        model_cfg = dataclasses.replace(model_cfg, conditions=names,
+                                        condition_mean=tuple(round(float(v), 6) for v in values.mean(axis=0)),
+                                        condition_std=tuple(round(float(v), 6) for v in values.std(axis=0)))
+        if resume_ckpt is not None:  # the run's own normalisation, as its weights learned it
+            model_cfg = ModelConfig.from_dict(resume_ckpt["model_config"])
+    else:
+        packed, source = load_training_data(train_config, info)
     if len(packed) == 0:
         raise SymdiffError("no training molecules")
-    data = MoleculeTensors(packed, info)
+    data = MoleculeTensors(packed, info, values)
     histogram = atom_count_histogram(packed.num_atoms)
     batches = SizeGroupedBatches(packed.num_atoms, train_config.batch_size, train_config.seed, ranks.rank,
                                  ranks.world_size)
@@ -247,4 +311,4 @@ def set_up(train_config: TrainConfig, model_cfg: ModelConfig | None, stops: Stop
             + (f" x {ranks.world_size} processes" if ranks.distributed else "")
             + (f", from step {state.step}" if resumed else ""))
     return TrainingRun(train_config, model_cfg, ranks, device, use_bf16, info, data, histogram, batches, model, ema,
-                       optimizer, train_model, diffusion, state, log, stops)
+                       optimizer, conditioning, train_model, diffusion, state, log, stops)

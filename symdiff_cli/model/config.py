@@ -60,6 +60,16 @@ class ModelConfig:
     # parameters; True with the new weights at zero computes the same function as without.
     self_condition: bool = False
 
+    # Property conditioning (EDM's conditional generation): the names of the QM9 properties
+    # (data/properties.py) the backbone reads, and the mean and spread of each over the
+    # training data, which normalise the raw values it is given. A zero-initialised linear adds
+    # them to the timestep embedding, so a conditional model grown from an unconditional release
+    # starts as exactly its function. Empty (the default, and every release without the key):
+    # no parameters, no input.
+    conditions: tuple[str, ...] = ()
+    condition_mean: tuple[float, ...] = ()
+    condition_std: tuple[float, ...] = ()
+
     # Diffusion: EDM's variance-preserving process (model/diffusion.py).
     timesteps: int = 1000
     noise_schedule: str = "polynomial_2"
@@ -84,6 +94,10 @@ class ModelConfig:
         if self.orientation_kernel == "learned" and self.orientation_hidden % self.orientation_heads:
             raise SymdiffError(f"orientation_hidden ({self.orientation_hidden}) must be divisible by "
                                f"orientation_heads ({self.orientation_heads})")
+        if not (len(self.conditions) == len(self.condition_mean) == len(self.condition_std)):
+            raise SymdiffError("conditions, condition_mean and condition_std must have one entry per property")
+        if any(not s > 0 for s in self.condition_std):
+            raise SymdiffError("condition_std must be positive")
         if self.noise_schedule != "polynomial_2":
             raise SymdiffError(f"unsupported noise schedule {self.noise_schedule!r} (polynomial_2)")
         return self
@@ -95,6 +109,12 @@ class ModelConfig:
         # before the setting existed, so earlier symdiff versions keep reading its release.
         if not self.self_condition:
             del d["self_condition"]
+        if not self.conditions:
+            for key in ("conditions", "condition_mean", "condition_std"):
+                del d[key]
+        else:
+            for key in ("conditions", "condition_mean", "condition_std"):
+                d[key] = list(d[key])
         return d
 
     @classmethod
@@ -104,8 +124,12 @@ class ModelConfig:
         unknown = set(d) - known
         if unknown:
             raise SymdiffError(f"unknown model config field(s): {', '.join(sorted(unknown))}")
-        if "atom_types" in d:
-            d["atom_types"] = tuple(d["atom_types"])
+        for key in ("atom_types", "conditions"):
+            if key in d:
+                d[key] = tuple(d[key])
+        for key in ("condition_mean", "condition_std"):
+            if key in d:
+                d[key] = tuple(float(v) for v in d[key])
         return cls(**d).validate()
 
 

@@ -63,11 +63,13 @@ class NoiseSchedule:
 
 @dataclass
 class Batch:
-    """A padded batch in model units: positions (B, N, 3), features (B, N, F), mask (B, N) or None."""
+    """A padded batch in model units: positions (B, N, 3), features (B, N, F), mask (B, N) or None,
+    and for a conditional model the raw property values (B, K)."""
 
     x: torch.Tensor
     h: torch.Tensor
     mask: torch.Tensor | None
+    condition: torch.Tensor | None = None
 
 
 def _expand(v: torch.Tensor) -> torch.Tensor:
@@ -147,6 +149,8 @@ class VPDiffusion:
         b = batch.x.shape[0]
         t = self.training_timesteps(b, batch.x.device, generator, low_noise_fraction)
         x_t, h_t, eps_x, eps_h = self.noise(batch, t, generator)
+        # Only a conditional model is given the keyword, so any denoiser without it keeps working.
+        conditioned = {} if batch.condition is None else {"condition": batch.condition}
         if self_condition:
             # The coin is drawn on the generator's device: a CPU draw costs a GPU run no sync.
             coin_device = generator.device if generator is not None else torch.device("cpu")
@@ -154,11 +158,12 @@ class VPDiffusion:
             if bool(torch.rand((), generator=generator, device=coin_device) < 0.5):
                 with torch.no_grad():
                     bare = getattr(denoiser, "module", denoiser)
-                    first_x, first_h = bare(x_t, h_t, t, batch.mask, generator=generator)
+                    first_x, first_h = bare(x_t, h_t, t, batch.mask, generator=generator, **conditioned)
                     estimate = self.clean_estimate(x_t, h_t, t, first_x, first_h, batch.mask)
-            pred_x, pred_h = denoiser(x_t, h_t, t, batch.mask, generator=generator, self_cond=estimate)
+            pred_x, pred_h = denoiser(x_t, h_t, t, batch.mask, generator=generator, self_cond=estimate,
+                                      **conditioned)
         else:
-            pred_x, pred_h = denoiser(x_t, h_t, t, batch.mask, generator=generator)
+            pred_x, pred_h = denoiser(x_t, h_t, t, batch.mask, generator=generator, **conditioned)
         sq = ((pred_x - eps_x) ** 2).sum(-1) + ((pred_h - eps_h) ** 2).sum(-1)  # (B, N)
         dims = eps_x.shape[-1] + eps_h.shape[-1]
         if batch.mask is None:

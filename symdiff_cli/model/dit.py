@@ -127,11 +127,13 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList([DiTBlock(hidden, heads, mlp_ratio, swiglu) for _ in range(depth)])
 
     def forward(self, tokens: torch.Tensor, t: torch.Tensor, attn_mask: torch.Tensor | None,
-                extra: torch.Tensor | None = None):
+                extra: torch.Tensor | None = None, c_extra: torch.Tensor | None = None):
         x = self.embed(tokens)
         if extra is not None:  # an embedding added to the tokens' (self-conditioning)
             x = x + extra
         c = self.t_embed(t)
+        if c_extra is not None:  # an embedding added to the conditioning vector (properties)
+            c = c + c_extra
         for block in self.blocks:
             x = block(x, c, attn_mask)
         return x, c
@@ -153,6 +155,8 @@ def _init_linear_layers(module: nn.Module) -> None:
 # The parameters a self-conditioned model has beyond the same model without it: a release
 # without self-conditioning lacks only these (and starts them at zero) under --init-from.
 SELF_COND_PREFIX = "backbone.self_cond_embed."
+# Likewise the property embedding of a conditional model (cfg.conditions).
+CONDITION_PREFIX = "backbone.condition_embed."
 
 
 class DiTBackbone(nn.Module):
@@ -171,9 +175,16 @@ class DiTBackbone(nn.Module):
         self.final = FinalLayer(cfg.hidden, 3 + cfg.feature_dim)
         self.self_cond_embed = (nn.Linear(3 + cfg.feature_dim, cfg.hidden, bias=False)
                                 if cfg.self_condition else None)
+        self.condition_embed = nn.Linear(len(cfg.conditions), cfg.hidden) if cfg.conditions else None
+        if cfg.conditions:
+            self.register_buffer("condition_mean", torch.tensor(cfg.condition_mean), persistent=False)
+            self.register_buffer("condition_std", torch.tensor(cfg.condition_std), persistent=False)
         _init_linear_layers(self)
         if self.self_cond_embed is not None:
             nn.init.zeros_(self.self_cond_embed.weight)
+        if self.condition_embed is not None:
+            nn.init.zeros_(self.condition_embed.weight)
+            nn.init.zeros_(self.condition_embed.bias)
         nn.init.normal_(self.transformer.t_embed.mlp[0].weight, std=0.02)
         nn.init.normal_(self.transformer.t_embed.mlp[2].weight, std=0.02)
         self.transformer.zero_init_modulation()
@@ -181,12 +192,16 @@ class DiTBackbone(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x, h, t, mask, attn_mask, rbf, self_cond=None):
+    def forward(self, x, h, t, mask, attn_mask, rbf, self_cond=None, condition=None):
         tokens = torch.cat([x, h, rbf], dim=-1)
         extra = None
         if self.self_cond_embed is not None and self_cond is not None:
             extra = self.self_cond_embed(torch.cat(self_cond, dim=-1))
-        y, c = self.transformer(tokens, t, attn_mask, extra)
+        c_extra = None
+        if self.condition_embed is not None:
+            normalised = (condition.to(self.condition_mean.dtype) - self.condition_mean) / self.condition_std
+            c_extra = self.condition_embed(normalised.to(self.condition_embed.weight.dtype))
+        y, c = self.transformer(tokens, t, attn_mask, extra, c_extra)
         out = self.final(y, c)
         return out[..., :3], out[..., 3:]
 
@@ -238,6 +253,12 @@ class SymmetrisedDenoiser(nn.Module):
     it is made CoM-free and masked like x and rotated into the backbone's frame, R^-1 x0_hat, so
     the denoiser stays equivariant. The orientation kernel does not read it. A model without
     the flag ignores `self_cond`, so wrappers may pass it to every network they hold.
+
+    Property conditioning (cfg.conditions): `condition` holds the requested raw property values
+    (B, K), in the units of data/properties.py; the model normalises them with its own mean and
+    spread. They are invariant scalars, so equivariance is unaffected; the orientation kernel does
+    not read them. A conditional model refuses to run without them; an unconditional one (a guide,
+    say) ignores them.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -274,7 +295,11 @@ class SymmetrisedDenoiser(nn.Module):
         haar: torch.Tensor | None = None, orientation_noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         self_cond: tuple[torch.Tensor, torch.Tensor] | None = None,
+        condition: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cfg.conditions and (condition is None or condition.shape != (x.shape[0], len(self.cfg.conditions))):
+            raise ValueError(f"this model is conditioned on {', '.join(self.cfg.conditions)}: pass `condition` "
+                             f"of shape ({x.shape[0]}, {len(self.cfg.conditions)})")
         attn_mask = attention_mask(mask)
         if attn_mask is None:
             mask = None
@@ -282,7 +307,7 @@ class SymmetrisedDenoiser(nn.Module):
         frame = self.sample_frame(x, h, t, mask, attn_mask, rbf, haar, orientation_noise, generator)
         x_in = x if frame is None else rotate_inverse(x, frame)
         cond = self._self_cond_input(x, h, mask, frame, self_cond) if self.cfg.self_condition else None
-        eps_x, eps_h = self.backbone(x_in, h, t, mask, attn_mask, rbf, cond)
+        eps_x, eps_h = self.backbone(x_in, h, t, mask, attn_mask, rbf, cond, condition)
         if frame is not None:
             eps_x = rotate(eps_x, frame.to(eps_x.dtype))
         eps_x = remove_mean(eps_x, mask)
