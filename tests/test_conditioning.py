@@ -113,6 +113,14 @@ def test_parse_condition_specs_fixed_drawn_and_errors():
         parse_condition_specs(["alpha=nan"], cond, "m")
     with pytest.raises(UsageError, match="unconditional"):
         parse_condition_specs(["alpha=80"], model_config_from_preset("tiny"), "qm9")
+    with pytest.raises(UsageError, match="twice"):
+        parse_condition_specs(["alpha=80", "alpha=70"], cond, "m")
+    two = model_config_from_preset("tiny", conditions=("alpha", "gap"), condition_mean=(75.0, 6800.0),
+                                   condition_std=(8.0, 1300.0))
+    assert parse_condition_specs(["gap=7000"], two, "m") == {"alpha": None, "gap": 7000.0}
+    x, h, t = random_inputs(b=2, n=5, dtype=torch.float32)
+    eps_x, _ = SymmetrisedDenoiser(two)(x, h, t, condition=torch.tensor([[70.0, 7000.0], [80.0, 6000.0]]))
+    assert eps_x.shape == x.shape
 
 
 def test_drawn_values_follow_the_quantiles_of_the_atom_count_and_are_reproducible():
@@ -266,3 +274,81 @@ def test_the_card_of_a_conditional_release_shows_its_use_provenance_and_mae_tabl
     plain = model_card({**config, "model_config": {k: v for k, v in config["model_config"].items()
                                                    if not k.startswith("condition")}}, 100, None, "x")
     assert "Property conditioning" not in plain and "no property conditioning" in plain
+
+
+def test_condition_guidance_extrapolates_from_the_network_without_its_condition():
+    from symdiff_cli.model.guidance import AutoGuidedDenoiser, ConditionGuidedDenoiser
+
+    model = perturbed(model_config_from_preset("tiny", **ALPHA))
+    x, h, t = random_inputs()
+    b, n = x.shape[:2]
+    g, noise = fixed_draws(b, n)
+    c = torch.full((b, 1), 85.0)
+    draws = dict(haar=g, orientation_noise=noise, condition=c)
+    with_c = model(x, h, t, None, **draws)
+    without = model(x, h, t, None, **draws, drop_condition=torch.ones(b, dtype=torch.bool))
+    # left out, the condition adds nothing: the embedding's zero, the grown release's function
+    saved = model.backbone.condition_embed.weight.detach().clone(), model.backbone.condition_embed.bias.detach().clone()
+    with torch.no_grad():
+        model.backbone.condition_embed.weight.zero_()
+        model.backbone.condition_embed.bias.zero_()
+    zero = model(x, h, t, None, **draws)
+    with torch.no_grad():
+        model.backbone.condition_embed.weight.copy_(saved[0])
+        model.backbone.condition_embed.bias.copy_(saved[1])
+    assert torch.equal(without[0], zero[0]) and not torch.allclose(without[0], with_c[0], atol=1e-4)
+    # row by row
+    some = torch.tensor([True, False, True, False])
+    mixed = model(x, h, t, None, **draws, drop_condition=some)
+    assert torch.allclose(mixed[0][some], without[0][some]) and torch.allclose(mixed[0][~some], with_c[0][~some])
+    assert torch.equal(ConditionGuidedDenoiser(model, 1.0)(x, h, t, None, **draws)[0], with_c[0])
+    guided = ConditionGuidedDenoiser(model, 3.0)(x, h, t, None, **draws)
+    assert torch.allclose(guided[0], without[0] + 3 * (with_c[0] - without[0]), atol=1e-10)
+    # equivariant, under autoguidance by an unconditional guide too
+    q = reflection_and_rotation(b)
+    guide = perturbed(model_config_from_preset("tiny"), seed=1)
+    both = AutoGuidedDenoiser(ConditionGuidedDenoiser(model, 3.0), guide, 2.0)
+    eps_x, _ = both(x, h, t, None, **draws)
+    eps_x_q, _ = both(rotate(x, q), h, t, None, haar=q @ g, orientation_noise=noise, condition=c)
+    assert torch.allclose(rotate(eps_x, q), eps_x_q, atol=1e-5)
+
+
+def test_condition_dropout_leaves_out_that_share_of_the_batch():
+    model = perturbed(model_config_from_preset("tiny", **ALPHA)).float()
+    x, h, _ = random_inputs(b=400, n=3, dtype=torch.float32)
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("drop_condition"))
+        return model(*args, **kwargs)
+
+    batch = Batch(x, h, None, torch.full((400, 1), 70.0))
+    d = VPDiffusion(NoiseSchedule(1000))
+    d.loss(recording, batch, generator=torch.Generator().manual_seed(0), condition_dropout=0.25)
+    assert seen[0].dtype == torch.bool and 70 <= int(seen[0].sum()) <= 130
+    d.loss(recording, batch, generator=torch.Generator().manual_seed(0))
+    assert seen[1] is None
+
+
+def test_condition_guidance_and_dropout_errors(tmp_path, capsys):
+    from symdiff_cli.engine.release import save_release
+
+    plain = perturbed(model_config_from_preset("tiny")).float()
+    save_release(tmp_path / "plain", plain.cfg, plain.state_dict(), {5: 1}, "qm9", {"source": "test"}, default_steps_cpu=2)
+    save_conditional_release(tmp_path / "rel")
+    for args, message in [
+        (["generate", "--model", str(tmp_path / "plain"), "--condition-guidance", "2"], "needs a conditional model"),
+        (["generate", "--model", str(tmp_path / "rel"), "--condition-guidance", "-1"], ">= 0"),
+        (["train", "--condition-dropout", "0.1"], "needs --condition"),
+        (["train", "--condition", "alpha", "--condition-dropout", "1"], "[0, 1)"),
+    ]:
+        out = ["--out", str(tmp_path / ("x.sdf" if args[0] == "generate" else "run"))]
+        out += ["--n", "1"] if args[0] == "generate" else []
+        code, _, err = run_cli(capsys, *args, *out, "-q" if args[0] == "generate" else "--quiet")
+        assert code == 2 and message in err and "Traceback" not in err, (args, err)
+    config_path = tmp_path / "rel" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["sampling"]["condition_guidance"] = "strong"
+    config_path.write_text(json.dumps(config))
+    code, _, err = run_cli(capsys, "generate", "--model", str(tmp_path / "rel"), "--n", "1", "--out", str(tmp_path / "y.sdf"))
+    assert code == 1 and "condition_guidance must be a number" in err

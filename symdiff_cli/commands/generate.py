@@ -155,6 +155,14 @@ def generate_command(
              "atom count from the model's training data. Each SDF record gets the tag "
              "symdiff_condition_PROP with its requested value, which `symdiff evaluate --property` reads.",
     ),
+    condition_guidance: Optional[float] = typer.Option(
+        None, "--condition-guidance", metavar="S",
+        help="For a conditional model: guidance on the condition (classifier-free guidance), eps = "
+             "eps_without + S (eps_with - eps_without), where 'without' is the same network with its "
+             "condition left out; above 1 it follows the requested value more closely, at one more "
+             "network call per step. 1 turns it off. Default: the model's own (see its README.md).",
+        show_default=False,
+    ),
     valence_guidance: Optional[float] = typer.Option(
         None, "--valence-guidance", metavar="S",
         help="Valence guidance scale: at every step below the model's noise threshold, move the "
@@ -246,6 +254,7 @@ def generate_command(
             precision=precision, spacing=spacing, guidance=guidance, guide=guide,
             guidance_max_t=guidance_max_t, valence_guidance=valence_guidance, relax=relax, workers=workers, relax_steps=relax_steps,
             keep=keep, max_attempts=max_attempts, condition=condition,
+            condition_guidance=condition_guidance,
         ), progress=None if quiet else RichProgress("sampling"))
     if not quiet:
         print_summary(result)

@@ -35,12 +35,16 @@ def parse_condition_specs(specs: Sequence[str], cfg: ModelConfig, model_name: st
                          "(a conditional one is trained with `symdiff train --condition PROPERTY`)")
     by_lower = {name.lower(): name for name in cfg.conditions}
     chosen: dict[str, float | None] = {name: None for name in cfg.conditions}
+    named: set[str] = set()
     for spec in specs:
         raw_name, has_value, raw_value = spec.partition("=")
         name = by_lower.get(raw_name.strip().lower())
         if name is None:
             raise UsageError(f"--condition {spec}: {model_name} is conditioned on {', '.join(cfg.conditions)}, "
                              f"not {raw_name.strip()!r}")
+        if name in named:
+            raise UsageError(f"--condition names {name} twice")
+        named.add(name)
         if has_value:
             try:
                 value = float(raw_value)

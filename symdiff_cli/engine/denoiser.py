@@ -16,27 +16,31 @@ if TYPE_CHECKING:  # torch is imported only when a command runs, so that --help 
 
 def autoguided_denoiser(release: ReleasedModel, guidance: float | None, guide_specs: Sequence[str] | str | None,
                         offline: bool = False, show_progress: bool = True,
-                        guidance_max_t: int | None = None) -> tuple[torch.nn.Module, float]:
+                        guidance_max_t: int | None = None,
+                        condition_guidance: float = 1.0) -> tuple[torch.nn.Module, float]:
     """The network the sampler calls for a loaded release, and the guidance weight it applies.
 
     The release's own guide, weight and guided interval (timesteps <= `guidance_max_t`) unless
     overridden; several `guide_specs` guide with the mean of their networks. With weight 1 the
     guide is not called (nor loaded, for --guide), so the main model alone sets the cost.
+    `condition_guidance` above 1 first guides a conditional main model on its condition
+    (ConditionGuidedDenoiser); autoguidance then extrapolates from the guide towards that.
     """
     from symdiff_cli.engine.guides import load_guide_from_release
     from symdiff_cli.engine.release_config import guided_interval_max_t
     from symdiff_cli.model.config import DEFAULT_GUIDANCE_WEIGHT
-    from symdiff_cli.model.guidance import AutoGuidedDenoiser, mean_of
+    from symdiff_cli.model.guidance import AutoGuidedDenoiser, ConditionGuidedDenoiser, mean_of
 
     if isinstance(guide_specs, str):
         guide_specs = [guide_specs]
     guide_specs = list(guide_specs or [])
+    main = release.model if condition_guidance == 1.0 else ConditionGuidedDenoiser(release.model, condition_guidance)
     weight = release.guidance_weight if guidance is None else float(guidance)
     if guide_specs and guidance is None and not release.ships_guide:
         raise UsageError("--guide needs --guidance W (a weight above 1 steers away from the guide; the shipped "
                          f"model uses {DEFAULT_GUIDANCE_WEIGHT:g})")
     if weight == 1.0:
-        return release.model, 1.0
+        return main, 1.0
     guide = release.guide
     if guide_specs:
         guide = mean_of([load_guide_from_release(spec, release.cfg, release.device, offline=offline,
@@ -46,7 +50,7 @@ def autoguided_denoiser(release: ReleasedModel, guidance: float | None, guide_sp
     if guide is None:
         raise UsageError(f"--guidance {weight:g} needs a guide model: this release ships none; pass --guide MODEL")
     max_t = guided_interval_max_t(guidance_max_t, release.config, release.cfg.timesteps)
-    return AutoGuidedDenoiser(release.model, guide, weight, max_t), weight
+    return AutoGuidedDenoiser(main, guide, weight, max_t), weight
 
 
 def with_valence_guidance(denoiser: torch.nn.Module, cfg: ModelConfig,

@@ -57,7 +57,8 @@ def convert_checkpoint_to_release(
     # above all, that the run continued an earlier release, whose own training is then part of
     # this model's history.
     defaults = TrainConfig()
-    for key in ("init_from", "lr_schedule", "min_lr", "low_noise_fraction", "conditions"):
+    for key in ("init_from", "lr_schedule", "min_lr", "low_noise_fraction", "conditions",
+                "condition_dropout"):
         unused = getattr(defaults, key)
         if train_cfg.get(key, unused) != unused:
             provenance[key] = train_cfg[key]

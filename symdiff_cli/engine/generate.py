@@ -78,6 +78,7 @@ class GenerateOptions:
     max_attempts: int | None = None  # over all shards, like n; None: 10 n
     # A conditional model's requests: "alpha=80" (fixed) or "alpha" (drawn); unnamed ones are drawn.
     condition: Sequence[str] | None = None
+    condition_guidance: float | None = None  # guidance on the condition; None: the release's (1 = off)
 
 
 @dataclass
@@ -134,6 +135,9 @@ def _check_options(opts: GenerateOptions) -> None:
         raise UsageError(f"--guidance must be a number >= 0 (1: no guidance), not {opts.guidance}")
     if opts.guidance_max_t is not None and opts.guidance_max_t < 0:
         raise UsageError(f"--guidance-max-t must be a timestep >= 0, not {opts.guidance_max_t}")
+    if opts.condition_guidance is not None and not (math.isfinite(opts.condition_guidance)
+                                                    and opts.condition_guidance >= 0):
+        raise UsageError(f"--condition-guidance must be a number >= 0 (1: off), not {opts.condition_guidance}")
     if opts.valence_guidance is not None and not (math.isfinite(opts.valence_guidance) and opts.valence_guidance >= 0):
         raise UsageError(f"--valence-guidance must be a number >= 0 (0: off), not {opts.valence_guidance}")
     check_keep_options(opts.keep, opts.n, opts.max_attempts, opts.relax, opts.workers, opts.relax_steps or 1)
@@ -232,11 +236,24 @@ def _sampler_for(opts: GenerateOptions, release: ReleasedModel,
     if opts.guidance_max_t is not None and opts.guidance_max_t > cfg.timesteps:
         raise UsageError(f"--guidance-max-t {opts.guidance_max_t} is above the model's {cfg.timesteps} diffusion steps")
     denoiser, weight = autoguided_denoiser(release, opts.guidance, opts.guide, opts.offline, not opts.quiet,
-                                           opts.guidance_max_t)
+                                           opts.guidance_max_t, _condition_guidance(opts, release))
     denoiser = valence_guided(denoiser, release, opts.valence_guidance)
     sample_config = _sample_config(opts, release, device, weight)
     return (Sampler.from_config(denoiser, cfg, device, sample_config, _condition_source(opts, release)),
             sample_config, batch_size)
+
+
+def _condition_guidance(opts: GenerateOptions, release: ReleasedModel) -> float:
+    """The scale of guidance on the condition: the option, else the release's (config.json
+    sampling.condition_guidance), else 1 (off)."""
+    from symdiff_cli.engine.release_config import CONDITION_GUIDANCE_KEY
+
+    scale = opts.condition_guidance
+    if scale is None:
+        scale = release.config.get("sampling", {}).get(CONDITION_GUIDANCE_KEY, 1.0)
+    if scale != 1.0 and not release.cfg.conditions:
+        raise UsageError("--condition-guidance needs a conditional model")
+    return float(scale)
 
 
 def _condition_source(opts: GenerateOptions, release: ReleasedModel):

@@ -43,6 +43,9 @@ DEFAULT_STEPS_CUDA = 1000
 
 # The config.json key (in `sampling`) of the noisiest timestep that autoguidance acts on.
 GUIDANCE_MAX_T_KEY = "guidance_max_t"
+# The scale of guidance on a conditional release's property condition (model/guidance.py
+# ConditionGuidedDenoiser); absent: 1, no such guidance.
+CONDITION_GUIDANCE_KEY = "condition_guidance"
 
 # The config.json key of the weights files' SHA-256 digests.
 CHECKSUMS_KEY = "sha256"
@@ -273,6 +276,10 @@ def parse_release_config(config: Any, source: str) -> tuple[ModelConfig, dict[in
     if max_t is not None and (isinstance(max_t, bool) or not isinstance(max_t, int)
                               or not 0 <= max_t <= model_cfg.timesteps):
         raise SymdiffError(f"{source}: sampling.{GUIDANCE_MAX_T_KEY} must be an integer in 0..{model_cfg.timesteps}")
+    scale = sampling.get(CONDITION_GUIDANCE_KEY)
+    if scale is not None and (not isinstance(scale, (int, float)) or isinstance(scale, bool)
+                              or not math.isfinite(scale) or scale < 0):
+        raise SymdiffError(f"{source}: sampling.{CONDITION_GUIDANCE_KEY} must be a number >= 0")
     return model_cfg, histogram
 
 

@@ -145,7 +145,8 @@ def _optimiser_step(run: TrainingRun, idx: np.ndarray, lr: float) -> tuple[torch
         group["lr"] = lr
     with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.use_bf16):
         loss = run.diffusion.loss(run.train_model, batch, low_noise_fraction=run.train_config.low_noise_fraction,
-                                  self_condition=run.model_cfg.self_condition)
+                                  self_condition=run.model_cfg.self_condition,
+                                  condition_dropout=run.train_config.condition_dropout)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.train_config.grad_clip)

@@ -44,6 +44,9 @@ class TrainConfig:
     # QM9 properties to condition on (data/properties.py): the run trains on the second half of
     # the train split with their values (EDM's protocol; the first half is the predictor's).
     conditions: list[str] = field(default_factory=list)
+    # Share of molecules whose condition is left out in training (the "unconditional" prediction
+    # that --condition-guidance extrapolates from).
+    condition_dropout: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -87,6 +90,10 @@ def check_train_config(train_config: TrainConfig) -> None:
     if max_time is not None and (isinstance(max_time, bool) or not isinstance(max_time, (int, float))
                                  or not math.isfinite(max_time) or max_time <= 0):
         raise UsageError(f"train.max_time must be a positive number of seconds, not {train_config.max_time!r}")
+    if not 0.0 <= train_config.condition_dropout < 1.0:
+        raise UsageError("--condition-dropout must lie in [0, 1)")
+    if train_config.condition_dropout and not train_config.conditions and not train_config.init_from:
+        raise UsageError("--condition-dropout needs --condition")
     if train_config.conditions:
         from symdiff_cli.data.properties import qm9_property
 

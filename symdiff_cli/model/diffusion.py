@@ -136,7 +136,8 @@ class VPDiffusion:
         return x0, h0
 
     def loss(self, denoiser: Denoiser, batch: Batch, generator: torch.Generator | None = None,
-             low_noise_fraction: float = 0.0, self_condition: bool = False) -> torch.Tensor:
+             low_noise_fraction: float = 0.0, self_condition: bool = False,
+             condition_dropout: float = 0.0) -> torch.Tensor:
         """The "l2" objective: MSE between true and predicted noise over real atoms' entries.
 
         With `self_condition` (a model with cfg.self_condition), half the batches, by a coin
@@ -145,12 +146,18 @@ class VPDiffusion:
         reads that pass's clean estimate; the other half read zeros (no estimate), as the first
         sampling step does. A DDP wrapper's first pass runs on its module: no collective, so
         ranks whose coins differ stay in step.
+
+        A conditional batch (`batch.condition`) passes its values to the denoiser; with
+        `condition_dropout` each molecule's condition is left out (drop_condition) with that chance.
         """
         b = batch.x.shape[0]
         t = self.training_timesteps(b, batch.x.device, generator, low_noise_fraction)
         x_t, h_t, eps_x, eps_h = self.noise(batch, t, generator)
         # Only a conditional model is given the keyword, so any denoiser without it keeps working.
         conditioned = {} if batch.condition is None else {"condition": batch.condition}
+        if batch.condition is not None and condition_dropout > 0:
+            # Molecules whose condition is left out learn the prediction without it (classifier-free guidance).
+            conditioned["drop_condition"] = torch.rand(b, generator=generator, device=batch.x.device) < condition_dropout
         if self_condition:
             # The coin is drawn on the generator's device: a CPU draw costs a GPU run no sync.
             coin_device = generator.device if generator is not None else torch.device("cpu")

@@ -192,7 +192,7 @@ class DiTBackbone(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x, h, t, mask, attn_mask, rbf, self_cond=None, condition=None):
+    def forward(self, x, h, t, mask, attn_mask, rbf, self_cond=None, condition=None, drop_condition=None):
         tokens = torch.cat([x, h, rbf], dim=-1)
         extra = None
         if self.self_cond_embed is not None and self_cond is not None:
@@ -201,6 +201,8 @@ class DiTBackbone(nn.Module):
         if self.condition_embed is not None:
             normalised = (condition.to(self.condition_mean.dtype) - self.condition_mean) / self.condition_std
             c_extra = self.condition_embed(normalised.to(self.condition_embed.weight.dtype))
+            if drop_condition is not None:  # rows without a condition: the zero embedding, as at initialisation
+                c_extra = c_extra * (~drop_condition).to(c_extra.dtype).view(-1, 1)
         y, c = self.transformer(tokens, t, attn_mask, extra, c_extra)
         out = self.final(y, c)
         return out[..., :3], out[..., 3:]
@@ -258,7 +260,9 @@ class SymmetrisedDenoiser(nn.Module):
     (B, K), in the units of data/properties.py; the model normalises them with its own mean and
     spread. They are invariant scalars, so equivariance is unaffected; the orientation kernel does
     not read them. A conditional model refuses to run without them; an unconditional one (a guide,
-    say) ignores them.
+    say) ignores them. `drop_condition` (B,) bool: rows whose condition is left out (the embedding
+    adds nothing, as for the release a conditional model was grown from): trained with
+    --condition-dropout, the "unconditional" prediction of condition guidance.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -296,6 +300,7 @@ class SymmetrisedDenoiser(nn.Module):
         generator: torch.Generator | None = None,
         self_cond: tuple[torch.Tensor, torch.Tensor] | None = None,
         condition: torch.Tensor | None = None,
+        drop_condition: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cfg.conditions and (condition is None or condition.shape != (x.shape[0], len(self.cfg.conditions))):
             raise ValueError(f"this model is conditioned on {', '.join(self.cfg.conditions)}: pass `condition` "
@@ -307,7 +312,7 @@ class SymmetrisedDenoiser(nn.Module):
         frame = self.sample_frame(x, h, t, mask, attn_mask, rbf, haar, orientation_noise, generator)
         x_in = x if frame is None else rotate_inverse(x, frame)
         cond = self._self_cond_input(x, h, mask, frame, self_cond) if self.cfg.self_condition else None
-        eps_x, eps_h = self.backbone(x_in, h, t, mask, attn_mask, rbf, cond, condition)
+        eps_x, eps_h = self.backbone(x_in, h, t, mask, attn_mask, rbf, cond, condition, drop_condition)
         if frame is not None:
             eps_x = rotate(eps_x, frame.to(eps_x.dtype))
         eps_x = remove_mean(eps_x, mask)
