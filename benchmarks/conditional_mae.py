@@ -89,6 +89,20 @@ def main() -> None:
         record(Path(args.record), summary, counts, args)
 
 
+def sampler_settings(release: Path, extra: list[str]) -> dict:
+    """The release's own sampler settings, and the generate options that changed them."""
+    config = json.loads((release / "config.json").read_text())
+    sampling = config.get("sampling", {})
+    settings = {"steps": sampling.get("default_steps_cpu", 100), "spacing": "cubic", "device": "cpu"}
+    if config.get("guidance"):
+        settings["guidance"] = config["guidance"]["weight"]
+    if "guidance_max_t" in sampling:
+        settings["guidance_max_t"] = sampling["guidance_max_t"]
+    if extra:
+        settings["options"] = " ".join(extra)
+    return settings
+
+
 def record(release: Path, summary: dict, counts: dict, args: argparse.Namespace) -> None:
     from symdiff_cli.engine.metrics_file import METRICS_FILE, METRICS_FORMAT, METRICS_FORMAT_VERSION, check_metrics
     from symdiff_cli.io.atomic import atomic_output
@@ -102,6 +116,7 @@ def record(release: Path, summary: dict, counts: dict, args: argparse.Namespace)
         "name": f"{args.name}: values of {summary['property']} drawn with the atom count",
         "date": summary["date"], "command": summary["command"].split(" && ")[0] + " && symdiff evaluate mols.sdf",
         "seeds": args.seeds, "n_per_seed": args.n,
+        "sampler": sampler_settings(release, args.extra),
         "metrics": {
             "atom_stability": {"count": counts["stable_atoms"], "of": counts["atoms"]},
             "molecule_stability": {"count": counts["stable_molecules"], "of": counts["molecules"]},

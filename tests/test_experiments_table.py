@@ -10,7 +10,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "experiments_table.py"
 TABLE = REPO / "docs" / "experiments.csv"
-AREAS = {"training", "sampler", "guidance", "architecture"}
+AREAS = {"training", "sampler", "guidance", "architecture", "conditioning"}
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

@@ -147,3 +147,17 @@ def test_train_predictor_cli_writes_a_release_with_the_references(tmp_path, caps
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
     code, _, err = run_cli(capsys, "train", "--predictor", "alpha", "--condition", "alpha", "--out", str(tmp_path / "x"))
     assert code == 2 and "do(es) not apply" in err
+
+
+def test_the_shipped_alpha_predictor_loads_and_its_card_is_generated_from_its_config():
+    from pathlib import Path
+
+    from symdiff_cli.engine.predictor import predictor_card
+
+    loaded = load_predictor("qm9-alpha-predictor")
+    assert loaded.prop == "alpha" and loaded.config["provenance"]["data"].startswith("QM9 train split, first half")
+    refs = loaded.config["references"]
+    assert refs["real_molecules"] < refs["atom_count"] < refs["shuffled"]
+    count = sum(p.numel() for p in loaded.model.parameters())
+    committed = (Path(loaded.path) / "README.md").read_text()
+    assert committed == predictor_card(loaded.config, count)

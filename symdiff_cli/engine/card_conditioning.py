@@ -42,15 +42,15 @@ def conditioning_section(config: dict[str, Any], name: str, metrics: dict[str, A
         f"Trained on: {section.get('data', 'not recorded')}."
         + (f" Fine-tuned from the unconditional release `{config['provenance']['init_from']}`, which was trained on "
            "the whole train split (both halves): its pretraining saw the property predictor's half too, "
-           "without the property values." if config.get("provenance", {}).get("init_from") else ""), "",
+           "without the property values." if config.get("provenance", {}).get("init_from") else "")
+        + " Drawn values follow the training data's distribution for each molecule's atom count (config.json "
+        "`conditioning.quantiles`: 21 quantiles per atom count, interpolated). Every SDF record carries its requested "
+        f"value as the tag `symdiff_condition_{first}`.", "",
         "```bash",
         f"symdiff generate --model {name} --condition {first}=80 --n 100 --out mols.sdf   # one value for all",
         f"symdiff generate --model {name} --condition {first} --n 1000 --out mols.sdf     # values drawn with the atom count",
         f"symdiff evaluate mols.sdf --property {first}   # MAE to the requested values (qm9-{first}-predictor)",
         "```", "",
-        "Drawn values follow the training data's distribution for each molecule's atom count (config.json "
-        "`conditioning.quantiles`: 21 quantiles per atom count, interpolated). Every SDF record carries its requested "
-        f"value as the tag `symdiff_condition_{first}`.", "",
     ]
     results = [r for r in (metrics or {}).get("property_mae", []) if isinstance(r, dict) and is_number(r.get("mae"))]
     if not results:
@@ -62,15 +62,16 @@ def conditioning_section(config: dict[str, Any], name: str, metrics: dict[str, A
         "of the QM9 train split only, so it never saw the half this model was conditioned on:", "",
         f"| MAE of {results[0].get('property', first)} ({unit}) | here | EDM, Table 3 |", "|---|---|---|",
     ]
-    for r in results:
+    for index, r in enumerate(results):
+        edm = EDM_ALPHA["edm"] if first == "alpha" and index == 0 else "-"
         se = f" ± {_number(r['mae_standard_error'], 2)}" if is_number(r.get("mae_standard_error")) else ""
         stability = (f"; molecule stability {_number(r['molecule_stability'], 3)} %"
                      if is_number(r.get("molecule_stability")) else "")
         lines.append(f"| {r.get('name', 'generated')} ({r.get('num_molecules', '?')} molecules{stability}) | "
-                     f"{_number(r['mae'])}{se} | {EDM_ALPHA['edm'] if first == 'alpha' else '-'} |")
+                     f"{_number(r['mae'])}{se} | {edm} |")
     for key, label in (("shuffled", "predictor vs shuffled values (upper bound)"),
                        ("atom_count", "atom count alone"), ("real_molecules", "predictor on real molecules (lower bound)")):
         lines.append(f"| {label} | {_number(refs.get(key))} | {EDM_ALPHA[key] if first == 'alpha' else '-'} |")
-    lines += ["", "Reproduce it:", "", "```bash", results[0].get("command", ""), "```", ""]
+    lines += ["", f"Reproduce it: `{results[0].get('command', '')}`", ""]
     notes = [r["notes"] for r in results if isinstance(r.get("notes"), str)]
     return lines + ([*notes, ""] if notes else [])
