@@ -21,7 +21,10 @@ def test_old_keys_load_as_the_new_ones_and_saves_write_the_new_ones():
 
 def test_shipped_releases_load_with_either_key():
     for config_path in sorted(WEIGHTS.glob("*/config.json")):
-        raw = json.loads(config_path.read_text())["model_config"]
+        config = json.loads(config_path.read_text())
+        if config.get("format") == "symdiff-property-predictor":  # a judge, not a generator
+            continue
+        raw = config["model_config"]
         cfg = ModelConfig.from_dict(raw)
         assert cfg.orientation_kernel == raw.get("gamma", raw.get("orientation_kernel"))
         assert cfg.orientation_depth == raw.get("gamma_depth", raw.get("orientation_depth"))

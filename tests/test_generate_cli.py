@@ -353,7 +353,9 @@ def test_help_explains_every_option(capsys, monkeypatch):
                    "--seed", "--device", "--num-atoms", "--model", "--offline", "--shard", "--quiet", "--threads",
                    "--precision"):
         assert option in stdout, option
-    assert "eps_guide + W (eps_main - eps_guide)" in stdout and "1 samples the main model alone" in stdout
+    text = " ".join(stdout.replace("│", " ").split())  # wrapped help read as one line
+    assert "eps_guide + W (eps_main - eps_guide)" in text and "1 samples the main model alone" in text
+    assert "--condition" in stdout and "--condition-guidance" in stdout
 
 
 def test_valence_guidance_wraps_the_sampler_s_network_at_the_release_s_or_the_given_scale(env, tmp_path):
