@@ -210,11 +210,11 @@ def save_predictor(out: str | os.PathLike, model: PropertyPredictor, prop: str, 
         for name in (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE):
             os.chmod(staging / name, 0o666 & ~current_umask())
         if out.is_dir():  # an earlier predictor release or an empty directory (checked before training)
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(staging, out)
-            shutil.rmtree(old, ignore_errors=True)
+            # the release format's per-file atomic swap: the directory itself is never missing
+            from symdiff_cli.engine.release import _swap_release_files
+
+            _swap_release_files(staging, out, [CONFIG_FILE, WEIGHTS_FILE, CARD_FILE], [])
+            shutil.rmtree(staging, ignore_errors=True)
         else:
             os.replace(staging, out)
     except BaseException as err:

@@ -31,9 +31,8 @@ from symdiff_cli.model.dit import SymmetrisedDenoiser, count_parameters
 
 
 def load_training_data(train_config: TrainConfig, info: DatasetInfo) -> tuple[PackedMolecules, str]:
-    """The molecules to train on and a short description of where they came from."""
-    if train_config.conditions:
-        return load_conditional_data(train_config)[0], CONDITIONAL_DATA
+    """The molecules to train on and a short description of where they came from (an unconditional
+    run: a conditional one reads load_conditional_data)."""
     if train_config.data:
         if train_config.data_format == "geom":
             from symdiff_cli.data.user_data import load_geom_processed
