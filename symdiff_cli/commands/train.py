@@ -100,6 +100,7 @@ def train_command(
     condition: Optional[List[str]] = typer.Option(None, "--condition", help="Train a conditional model on this QM9 property (alpha, gap, homo, lumo, mu, Cv; repeatable). The run trains on the second half of the QM9 train split, as EDM's benchmark does (the first half is for the property predictor). With --init-from an unconditional release, the new input starts at zero, so the run starts from exactly the release's model."),
     condition_dropout: Optional[float] = typer.Option(None, help="Share of molecules whose condition is left out in a conditional run, so the network also learns its prediction without it: what --condition-guidance in `symdiff generate` extrapolates from (default: 0)."),
     predictor: Optional[str] = typer.Option(None, "--predictor", help="Train a property predictor instead of a generator: an invariant regressor of this QM9 property on the first half of the train split, the judge of `symdiff evaluate --property`. --out receives a predictor release (written at the end, also after Ctrl-C, from the weights of the best validation error). Reads --max-time (default 30m), --max-steps, --batch-size (64), --lr (5e-4), --seed, --threads and --preset (tiny or small)."),
+    distill: Optional[str] = typer.Option(None, "--distill", help="Guidance distillation (Meng et al. 2023): train a student to predict this release's guided output (its main network autoguided by its guides, at its weight and guided interval) in one network call, so the exported release samples with one network per step instead of three. The student starts from the release (or --init-from); timesteps are drawn mostly inside the guided interval. A resumed run keeps its teacher."),
     ema_decay: Optional[float] = typer.Option(None, help="EMA decay of the weights that are evaluated and released (default: 0.9999)."),
     grad_clip: Optional[float] = typer.Option(None, help="Gradient norm clip (default: 2.0)."),
     epochs: Optional[int] = typer.Option(None, help="Stop after this many epochs (counted over the whole run)."),
@@ -137,7 +138,7 @@ def train_command(
             parse_duration(max_time) if max_time else None, max_steps, seed, threads, quiet,
             {"--condition": condition, "--init-from": init_from, "--resume": resume, "--data": data,
              "--config": config, "--set": set_, "--epochs": epochs, "--self-condition": self_condition,
-             "--condition-dropout": condition_dropout})
+             "--condition-dropout": condition_dropout, "--distill": distill})
 
     from symdiff_cli.engine.stop_signals import exit_code_for
     from symdiff_cli.engine.train import train
@@ -173,7 +174,8 @@ def train_command(
                  checkpoint_every=parse_duration(checkpoint_every), eval_every=eval_every,
                  eval_samples=eval_samples, eval_steps=eval_steps, log_every=log_every, seed=seed,
                  device=device, precision=precision, init_from=init_from, threads=threads,
-                 conditions=list(condition) if condition else None, condition_dropout=condition_dropout)
+                 conditions=list(condition) if condition else None, condition_dropout=condition_dropout,
+                 distill_from=distill)
     train_over.update({k: v for k, v in given.items() if v is not None})
     train_config = _with_settings(TrainConfig(), train_over, "train")
     check_train_config(train_config)

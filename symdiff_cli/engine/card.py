@@ -255,7 +255,8 @@ def _architecture(config: dict[str, Any], num_parameters: int | None) -> list[st
 
 
 # Provenance keys the card's training summary names itself; every other key is a recipe flag.
-_RUN_KEYS = ("source", "step", "epoch", "batch_size", "world_size", "train_seconds", "train_cpu_seconds", "weights")
+_RUN_KEYS = ("source", "step", "epoch", "batch_size", "world_size", "train_seconds", "train_cpu_seconds", "weights",
+             "distillation")
 
 
 def _training(config: dict[str, Any]) -> list[str]:
@@ -283,6 +284,15 @@ def _training(config: dict[str, Any]) -> list[str]:
     if "init_from" in prov:
         lines.append(f"- The run continued the release `{prov['init_from']}`, so earlier runs are part of this "
                      "model's history.")
+    taught = prov.get("distillation")
+    if isinstance(taught, dict):
+        max_t, weight = taught.get("guidance_max_t"), taught.get("weight")
+        weight = f"{weight:g}" if is_number(weight) else str(weight)
+        lines.append(
+            f"- Guidance distillation (Meng et al. 2023): trained to predict in one network call the guided "
+            f"sampler of `{taught.get('release')}` (its main network autoguided by "
+            f"{', '.join(f'`{g}`' for g in taught.get('guides') or [])} at weight {weight}"
+            + (f", at timesteps <= {max_t}" if max_t is not None else "") + "); it samples without a guide.")
     lines += [
         "- The training runs behind the shipped releases, with their dates, budgets, settings and measurements:",
         "  `docs/training.md` and `docs/experiments.csv`.",

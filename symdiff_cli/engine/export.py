@@ -58,10 +58,12 @@ def convert_checkpoint_to_release(
     # this model's history.
     defaults = TrainConfig()
     for key in ("init_from", "lr_schedule", "min_lr", "low_noise_fraction", "conditions",
-                "condition_dropout"):
+                "condition_dropout", "distill_from"):
         unused = getattr(defaults, key)
         if train_cfg.get(key, unused) != unused:
             provenance[key] = train_cfg[key]
+    if ckpt.get("distillation"):  # the guided sampler it learned: guides, weight, interval
+        provenance["distillation"] = ckpt["distillation"]
     # Recorded only for raw weights, so that every earlier release reads as what it is: EMA.
     if weights == "raw":
         provenance["weights"] = "raw"

@@ -21,6 +21,7 @@ from typing import Any, Callable, Collection, Iterator
 import numpy as np
 import torch
 
+from symdiff_cli.engine.distillation import GUIDED_INTERVAL_SHARE
 from symdiff_cli.engine.distributed import (
     agree_on_signal, agree_with_rank0, leave_process_group, ranks_from_environment, ranks_in_sync,
     wait_for_all_ranks,
@@ -144,9 +145,14 @@ def _optimiser_step(run: TrainingRun, idx: np.ndarray, lr: float) -> tuple[torch
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.use_bf16):
-        loss = run.diffusion.loss(run.train_model, batch, low_noise_fraction=run.train_config.low_noise_fraction,
-                                  self_condition=run.model_cfg.self_condition,
-                                  condition_dropout=run.train_config.condition_dropout)
+        if run.teacher is not None:
+            loss = run.diffusion.distillation_loss(run.train_model, run.teacher.denoiser, batch,
+                                                   focus_max_t=run.teacher.guided_max_t,
+                                                   focus_share=GUIDED_INTERVAL_SHARE)
+        else:
+            loss = run.diffusion.loss(run.train_model, batch, low_noise_fraction=run.train_config.low_noise_fraction,
+                                      self_condition=run.model_cfg.self_condition,
+                                      condition_dropout=run.train_config.condition_dropout)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.train_config.grad_clip)

@@ -47,6 +47,9 @@ class TrainConfig:
     # Share of molecules whose condition is left out in training (the "unconditional" prediction
     # that --condition-guidance extrapolates from).
     condition_dropout: float = 0.0
+    # A release whose guided sampler the run distils into one network (engine/distillation.py);
+    # the student starts from that release unless init_from names another.
+    distill_from: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -103,5 +106,11 @@ def check_train_config(train_config: TrainConfig) -> None:
         if train_config.data or train_config.dataset != "qm9":
             raise UsageError("--condition reads the properties of QM9: it cannot be combined with --data "
                              "or another --dataset")
+    if train_config.distill_from is not None:
+        if train_config.conditions or train_config.condition_dropout:
+            raise UsageError("--distill cannot be combined with --condition or --condition-dropout")
+        if train_config.low_noise_fraction:
+            raise UsageError("--distill draws its own timesteps (mostly inside the teacher's guided interval): "
+                             "drop --low-noise-fraction")
     if train_config.eval_steps < 1:
         raise UsageError("--eval-steps must be at least 1")

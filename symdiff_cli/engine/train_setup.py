@@ -17,6 +17,7 @@ from symdiff_cli.chem.elements import DatasetInfo, dataset_info
 from symdiff_cli.data.batching import MoleculeTensors, SizeGroupedBatches
 from symdiff_cli.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from symdiff_cli.engine.checkpoint import save_checkpoint as write_checkpoint
+from symdiff_cli.engine.distillation import Teacher, load_teacher
 from symdiff_cli.engine.distributed import Ranks, ranks_from_environment, rng_states_of_all_ranks, training_device
 from symdiff_cli.engine.growth import load_release_weights, model_config_from_release
 from symdiff_cli.engine.metrics_log import MetricsLog
@@ -84,6 +85,20 @@ def _conditions_of_run(train_config: TrainConfig, resume_ckpt: dict[str, Any] | 
     return dataclasses.replace(train_config, conditions=have)
 
 
+def _distillation_of_run(train_config: TrainConfig, resume_ckpt: dict[str, Any] | None) -> TrainConfig:
+    """A resumed distillation run keeps its teacher when --distill is not given again (another is
+    refused); a new one starts its student from the teacher's release unless --init-from says else."""
+    if resume_ckpt is not None:
+        had = (resume_ckpt.get("train_config") or {}).get("distill_from")
+        given = train_config.distill_from
+        if given is not None and given != had:
+            raise SymdiffError(f"the run in {train_config.out} distils {had or 'no release'}, not {given}")
+        return dataclasses.replace(train_config, distill_from=had)
+    if train_config.distill_from is not None and not train_config.init_from:
+        return dataclasses.replace(train_config, init_from=train_config.distill_from)
+    return train_config
+
+
 def atom_count_histogram(num_atoms: np.ndarray) -> dict[int, int]:
     sizes, counts = np.unique(num_atoms, return_counts=True)
     return {int(s): int(c) for s, c in zip(sizes, counts)}
@@ -149,6 +164,7 @@ class TrainingRun:
     ema: torch.nn.Module
     optimizer: torch.optim.Optimizer
     conditioning: dict[str, Any] | None  # a conditional run's release section (engine/conditions.py)
+    teacher: Teacher | None  # a distillation run's guided sampler (engine/distillation.py)
     train_model: torch.nn.Module | None  # `model`, wrapped in DistributedDataParallel when distributed
     diffusion: VPDiffusion
     state: TrainState
@@ -180,6 +196,8 @@ class TrainingRun:
         }
         if self.conditioning is not None:
             payload["conditioning"] = self.conditioning
+        if self.teacher is not None:
+            payload["distillation"] = self.teacher.description
         path = self.checkpoint_path
         try:
             write_or_explain(path, lambda: write_checkpoint(payload, path))
@@ -259,6 +277,8 @@ def set_up(train_config: TrainConfig, model_cfg: ModelConfig | None, stops: Stop
     resume_ckpt = load_checkpoint(out / CHECKPOINT_NAME) if (out / CHECKPOINT_NAME).exists() else None
     model_cfg, info = _model_config_for_run(train_config, model_cfg, resume_ckpt)
     train_config = _conditions_of_run(train_config, resume_ckpt)
+    train_config = _distillation_of_run(train_config, resume_ckpt)
+    teacher = None if train_config.distill_from is None else load_teacher(train_config.distill_from, device)
 
     values, conditioning = None, None
     if train_config.conditions:
@@ -306,8 +326,9 @@ def set_up(train_config: TrainConfig, model_cfg: ModelConfig | None, stops: Stop
                    "device": str(device), "world_size": ranks.world_size, "bf16": use_bf16})
         console_print(
             f"{'Resuming' if resumed else 'Training'} {count_parameters(model):,} parameters "
-            f"(orientation kernel {model_cfg.orientation_kernel}) on {len(packed):,} molecules from {source}, {device}"
+            + (f"distilling the guided sampler of {train_config.distill_from} " if teacher is not None else "")
+            + f"(orientation kernel {model_cfg.orientation_kernel}) on {len(packed):,} molecules from {source}, {device}"
             + (f" x {ranks.world_size} processes" if ranks.distributed else "")
             + (f", from step {state.step}" if resumed else ""))
     return TrainingRun(train_config, model_cfg, ranks, device, use_bf16, info, data, histogram, batches, model, ema,
-                       optimizer, conditioning, train_model, diffusion, state, log, stops)
+                       optimizer, conditioning, teacher, train_model, diffusion, state, log, stops)

@@ -93,6 +93,17 @@ class SelfConditioning:
         return eps_x, eps_h
 
 
+def _masked_mse(pred_x: torch.Tensor, pred_h: torch.Tensor, target_x: torch.Tensor, target_h: torch.Tensor,
+                mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean squared error per coordinate over real atoms' entries (padding excluded)."""
+    sq = ((pred_x - target_x) ** 2).sum(-1) + ((pred_h - target_h) ** 2).sum(-1)  # (B, N)
+    dims = target_x.shape[-1] + target_h.shape[-1]
+    if mask is None:
+        return sq.mean() / dims
+    m = mask.to(sq.dtype)
+    return (sq * m).sum() / (m.sum() * dims)
+
+
 class VPDiffusion:
     """Forward noising, the l2 training loss, and ancestral sampling over any timestep subsequence."""
 
@@ -171,12 +182,29 @@ class VPDiffusion:
                                       **conditioned)
         else:
             pred_x, pred_h = denoiser(x_t, h_t, t, batch.mask, generator=generator, **conditioned)
-        sq = ((pred_x - eps_x) ** 2).sum(-1) + ((pred_h - eps_h) ** 2).sum(-1)  # (B, N)
-        dims = eps_x.shape[-1] + eps_h.shape[-1]
-        if batch.mask is None:
-            return sq.mean() / dims
-        m = batch.mask.to(sq.dtype)
-        return (sq * m).sum() / (m.sum() * dims)
+        return _masked_mse(pred_x, pred_h, eps_x, eps_h, batch.mask)
+
+    def distillation_loss(self, student: Denoiser, teacher: Denoiser, batch: Batch,
+                          generator: torch.Generator | None = None, focus_max_t: int | None = None,
+                          focus_share: float = 0.0) -> torch.Tensor:
+        """Guidance distillation (Meng et al. 2023): MSE between the student's prediction and the
+        teacher's (a guided sampler's network, called without gradients) at z_t noised from data.
+
+        A share `focus_share` of the molecules draws t uniformly from {0..focus_max_t} (the
+        teacher's guided interval, where it differs from the network the student starts as), the
+        rest from {0..T}. Each network draws its own frames from `generator`.
+        """
+        b = batch.x.shape[0]
+        t = self.training_timesteps(b, batch.x.device, generator)
+        if focus_max_t is not None and focus_share > 0:
+            inside = torch.randint(0, int(focus_max_t) + 1, (b,), generator=generator, device=batch.x.device)
+            pick = torch.rand(b, generator=generator, device=batch.x.device) < focus_share
+            t = torch.where(pick, inside, t)
+        x_t, h_t, _, _ = self.noise(batch, t, generator)
+        with torch.no_grad():
+            target_x, target_h = teacher(x_t, h_t, t, batch.mask, generator=generator)
+        pred_x, pred_h = student(x_t, h_t, t, batch.mask, generator=generator)
+        return _masked_mse(pred_x, pred_h, target_x.to(pred_x.dtype), target_h.to(pred_h.dtype), batch.mask)
 
     def sampling_timesteps(self, steps: int, spacing: str = DEFAULT_SPACING) -> list[int]:
         """Decreasing timesteps T = t_0 > ... > t_S = 0, S = steps of them after T.
