@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 DEFAULT_CSV = Path(__file__).resolve().parents[1] / "docs" / "experiments.csv"
-AREAS = ("training", "sampler", "guidance", "architecture")
+AREAS = ("training", "sampler", "guidance", "architecture", "conditioning")
 
 
 def read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
