@@ -122,15 +122,17 @@ class VPDiffusion:
         return alpha * batch.x + sigma * eps_x, alpha * batch.h + sigma * eps_h, eps_x, eps_h
 
     def training_timesteps(self, b: int, device: torch.device, generator: torch.Generator | None = None,
-                           low_noise_fraction: float = 0.0) -> torch.Tensor:
-        """t uniform on {0..T} (the paper's), or with a share of the batch from the lowest tenth.
+                           low_noise_fraction: float = 0.0, low_noise_max_t: int | None = None) -> torch.Tensor:
+        """t uniform on {0..T} (the paper's), or with a share of the batch from {0..low_noise_max_t}
+        (default the lowest tenth, T // 10).
 
         The last, low-noise steps of sampling set bond lengths to the precision that bond orders
         need; low_noise_fraction spends more of the training signal there.
         """
         t = torch.randint(0, self.T + 1, (b,), generator=generator, device=device)
         if low_noise_fraction > 0:
-            low = torch.randint(0, self.T // 10 + 1, (b,), generator=generator, device=device)
+            top = self.T // 10 if low_noise_max_t is None else int(low_noise_max_t)
+            low = torch.randint(0, top + 1, (b,), generator=generator, device=device)
             pick = torch.rand(b, generator=generator, device=device) < low_noise_fraction
             t = torch.where(pick, low, t)
         return t
@@ -194,12 +196,8 @@ class VPDiffusion:
         teacher's guided interval, where it differs from the network the student starts as), the
         rest from {0..T}. Each network draws its own frames from `generator`.
         """
-        b = batch.x.shape[0]
-        t = self.training_timesteps(b, batch.x.device, generator)
-        if focus_max_t is not None and focus_share > 0:
-            inside = torch.randint(0, int(focus_max_t) + 1, (b,), generator=generator, device=batch.x.device)
-            pick = torch.rand(b, generator=generator, device=batch.x.device) < focus_share
-            t = torch.where(pick, inside, t)
+        share = focus_share if focus_max_t is not None else 0.0
+        t = self.training_timesteps(batch.x.shape[0], batch.x.device, generator, share, focus_max_t)
         x_t, h_t, _, _ = self.noise(batch, t, generator)
         with torch.no_grad():
             target_x, target_h = teacher(x_t, h_t, t, batch.mask, generator=generator)
