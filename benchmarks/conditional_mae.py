@@ -60,9 +60,16 @@ def main() -> None:
 
     from symdiff_cli.engine.registry import resolve_model
     from symdiff_cli.engine.release_config import read_release_config
+    from symdiff_cli.errors import SymdiffError
 
-    release_dir = resolve_model(args.model)
-    prop = args.property or read_release_config(release_dir)[1].conditions[0]
+    try:
+        release_dir = resolve_model(args.model)
+        conditions = read_release_config(release_dir)[1].conditions
+    except SymdiffError as err:
+        sys.exit(f"error: {err}")
+    if not args.property and not conditions:
+        sys.exit(f"error: {args.model} is not a conditional release; name a --property of a conditional one")
+    prop = args.property or conditions[0]
     with tempfile.TemporaryDirectory() as tmp:
         results = [measure(args.model, prop, args.n, seed, args.predictor, args.extra, Path(tmp)) for seed in args.seeds]
     maes = [r["property"]["mae"] for r in results]

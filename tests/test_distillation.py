@@ -180,6 +180,33 @@ def test_cli_distils_exports_a_guideless_release_that_generates(tmp_path, small_
     assert outs[0] == outs[1]  # reproducible
 
 
+def test_a_student_can_ship_its_teachers_main_network_as_guide(tmp_path, small_npz, guided_release, capsys):
+    """The student guided again by the teacher's main network (a release of its own, not the
+    student's run) keeps its distillation provenance, samples with the guide, and its card says
+    which of the two it does."""
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--distill", str(guided_release), "--data", str(small_npz),
+                           "--max-steps", "2", "--batch-size", "8", "--quiet", "--threads", "1", "--out", str(run))
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "convert", str(run / "checkpoint.pt"), str(tmp_path / "student"),
+                           "--guide", str(guided_release), "--guidance", "1.5")
+    assert code == 0, err
+    config = json.loads((tmp_path / "student" / "config.json").read_text())
+    assert config["guidance"]["weight"] == 1.5
+    assert config["provenance"]["distillation"]["guides"] == ["tiny-guide"]
+    card = (tmp_path / "student" / "README.md").read_text()
+    assert "steers this learned sampler further" in card and "samples without a guide" not in card
+    student = load_release(str(tmp_path / "student"), show_progress=False)
+    teacher = load_release(str(guided_release), show_progress=False)
+    assert student.guidance_weight == 1.5
+    guide = student.guide.members[0] if hasattr(student.guide, "members") else student.guide
+    for name, value in teacher.model.state_dict().items():  # the guide is the teacher's main network
+        assert torch.equal(guide.state_dict()[name], value)
+    code, _, err = run_cli(capsys, "generate", "--model", str(tmp_path / "student"), "--n", "3", "--steps", "3",
+                           "--seed", "2", "--out", str(tmp_path / "guided.xyz"), "--quiet")
+    assert code == 0, err
+
+
 def test_cli_refusals_are_one_line(tmp_path, small_npz, guided_release, capsys):
     plain = perturbed(1)
     save_release(tmp_path / "plain", plain.cfg, plain.state_dict(), {5: 1}, "qm9", {"step": 0})

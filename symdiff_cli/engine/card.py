@@ -292,7 +292,9 @@ def _training(config: dict[str, Any]) -> list[str]:
             f"- Guidance distillation (Meng et al. 2023): trained to predict in one network call the guided "
             f"sampler of `{taught.get('release')}` (its main network autoguided by "
             f"{', '.join(f'`{g}`' for g in taught.get('guides') or [])} at weight {weight}"
-            + (f", at timesteps <= {max_t}" if max_t is not None else "") + "); it samples without a guide.")
+            + (f", at timesteps <= {max_t}" if max_t is not None else "") + ")"
+            + ("; the guide it ships (above) steers this learned sampler further." if config.get("guidance")
+               else "; it samples without a guide."))
     lines += [
         "- The training runs behind the shipped releases, with their dates, budgets, settings and measurements:",
         "  `docs/training.md` and `docs/experiments.csv`.",

@@ -43,6 +43,7 @@ def load_teacher(spec: str, device: torch.device) -> Teacher:
     from symdiff_cli.engine.denoiser import autoguided_denoiser
     from symdiff_cli.engine.release import load_release
     from symdiff_cli.engine.release_config import guided_interval_max_t
+    from symdiff_cli.engine.release_layout import guide_entries
 
     release = load_release(spec, device=device, show_progress=False)
     if not release.ships_guide or release.guidance_weight == 1.0:
@@ -57,7 +58,7 @@ def load_teacher(spec: str, device: torch.device) -> Teacher:
         p.requires_grad_(False)
     max_t = guided_interval_max_t(None, release.config, release.cfg.timesteps)
     guides = [entry.get("provenance", {}).get("release", entry.get("weights_file"))
-              for entry in release.config["guidance"].get("guides", [release.config["guidance"]])]
+              for entry in guide_entries(release.config)]
     description = {"release": str(spec), "weight": weight, "guidance_max_t": max_t, "guides": guides}
     return Teacher(denoiser, max_t, description)
 
