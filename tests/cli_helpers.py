@@ -24,3 +24,16 @@ def run_cli(capture, *args: str, stdin: bytes | None = None) -> tuple[int, str, 
         sys.argv, sys.stdin = saved_argv, saved_stdin
     captured = capture.readouterr()
     return code, captured.out, captured.err
+
+
+def generated_molecules(capture, out, n: int, batch_size: int, seed: int, *options: str) -> list:
+    """`symdiff generate --quiet` into `out` with these options; the molecules read back (the
+    command must succeed and every record read)."""
+    from symdiff_cli.io.reader import read_molecules
+
+    code, _, err = run_cli(capture, "generate", "--n", str(n), "--batch-size", str(batch_size), "--seed", str(seed),
+                           "--out", str(out), "--quiet", *options)
+    assert code == 0, err
+    mols, skipped = read_molecules(str(out))
+    assert skipped == 0 and len(mols) == n
+    return mols

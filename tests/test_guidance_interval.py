@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from cli_helpers import run_cli  # tests/, beside this file
+from cli_helpers import generated_molecules, run_cli  # tests/, beside this file
 from symdiff_cli.engine.release import load_release, save_release
 from symdiff_cli.engine.release_config import Guide
 from symdiff_cli.errors import SymdiffError
-from symdiff_cli.io.reader import read_molecules
 from symdiff_cli.model.config import model_config_from_preset
 from symdiff_cli.model.dit import SymmetrisedDenoiser
 from symdiff_cli.model.geometry import remove_mean, rotate, sample_haar_orthogonal
@@ -108,13 +107,7 @@ def weights(tmp_path, monkeypatch) -> Path:
 
 
 def generated_positions(capsys, tmp_path: Path, name: str, *options: str) -> list[np.ndarray]:
-    out = tmp_path / f"{name}.sdf"
-    code, _, err = run_cli(capsys, "generate", "--n", "6", "--batch-size", "3", "--seed", "4", "--out", str(out),
-                           "--quiet", *options)
-    assert code == 0, err
-    mols, skipped = read_molecules(str(out))
-    assert skipped == 0 and len(mols) == 6
-    return [m.positions for m in mols]
+    return [m.positions for m in generated_molecules(capsys, tmp_path / f"{name}.sdf", 6, 3, 4, *options)]
 
 
 def test_release_setting_round_trips_and_generate_overrides_it(weights, tmp_path, capsys):

@@ -23,7 +23,7 @@ from symdiff_cli.model.valence import ValenceGuidanceSettings
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = ("qm9", "qm9-guide", "qm9-guide-small", "qm9-alpha")
-MAX_CARD_LINES = 150
+MAX_CARD_LINES = 155  # a card with a guide pair, restart sampling (one more citation) and its measurements
 
 # A metrics file written by hand: its odd layout must survive every re-save byte for byte.
 METRICS_TEXT = """{"format": "symdiff-metrics", "format_version": 1,
@@ -123,15 +123,18 @@ def test_the_shipped_card_layout(name):
 
 def test_the_default_model_card_numbers():
     card = (REPO / "weights" / "qm9" / CARD_FILE).read_text()
-    for needed in ("54.05 % (5,405 / 10,000)", "95.08 % (171,088 / 179,939)", "| 82.96 % (8,296 / 10,000) |",
-                   "54.05 ± 2.37 %", "50.7 - 58.4 %", "95.08 ± 0.44 %", "94.34 - 95.76 %",
+    for needed in ("78.82 % (7,882 / 10,000)", "96.77 % (174,135 / 179,939)", "| 89.84 % (8,984 / 10,000) |",
+                   "78.82 ± 1.77 %", "76.6 - 82.2 %", "96.77 ± 0.36 %", "96.12 - 97.37 %",
                    "10 seeds (0-9) of 1,000 molecules each", "measured 2026-12-03", "guidance max t 600",
                    "the steps at timesteps <= 600", "kynkaanniemi2024applying", "molecule stability 52.65 %",
-                   "symdiff generate --n 1000 --seed S --out mols.sdf && symdiff evaluate mols.sdf --dataset qm9",
+                   "molecule stability 54.05 %", "xu2023restart", "Restart sampling of radicals",
+                   "noised back to timestep 400 and sampled again from there, at most 3 times",
+                   "symdiff generate --n 1000 --seed S --out mols.sdf --steps 50 --restart-rounds 3 --threads 2 "
+                   "&& symdiff evaluate mols.sdf --dataset qm9",
                    "Parameters: 2,550,570", "autoguidance with weight 5.0", "the mean of 2 networks'",
                    "(`guide-2.safetensors`): hidden 64, depth 4, trained 29,451 steps, 418,410 parameters",
                    "(raw last-step weights)", "30,690 steps, 38 epochs", "guides qm9-guide + qm9-guide-small",
-                   "153.6 s per 1,000 molecules", "molecule stability 53.2 %"):
+                   "88.3 s per 1,000 molecules", "steps 50, spacing cubic"):
         assert needed in card, needed
 
 
@@ -153,8 +156,8 @@ def test_the_front_matter_is_hugging_face_yaml():
             assert set(metric) == {"name", "type", "value"} and isinstance(metric["value"], (int, float))
     meta = yaml.safe_load(front_matter((REPO / "weights" / "qm9" / CARD_FILE).read_text()))
     values = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
-    assert values == {"atom_stability": 95.08, "molecule_stability": 54.05, "validity": 82.96,
-                      "strict_validity": 79.68, "uniqueness": 99.82, "novelty": 83.24}
+    assert values == {"atom_stability": 96.77, "molecule_stability": 78.82, "validity": 89.84,
+                      "strict_validity": 87.28, "uniqueness": 99.74, "novelty": 77.3}
 
 
 def test_the_shipped_metrics_files():
@@ -169,8 +172,8 @@ def test_the_shipped_metrics_files():
                     assert round(sum(metric["per_seed"]) * entry["n_per_seed"] / 100) == metric["count"]
     default = json.loads((REPO / "weights" / "qm9" / METRICS_FILE).read_text())["measurements"][0]
     assert default["seeds"] == list(range(10)) and default["n_per_seed"] == 1000
-    assert default["metrics"]["molecule_stability"]["count"] == 5405
-    assert default["sampler"]["guidance_max_t"] == 600
+    assert default["metrics"]["molecule_stability"]["count"] == 7882
+    assert default["sampler"]["guidance_max_t"] == 600 and default["sampler"]["restart"]["rounds"] == 3
 
 
 # --------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from symdiff_cli.engine.release_config import release_sample_config
+from symdiff_cli.engine.restart import RestartSettings
 from symdiff_cli.engine.sample_config import SampleConfig
 from symdiff_cli.model.config import DEFAULT_SPACING, ModelConfig
 from symdiff_cli.model.valence import ValenceGuidanceSettings
@@ -17,8 +18,9 @@ def test_shipped_release_defaults():
     config = json.loads(SHIPPED.read_text())
     model_cfg = ModelConfig.from_dict(config["model_config"])
     cpu = release_sample_config(config, model_cfg, "cpu")
-    assert cpu == SampleConfig(steps=100, spacing=DEFAULT_SPACING, guidance_weight=5.0,
-                               valence_guidance=ValenceGuidanceSettings(), autocast_bf16=False, guidance_max_t=600)
+    assert cpu == SampleConfig(steps=50, spacing=DEFAULT_SPACING, guidance_weight=5.0,
+                               valence_guidance=ValenceGuidanceSettings(), autocast_bf16=False, guidance_max_t=600,
+                               restart=RestartSettings(rounds=3, check_t=50, restart_t=400))
     assert release_sample_config(config, model_cfg, "cuda").steps == 1000
 
 

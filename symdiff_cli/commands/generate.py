@@ -147,6 +147,16 @@ def generate_command(
              "own setting by default (qm9: 600; see its README.md); 1000 guides every step.",
         show_default=False,
     ),
+    restart_rounds: Optional[int] = typer.Option(
+        None, "--restart-rounds", metavar="N",
+        help="Restart sampling of radicals: when the chain reaches t = 50 (of 1000), a molecule whose "
+             "clean estimate has an odd number of electrons (a radical, which no geometry makes stable) "
+             "is noised back to t = 400 and sampled again from there, at most N times; the check reads "
+             "the network's own atom types, and no molecule is dropped or edited. Costs the re-run steps "
+             "of the restarted molecules. 0 turns it off. Default: the model's own (qm9: see its "
+             "README.md; off for older releases).",
+        show_default=False,
+    ),
     condition: Optional[List[str]] = typer.Option(
         None, "--condition", metavar="PROP[=VALUE]",
         help="For a conditional model (e.g. qm9-alpha): generate molecules with this property value, "
@@ -254,7 +264,7 @@ def generate_command(
             precision=precision, spacing=spacing, guidance=guidance, guide=guide,
             guidance_max_t=guidance_max_t, valence_guidance=valence_guidance, relax=relax, workers=workers, relax_steps=relax_steps,
             keep=keep, max_attempts=max_attempts, condition=condition,
-            condition_guidance=condition_guidance,
+            condition_guidance=condition_guidance, restart_rounds=restart_rounds,
         ), progress=None if quiet else RichProgress("sampling"))
     if not quiet:
         print_summary(result)

@@ -52,6 +52,12 @@ _CITATIONS = {
   booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
   year      = {2024}
 }""",
+    "restart": """@inproceedings{xu2023restart,
+  title     = {Restart Sampling for Improving Generative Processes},
+  author    = {Xu, Yilun and Deng, Mingyang and Cheng, Xiang and Tian, Yonglong and Liu, Ziming and Jaakkola, Tommi},
+  booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
+  year      = {2023}
+}""",
     "guidance_interval": """@inproceedings{kynkaanniemi2024applying,
   title     = {Applying Guidance in a Limited Interval Improves Sample and Distribution Quality in Diffusion Models},
   author    = {Kynk{\\"a}{\\"a}nniemi, Tuomas and Aittala, Miika and Karras, Tero and Laine, Samuli and Aila, Timo
@@ -243,6 +249,14 @@ def _architecture(config: dict[str, Any], num_parameters: int | None) -> list[st
                 + (f", trained {number_text(gprov['step'])} steps" if "step" in gprov else "")
                 + (f", {count:,} parameters" if count is not None else "")
                 + (f", from the release `{gprov['release']}`" if "release" in gprov else ""))
+    restart = config.get("sampling", {}).get("restart")
+    if isinstance(restart, dict) and restart.get("rounds"):
+        lines.append(
+            f"- Restart sampling of radicals (Xu et al. 2023): when the chain reaches timestep {restart.get('check_t')}, "
+            "a molecule whose clean estimate (this model's own atom types) has an odd number of electrons, which "
+            f"no geometry makes stable, is noised back to timestep {restart.get('restart_t')} and sampled again "
+            f"from there, at most {restart.get('rounds')} times; no molecule is dropped or edited "
+            "(`symdiff generate --restart-rounds 0` samples without it)")
     lines += [
         f"- Files: `model.safetensors` ({'raw last-step' if prov.get('weights') == 'raw' else 'EMA'} weights), "
         "`config.json` (architecture, atom types, schedule, normalisation,",
@@ -306,11 +320,15 @@ def _training(config: dict[str, Any]) -> list[str]:
 def _citation(config: dict[str, Any]) -> list[str]:
     guided = bool(config.get("guidance"))
     interval = guided and config.get("sampling", {}).get("guidance_max_t") is not None
-    keys = ["symdiff", "edm"] + (["autoguidance"] if guided else []) + (["guidance_interval"] if interval else [])
+    restart = config.get("sampling", {}).get("restart")
+    restarted = isinstance(restart, dict) and bool(restart.get("rounds"))
+    keys = (["symdiff", "edm"] + (["autoguidance"] if guided else []) + (["guidance_interval"] if interval else [])
+            + (["restart"] if restarted else []))
     lines = ["## Citation", "",
              "SymDiff (the model), EDM (the diffusion formulation and the QM9 metrics)"
              + (" and autoguidance (the sampler)" if guided and not interval else "")
-             + (", autoguidance and its limited interval (the sampler)" if interval else "") + ":", "", "```bibtex"]
+             + (", autoguidance and its limited interval (the sampler)" if interval else "")
+             + (", restart sampling (of radicals)" if restarted else "") + ":", "", "```bibtex"]
     for key in keys:
         lines += _CITATIONS[key].splitlines()
     return lines + ["```"]

@@ -1,7 +1,7 @@
 """`symdiff generate`: sample molecules from a release and stream them into a file.
 
 Reproducibility: the molecules depend only on the model, --seed, --shard, --n, --num-atoms,
---batch-size, --steps, --spacing, --guidance, --guide, --condition and the device. Shard I of K derives its
+--batch-size, --steps, --spacing, --guidance, --guide, --restart-rounds, --condition and the device. Shard I of K derives its
 own seed from (seed, I, K), so shards of a job array never share a random stream, and it
 generates its own share of n (n split as evenly as possible). Every batch of the plan carries
 its own seed, so the file is the same however the run is scheduled. --relax, --relax-steps,
@@ -70,6 +70,7 @@ class GenerateOptions:
     guide: Sequence[str] | None = None  # other releases as the guide (their mean), in place of the release's own
     valence_guidance: float | None = None  # valence-guidance scale; None: the release's (0 = off)
     guidance_max_t: int | None = None  # noisiest guided timestep; None: the release's (its T: every one)
+    restart_rounds: int | None = None  # restart sampling of radicals (engine/restart.py); None: the release's
     # Relaxation and filtering (engine/keep.py): --relax, --workers, --relax-steps, --keep, --max-attempts.
     relax: str = "none"
     workers: int | None = None
@@ -135,6 +136,8 @@ def _check_options(opts: GenerateOptions) -> None:
         raise UsageError(f"--guidance must be a number >= 0 (1: no guidance), not {opts.guidance}")
     if opts.guidance_max_t is not None and opts.guidance_max_t < 0:
         raise UsageError(f"--guidance-max-t must be a timestep >= 0, not {opts.guidance_max_t}")
+    if opts.restart_rounds is not None and opts.restart_rounds < 0:
+        raise UsageError(f"--restart-rounds must be 0 (off) or more, not {opts.restart_rounds}")
     if opts.condition_guidance is not None and not (math.isfinite(opts.condition_guidance)
                                                     and opts.condition_guidance >= 0):
         raise UsageError(f"--condition-guidance must be a number >= 0 (1: off), not {opts.condition_guidance}")
@@ -219,7 +222,8 @@ def _sample_config(opts: GenerateOptions, release: ReleasedModel, device: torch.
                                                                       release.cfg.timesteps)
     return SampleConfig(steps=steps, spacing=opts.spacing, guidance_weight=guidance_weight,
                         valence_guidance=defaults.valence_guidance, autocast_bf16=use_bf16,
-                        guidance_max_t=max_t).with_valence_scale(opts.valence_guidance)
+                        guidance_max_t=max_t, restart=defaults.restart,
+                        ).with_valence_scale(opts.valence_guidance).with_restart_rounds(opts.restart_rounds)
 
 
 def _sampler_for(opts: GenerateOptions, release: ReleasedModel,

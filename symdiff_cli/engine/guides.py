@@ -4,6 +4,7 @@ release written again with a different guide."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -12,9 +13,10 @@ import torch
 from symdiff_cli.engine.release import load_release, save_release
 from symdiff_cli.engine.release_config import (
     GUIDANCE_MAX_T_KEY, Guide, GuideNetwork, check_guidance_weight, check_guide_fits, default_sampling_steps,
-    expected_checksum, guided_interval_max_t, parse_guidance, read_release_config,
+    expected_checksum, guided_interval_max_t, parse_guidance, read_release_config, release_restart,
 )
 from symdiff_cli.engine.release_layout import CONFIG_FILE, WEIGHTS_FILE, guide_entries
+from symdiff_cli.engine.restart import RESTART_KEY
 from symdiff_cli.engine.release_tensors import read_weights
 from symdiff_cli.errors import SymdiffError
 from symdiff_cli.model.config import ModelConfig
@@ -68,12 +70,15 @@ def shipped_guide(spec: str | os.PathLike, weight: float | None = None) -> Guide
 
 
 def attach_guide(release_spec: str | os.PathLike, out_dir: str | os.PathLike, guide: Guide | None,
-                 card_text: str | None = None, guidance_max_t: int | None = None) -> Path:
+                 card_text: str | None = None, guidance_max_t: int | None = None,
+                 restart_rounds: int | None = None, default_steps_cpu: int | None = None) -> Path:
     """Write release `release_spec` again to `out_dir` (which may be where it is) with `guide`
     (None: without one), replacing any guide it had; its weights, histogram, provenance,
     sampling settings, metrics.json and other config.json keys are kept, and the card is
     generated again unless `card_text` is given. `guidance_max_t` sets the noisiest guided
-    timestep (the model's T or more: every one); None keeps the release's setting."""
+    timestep (the model's T or more: every one); None keeps the release's setting.
+    `restart_rounds` sets restart sampling of radicals (engine/restart.py; 0: off), and
+    `default_steps_cpu` the default number of sampling steps on CPU; None keeps each."""
     from symdiff_cli.engine.metrics_file import read_metrics_text
     from symdiff_cli.engine.registry import resolve_model
 
@@ -87,10 +92,19 @@ def attach_guide(release_spec: str | os.PathLike, out_dir: str | os.PathLike, gu
         sampling.pop(GUIDANCE_MAX_T_KEY, None)
         if (max_t := guided_interval_max_t(guidance_max_t, config, model_cfg.timesteps)) is not None:
             sampling[GUIDANCE_MAX_T_KEY] = max_t
+    if default_steps_cpu is not None and not 1 <= default_steps_cpu <= model_cfg.timesteps:
+        raise SymdiffError(f"the default steps must be in 1..{model_cfg.timesteps}, not {default_steps_cpu}")
+    if restart_rounds is not None:
+        if restart_rounds < 0:
+            raise SymdiffError(f"the restart rounds must be 0 (off) or more, not {restart_rounds}")
+        restart = replace(release_restart(config, model_cfg.timesteps), rounds=restart_rounds)
+        sampling.pop(RESTART_KEY, None)
+        if restart.enabled:
+            sampling[RESTART_KEY] = restart.to_dict()
     return save_release(
         out_dir, model_cfg, state, histogram, str(config.get("dataset", model_cfg.dataset)),
         config.get("provenance", {}), card_text,
-        default_steps_cpu=default_sampling_steps(config, model_cfg, "cpu"),
+        default_steps_cpu=default_steps_cpu or default_sampling_steps(config, model_cfg, "cpu"),
         default_steps_cuda=default_sampling_steps(config, model_cfg, "cuda"),
         guide=guide,
         metrics_text=read_metrics_text(release_dir),
@@ -100,8 +114,10 @@ def attach_guide(release_spec: str | os.PathLike, out_dir: str | os.PathLike, gu
 
 
 def resave_release(release_spec: str | os.PathLike, out_dir: str | os.PathLike,
-                   guidance_max_t: int | None = None) -> Path:
+                   guidance_max_t: int | None = None, restart_rounds: int | None = None,
+                   default_steps_cpu: int | None = None) -> Path:
     """Write release `release_spec` again to `out_dir` as it is, with its own guide and
-    weight: the same tensors and settings (`guidance_max_t` as in `attach_guide`), a
-    regenerated model card, its metrics.json."""
-    return attach_guide(release_spec, out_dir, shipped_guide(release_spec), guidance_max_t=guidance_max_t)
+    weight: the same tensors and settings (`guidance_max_t`, `restart_rounds` and
+    `default_steps_cpu` as in `attach_guide`), a regenerated model card, its metrics.json."""
+    return attach_guide(release_spec, out_dir, shipped_guide(release_spec), guidance_max_t=guidance_max_t,
+                        restart_rounds=restart_rounds, default_steps_cpu=default_steps_cpu)

@@ -20,6 +20,7 @@ import torch
 
 from symdiff_cli.engine.sample_config import SampleConfig
 from symdiff_cli.engine.release_layout import CONFIG_FILE, guide_entries, guide_weights_file
+from symdiff_cli.engine.restart import RESTART_KEY, RestartSettings
 from symdiff_cli.errors import SymdiffError
 from symdiff_cli.model.config import ModelConfig
 from symdiff_cli.model.valence import ValenceGuidanceSettings
@@ -280,6 +281,11 @@ def parse_release_config(config: Any, source: str) -> tuple[ModelConfig, dict[in
     if scale is not None and (not isinstance(scale, (int, float)) or isinstance(scale, bool)
                               or not math.isfinite(scale) or scale < 0):
         raise SymdiffError(f"{source}: sampling.{CONDITION_GUIDANCE_KEY} must be a number >= 0")
+    if RESTART_KEY in sampling:
+        try:
+            RestartSettings.from_dict(sampling[RESTART_KEY], model_cfg.timesteps)
+        except ValueError as err:
+            raise SymdiffError(f"{source}: invalid sampling.{RESTART_KEY} ({err})") from None
     return model_cfg, histogram
 
 
@@ -296,6 +302,12 @@ def guided_interval_max_t(override: int | None, config: dict[str, Any], timestep
     release's own; None when every timestep is guided (none set, or `timesteps` and above)."""
     max_t = release_guidance_max_t(config) if override is None else override
     return None if max_t is None or max_t >= timesteps else int(max_t)
+
+
+def release_restart(config: dict[str, Any], timesteps: int) -> RestartSettings:
+    """A checked release config's restart sampling (sampling.restart); off when absent."""
+    raw = config.get("sampling", {}).get(RESTART_KEY)
+    return RestartSettings.off_for(timesteps) if raw is None else RestartSettings.from_dict(raw, timesteps)
 
 
 def default_sampling_steps(config: dict[str, Any], model_cfg: ModelConfig, device_type: str) -> int:
@@ -321,13 +333,14 @@ def valence_guidance_settings(config: dict[str, Any]) -> ValenceGuidanceSettings
 
 def release_sample_config(config: dict[str, Any], model_cfg: ModelConfig, device_type: str) -> SampleConfig:
     """The sampling defaults of a checked config.json on "cpu" or "cuda": the step count, valence
-    guidance and guidance interval of its `sampling` section, and the weight of its `guidance`
+    guidance, guidance interval and restart sampling of its `sampling` section, and the weight of its `guidance`
     section (1 without one)."""
     guidance = parse_guidance(config, model_cfg, CONFIG_FILE)
     return SampleConfig(steps=default_sampling_steps(config, model_cfg, device_type),
                         guidance_weight=1.0 if guidance is None else guidance[1],
                         valence_guidance=valence_guidance_settings(config),
-                        guidance_max_t=release_guidance_max_t(config))
+                        guidance_max_t=release_guidance_max_t(config),
+                        restart=release_restart(config, model_cfg.timesteps))
 
 
 def read_release_config(release_dir: Path) -> tuple[dict[str, Any], ModelConfig, dict[int, int]]:

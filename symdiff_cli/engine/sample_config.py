@@ -1,8 +1,8 @@
 """The sampler's settings, one dataclass beside ModelConfig (the network) and TrainConfig (a run).
 
 A release states its defaults in config.json (`sampling`: the step counts for CPU and GPU and the
-valence guidance, `guidance_max_t`: the noisiest timestep that is guided; `guidance.weight`: the
-autoguidance weight), read by
+valence guidance, `guidance_max_t`: the noisiest timestep that is guided, `restart`: restart
+sampling of radicals; `guidance.weight`: the autoguidance weight), read by
 `release_config.release_sample_config`; `symdiff generate` overrides them with its options.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from symdiff_cli.engine.restart import RestartSettings
 from symdiff_cli.model.config import DEFAULT_SPACING
 from symdiff_cli.model.valence import ValenceGuidanceSettings
 
@@ -23,7 +24,8 @@ class SampleConfig:
     quadratic or uniform; model/config.py); guidance_weight: the autoguidance weight w, 1 for the
     main model alone (model/guidance.py); guidance_max_t: timesteps above it are not guided (None:
     every timestep is); valence_guidance: model/valence.py, scale 0 for off;
-    autocast_bf16: the network runs in bf16 autocast while the update maths stays float32.
+    autocast_bf16: the network runs in bf16 autocast while the update maths stays float32;
+    restart: restart sampling of chains heading for a radical (engine/restart.py; off by default).
     """
 
     steps: int
@@ -32,9 +34,16 @@ class SampleConfig:
     valence_guidance: ValenceGuidanceSettings = field(default_factory=ValenceGuidanceSettings)
     autocast_bf16: bool = False
     guidance_max_t: int | None = None
+    restart: RestartSettings = field(default_factory=RestartSettings)
 
     def with_valence_scale(self, scale: float | None) -> SampleConfig:
         """These settings with valence guidance at `scale` (None: as they are; 0: off)."""
         if scale is None:
             return self
         return replace(self, valence_guidance=self.valence_guidance.with_scale(scale))
+
+    def with_restart_rounds(self, rounds: int | None) -> SampleConfig:
+        """These settings with restart sampling at most `rounds` times (None: as they are; 0: off)."""
+        if rounds is None:
+            return self
+        return replace(self, restart=replace(self.restart, rounds=int(rounds)))

@@ -9,10 +9,11 @@ import numpy as np
 import torch
 
 from symdiff_cli.chem.elements import SYMBOL_TO_Z
+from symdiff_cli.engine.restart import restart_rule
 from symdiff_cli.engine.sample_config import SampleConfig
 from symdiff_cli.io.molecule import Molecule
 from symdiff_cli.model.config import DEFAULT_SPACING, ModelConfig
-from symdiff_cli.model.diffusion import NoiseSchedule, VPDiffusion
+from symdiff_cli.model.diffusion import NoiseSchedule, RestartRule, VPDiffusion
 from symdiff_cli.model.dit import uses_self_condition
 
 
@@ -75,13 +76,14 @@ class Sampler:
 
     def __init__(self, model: torch.nn.Module, cfg: ModelConfig, device: torch.device | str = "cpu",
                  autocast_bf16: bool = False, spacing: str = DEFAULT_SPACING,
-                 condition_source: ConditionSource | None = None):
+                 condition_source: ConditionSource | None = None, restart: RestartRule | None = None):
         self.model = model.eval()
         self.cfg = cfg
         self.device = torch.device(device)
         self.diffusion = VPDiffusion(NoiseSchedule(cfg.timesteps, cfg.noise_precision))
         self.autocast_bf16 = autocast_bf16
         self.spacing = spacing
+        self.restart = restart
         self.self_condition = uses_self_condition(model)
         if cfg.conditions and condition_source is None:
             raise ValueError(f"a model conditioned on {', '.join(cfg.conditions)} needs a condition source")
@@ -90,10 +92,10 @@ class Sampler:
     @classmethod
     def from_config(cls, model: torch.nn.Module, cfg: ModelConfig, device: torch.device | str,
                     sample_config: SampleConfig, condition_source: ConditionSource | None = None) -> Sampler:
-        """A sampler of `model` at the precision and step spacing of `sample_config`; the network
-        passed in already carries its guidance (engine/denoiser.py)."""
+        """A sampler of `model` at the precision, step spacing and restart sampling of
+        `sample_config`; the network passed in already carries its guidance (engine/denoiser.py)."""
         return cls(model, cfg, device, autocast_bf16=sample_config.autocast_bf16, spacing=sample_config.spacing,
-                   condition_source=condition_source)
+                   condition_source=condition_source, restart=restart_rule(sample_config.restart, cfg.atom_types))
 
     def _denoise(self, x, h, t, mask, generator=None, **kwargs):
         # Only the network runs in bf16; the ancestral update stays in float32, so rounding
@@ -108,15 +110,14 @@ class Sampler:
     def sample_batch(self, num_atoms: int, batch_size: int, steps: int, seed: int,
                      on_step: Callable[[], None] | None = None) -> list[Molecule]:
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        denoise, values = self._denoise, None
+        values, row_kwargs = None, {}
         if self.condition_source is not None:
             values = np.asarray(self.condition_source(num_atoms, batch_size, seed), dtype=np.float64)
-            condition = torch.from_numpy(values).float().to(self.device)
-            denoise = lambda *args, **kwargs: self._denoise(*args, condition=condition, **kwargs)  # noqa: E731
+            row_kwargs["condition"] = torch.from_numpy(values).float().to(self.device)
         x, h = self.diffusion.sample(
-            denoise, batch_size, num_atoms, self.cfg.feature_dim, steps,
+            self._denoise, batch_size, num_atoms, self.cfg.feature_dim, steps,
             generator=generator, device=self.device, progress=on_step, spacing=self.spacing,
-            self_condition=self.self_condition,
+            self_condition=self.self_condition, restart=self.restart, row_kwargs=row_kwargs,
         )
         mols = decode(x, h, self.cfg)
         if values is not None:

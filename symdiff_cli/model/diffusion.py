@@ -8,6 +8,7 @@ only needs a callable `denoiser(x, h, t, mask) -> (eps_x, eps_h)`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -76,21 +77,51 @@ def _expand(v: torch.Tensor) -> torch.Tensor:
     return v.view(-1, 1, 1)
 
 
-class SelfConditioning:
-    """A denoiser that feeds its previous call's clean estimate back in as `self_cond`.
+@dataclass(frozen=True)
+class RestartRule:
+    """Restart sampling (Xu et al. 2023, "Restart sampling for improving generative processes")
+    for the chains a check rejects.
+
+    When the chain first steps to a timestep <= `check_t`, `reject(x0_hat, h0_hat, mask)` marks
+    the molecules whose latest clean estimate (from the last network call) fails; those are noised
+    forward to the grid timestep nearest `restart_t` and run down the grid again to where they were,
+    then checked again, at most `rounds` times. Molecules that pass are not touched, and a check
+    that rejects none leaves the chain exactly as without the rule. The check must be invariant
+    (read the atom types, not the frame) for sampling to stay equivariant in distribution.
+    """
+
+    reject: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+    rounds: int
+    check_t: int
+    restart_t: int
+
+
+class EstimateTracker:
+    """A denoiser that remembers the clean estimate of its latest call (`estimate`) and, with
+    `feed`, hands the previous one back to the network as `self_cond` (self-conditioning).
 
     One object per sampling chain: the estimate of step t is read at the next step.
     """
 
-    def __init__(self, denoiser: Denoiser, diffusion: "VPDiffusion"):
+    def __init__(self, denoiser: Denoiser, diffusion: "VPDiffusion", feed: bool):
         self.denoiser = denoiser
         self.diffusion = diffusion
+        self.feed = feed
         self.estimate: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __call__(self, x, h, t, mask=None, **kwargs):
-        eps_x, eps_h = self.denoiser(x, h, t, mask, self_cond=self.estimate, **kwargs)
+        if self.feed:
+            kwargs["self_cond"] = self.estimate
+        eps_x, eps_h = self.denoiser(x, h, t, mask, **kwargs)
         self.estimate = self.diffusion.clean_estimate(x, h, t, eps_x, eps_h, mask)
         return eps_x, eps_h
+
+
+class SelfConditioning(EstimateTracker):
+    """A denoiser that feeds its previous call's clean estimate back in as `self_cond`."""
+
+    def __init__(self, denoiser: Denoiser, diffusion: "VPDiffusion"):
+        super().__init__(denoiser, diffusion, feed=True)
 
 
 def _masked_mse(pred_x: torch.Tensor, pred_h: torch.Tensor, target_x: torch.Tensor, target_h: torch.Tensor,
@@ -277,28 +308,84 @@ class VPDiffusion:
         h = (h_0 - sigma_0 * eps_h) / alpha_0
         return x, h
 
+    def renoise(self, x_s: torch.Tensor, h_s: torch.Tensor, s: int, t: int, mask: torch.Tensor | None,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample z_t ~ q(z_t | z_s) for t > s: the forward process from s up to t."""
+        gamma_s, gamma_t = self.schedule.gamma_table[s], self.schedule.gamma_table[t]
+        alpha_t_given_s = torch.exp(0.5 * (F.logsigmoid(-gamma_t) - F.logsigmoid(-gamma_s)))
+        sigma_t_given_s = torch.sqrt(-torch.expm1(F.softplus(gamma_s) - F.softplus(gamma_t)))
+        noise_x = sample_com_free_noise(x_s.shape, mask, generator, x_s.device, x_s.dtype)
+        noise_h = torch.randn(h_s.shape, generator=generator, device=h_s.device, dtype=h_s.dtype)
+        x_t = remove_mean(alpha_t_given_s * x_s + sigma_t_given_s * noise_x, mask)
+        h_t = alpha_t_given_s * h_s + sigma_t_given_s * noise_h
+        if mask is not None:
+            h_t = h_t * mask.unsqueeze(-1)
+        return x_t, h_t
+
+    def _restart(self, denoiser: Denoiser, tracker: EstimateTracker, rule: RestartRule, x: torch.Tensor,
+                 h: torch.Tensor, ts: list[int], here: int, mask: torch.Tensor | None,
+                 generator: torch.Generator | None, row_kwargs: dict[str, torch.Tensor],
+                 self_condition: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the rejected molecules of z_{ts[here]} again from the grid timestep nearest
+        rule.restart_t, up to rule.rounds times; see RestartRule."""
+        top = min(range(here + 1), key=lambda i: abs(ts[i] - rule.restart_t))
+        if top == here:
+            return x, h
+        rejected = rule.reject(*tracker.estimate, mask)
+        for _ in range(rule.rounds):
+            rows = rejected.nonzero().flatten()
+            if len(rows) == 0:
+                break
+            sub_mask = None if mask is None else mask[rows]
+            call = partial(denoiser, **{k: v[rows] for k, v in row_kwargs.items()})
+            # A restarted chain starts its self-conditioning afresh, as the first step does: the
+            # estimate it would read is the rejected one.
+            sub = EstimateTracker(call, self, feed=self_condition)
+            xr, hr = self.renoise(x[rows], h[rows], ts[here], ts[top], sub_mask, generator)
+            for t, s in zip(ts[top:here], ts[top + 1:here + 1]):
+                xr, hr = self.ancestral_step(sub, xr, hr, t, s, sub_mask, generator)
+            x, h = x.clone(), h.clone()
+            x[rows], h[rows] = xr, hr
+            # The main chain's next call reads these rows' estimates through self-conditioning.
+            if tracker.estimate is not None:
+                tracker.estimate = tuple(e.clone() for e in tracker.estimate)
+                for e, new in zip(tracker.estimate, sub.estimate):
+                    e[rows] = new
+            rejected = rejected.clone()
+            rejected[rows] = rule.reject(*sub.estimate, sub_mask)
+        return x, h
+
     @torch.no_grad()
     def sample(
         self, denoiser: Denoiser, batch_size: int, num_atoms: int, feature_dim: int, steps: int,
         generator: torch.Generator | None = None, device: torch.device | str = "cpu",
         mask: torch.Tensor | None = None, progress: Callable[[], None] | None = None,
-        spacing: str = DEFAULT_SPACING, self_condition: bool = False,
+        spacing: str = DEFAULT_SPACING, self_condition: bool = False, restart: RestartRule | None = None,
+        row_kwargs: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the reverse chain from z_T ~ N(0, I) (CoM-free x) and return (x, h) in model units.
 
         With `self_condition` each denoiser call also gets `self_cond=(x0_hat, h0_hat)`, the clean
         estimate of the previous call (None at the first), computed from the eps the chain used
-        (guided, if the denoiser guides). Without it the chain is exactly as before.
+        (guided, if the denoiser guides). Without it the chain is exactly as before. `restart`:
+        see RestartRule (None: off). `row_kwargs`: tensors with one row per molecule (a
+        condition) passed to every denoiser call, the rows of restarted molecules to theirs.
         """
-        if self_condition:
-            denoiser = SelfConditioning(denoiser, self)
+        row_kwargs = dict(row_kwargs or {})
+        call = partial(denoiser, **row_kwargs) if row_kwargs else denoiser
+        tracker = EstimateTracker(call, self, feed=self_condition)
         x = sample_com_free_noise((batch_size, num_atoms, 3), mask, generator, device)
         h = torch.randn(batch_size, num_atoms, feature_dim, generator=generator, device=device)
         if mask is not None:
             h = h * mask.unsqueeze(-1)
         ts = self.sampling_timesteps(steps, spacing)
-        for t, s in zip(ts[:-1], ts[1:]):
-            x, h = self.ancestral_step(denoiser, x, h, t, s, mask, generator)
+        checked = restart is None or restart.rounds <= 0
+        for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
+            x, h = self.ancestral_step(tracker, x, h, t, s, mask, generator)
+            if not checked and s <= restart.check_t:
+                checked = True
+                x, h = self._restart(denoiser, tracker, restart, x, h, ts, i + 1, mask, generator, row_kwargs,
+                                     self_condition)
             if progress is not None:
                 progress()
-        return self.final_estimate(denoiser, x, h, mask, generator)
+        return self.final_estimate(tracker, x, h, mask, generator)
