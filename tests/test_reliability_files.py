@@ -329,8 +329,13 @@ def test_releases_without_checksums_load_as_before(tmp_path):
 
 
 def test_the_shipped_releases_still_load():
-    for name in ("qm9", "qm9-guide", "qm9-guide-small"):
+    # The guides were written before releases carried checksums: they must keep loading without.
+    for name in ("qm9-guide", "qm9-guide-small"):
         assert CHECKSUMS_KEY not in json.loads((REPO / "weights" / name / CONFIG_FILE).read_text())
+        assert load_release(str(REPO / "weights" / name)).guide is None
+    # qm9 was written again (its sampler settings) with checksums, which loading verifies.
+    assert set(json.loads((REPO / "weights" / "qm9" / CONFIG_FILE).read_text())[CHECKSUMS_KEY]) == {
+        "model.safetensors", "guide.safetensors", "guide-2.safetensors"}
     assert load_release(str(REPO / "weights" / "qm9")).guide is not None
 
 
