@@ -263,6 +263,23 @@ class VPDiffusion:
             ascending[i] = max(ascending[i], ascending[i - 1] + 1)
         return [int(v) for v in ascending[::-1]]
 
+    def _transition(self, s: int, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """alpha_{t|s} and sigma^2_{t|s} = 1 - alpha_t^2 / alpha_s^2 of q(z_t | z_s), s < t, computed
+        stably from gamma as in EDM. Per-step scalars stay on the host (0-d CPU tensors act as plain
+        numbers in GPU ops), so a sampling step launches no host-to-device copy."""
+        gamma_t, gamma_s = self.schedule.gamma_table[t], self.schedule.gamma_table[s]
+        sigma2_t_given_s = -torch.expm1(F.softplus(gamma_s) - F.softplus(gamma_t))
+        alpha_t_given_s = torch.exp(0.5 * (F.logsigmoid(-gamma_t) - F.logsigmoid(-gamma_s)))
+        return alpha_t_given_s, sigma2_t_given_s
+
+    @staticmethod
+    def _noise_like(x: torch.Tensor, h: torch.Tensor, mask: torch.Tensor | None,
+                    generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Standard normal noise shaped as (x, h): CoM-free for positions (padding left to the caller)."""
+        noise_x = sample_com_free_noise(x.shape, mask, generator, x.device, x.dtype)
+        noise_h = torch.randn(h.shape, generator=generator, device=h.device, dtype=h.dtype)
+        return noise_x, noise_h
+
     def ancestral_step(
         self, denoiser: Denoiser, x_t: torch.Tensor, h_t: torch.Tensor, t: int, s: int,
         mask: torch.Tensor | None, generator: torch.Generator | None = None,
@@ -271,13 +288,8 @@ class VPDiffusion:
         b = x_t.shape[0]
         device = x_t.device
         t_vec = torch.full((b,), t, device=device, dtype=torch.long)
-        # Per-step scalars stay on the host (0-d CPU tensors act as plain numbers in GPU ops), so
-        # a sampling step launches no host-to-device copy.
         gamma_t, gamma_s = self.schedule.gamma_table[t], self.schedule.gamma_table[s]
-        # sigma^2_{t|s} = 1 - alpha_t^2/alpha_s^2, computed stably from gamma as in EDM.
-        sigma2_t_given_s = -torch.expm1(F.softplus(gamma_s) - F.softplus(gamma_t))
-        log_alpha2_t, log_alpha2_s = F.logsigmoid(-gamma_t), F.logsigmoid(-gamma_s)
-        alpha_t_given_s = torch.exp(0.5 * (log_alpha2_t - log_alpha2_s))
+        alpha_t_given_s, sigma2_t_given_s = self._transition(s, t)
         sigma_t = self.schedule.sigma(gamma_t)
         sigma_s = self.schedule.sigma(gamma_s)
 
@@ -286,8 +298,7 @@ class VPDiffusion:
         mu_x = x_t / alpha_t_given_s - coef * eps_x
         mu_h = h_t / alpha_t_given_s - coef * eps_h
         std = torch.sqrt(sigma2_t_given_s) * sigma_s / sigma_t
-        noise_x = sample_com_free_noise(x_t.shape, mask, generator, device, x_t.dtype)
-        noise_h = torch.randn(h_t.shape, generator=generator, device=device, dtype=h_t.dtype)
+        noise_x, noise_h = self._noise_like(x_t, h_t, mask, generator)
         x_s = remove_mean(mu_x + std * noise_x, mask)
         h_s = mu_h + std * noise_h
         if mask is not None:
@@ -311,11 +322,9 @@ class VPDiffusion:
     def renoise(self, x_s: torch.Tensor, h_s: torch.Tensor, s: int, t: int, mask: torch.Tensor | None,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample z_t ~ q(z_t | z_s) for t > s: the forward process from s up to t."""
-        gamma_s, gamma_t = self.schedule.gamma_table[s], self.schedule.gamma_table[t]
-        alpha_t_given_s = torch.exp(0.5 * (F.logsigmoid(-gamma_t) - F.logsigmoid(-gamma_s)))
-        sigma_t_given_s = torch.sqrt(-torch.expm1(F.softplus(gamma_s) - F.softplus(gamma_t)))
-        noise_x = sample_com_free_noise(x_s.shape, mask, generator, x_s.device, x_s.dtype)
-        noise_h = torch.randn(h_s.shape, generator=generator, device=h_s.device, dtype=h_s.dtype)
+        alpha_t_given_s, sigma2_t_given_s = self._transition(s, t)
+        sigma_t_given_s = torch.sqrt(sigma2_t_given_s)
+        noise_x, noise_h = self._noise_like(x_s, h_s, mask, generator)
         x_t = remove_mean(alpha_t_given_s * x_s + sigma_t_given_s * noise_x, mask)
         h_t = alpha_t_given_s * h_s + sigma_t_given_s * noise_h
         if mask is not None:
@@ -373,13 +382,14 @@ class VPDiffusion:
         """
         row_kwargs = dict(row_kwargs or {})
         call = partial(denoiser, **row_kwargs) if row_kwargs else denoiser
-        tracker = EstimateTracker(call, self, feed=self_condition)
+        checked = restart is None or restart.rounds <= 0
+        # The clean estimate is computed per call only where something reads it.
+        tracker = EstimateTracker(call, self, feed=self_condition) if self_condition or not checked else call
         x = sample_com_free_noise((batch_size, num_atoms, 3), mask, generator, device)
         h = torch.randn(batch_size, num_atoms, feature_dim, generator=generator, device=device)
         if mask is not None:
             h = h * mask.unsqueeze(-1)
         ts = self.sampling_timesteps(steps, spacing)
-        checked = restart is None or restart.rounds <= 0
         for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
             x, h = self.ancestral_step(tracker, x, h, t, s, mask, generator)
             if not checked and s <= restart.check_t:
