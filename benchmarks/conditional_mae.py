@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,13 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-SYMDIFF = [sys.executable, "-m", "symdiff_cli"]
-
-
-def run(args: list[str]) -> None:
-    done = subprocess.run(SYMDIFF + args, capture_output=True, text=True)
-    if done.returncode:
-        sys.exit(f"symdiff {' '.join(args)} failed:\n{done.stderr}")
+from release_record import read_metrics, run, sampler_settings, write_metrics  # benchmarks/, beside this script
 
 
 def measure(model: str, prop: str, n: int, seed: int, predictor: str | None, extra: list[str], folder: Path) -> dict:
@@ -96,27 +89,8 @@ def main() -> None:
         record(Path(args.record), summary, counts, args)
 
 
-def sampler_settings(release: Path, extra: list[str]) -> dict:
-    """The release's own sampler settings, and the generate options that changed them."""
-    config = json.loads((release / "config.json").read_text())
-    sampling = config.get("sampling", {})
-    settings = {"steps": sampling.get("default_steps_cpu", 100), "spacing": "cubic", "device": "cpu"}
-    if config.get("guidance"):
-        settings["guidance"] = config["guidance"]["weight"]
-    if "guidance_max_t" in sampling:
-        settings["guidance_max_t"] = sampling["guidance_max_t"]
-    if extra:
-        settings["options"] = " ".join(extra)
-    return settings
-
-
 def record(release: Path, summary: dict, counts: dict, args: argparse.Namespace) -> None:
-    from symdiff_cli.engine.metrics_file import METRICS_FILE, METRICS_FORMAT, METRICS_FORMAT_VERSION, check_metrics
-    from symdiff_cli.io.atomic import atomic_output
-
-    path = release / METRICS_FILE
-    metrics = json.loads(path.read_text()) if path.is_file() else {
-        "format": METRICS_FORMAT, "format_version": METRICS_FORMAT_VERSION, "measurements": []}
+    metrics = read_metrics(release)
     entries = [e for e in metrics.get("property_mae", []) if e.get("name") != args.name]
     metrics["property_mae"] = entries + [summary]
     measurement = {
@@ -133,10 +107,7 @@ def record(release: Path, summary: dict, counts: dict, args: argparse.Namespace)
         "timing": "2 CPU cores, the wall time of the generate command",
     }
     metrics["measurements"] = [m for m in metrics["measurements"] if m.get("name") != measurement["name"]] + [measurement]
-    check_metrics(metrics, str(path))
-    with atomic_output(path, "w") as handle:
-        handle.write(json.dumps(metrics, indent=2) + "\n")
-    run(["convert", str(release), str(release), "--card-only"])
+    write_metrics(release, metrics)
 
 
 if __name__ == "__main__":

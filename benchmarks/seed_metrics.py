@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,21 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-SYMDIFF = [sys.executable, "-m", "symdiff_cli"]
+from release_record import read_metrics, run, sampler_settings, write_metrics  # benchmarks/, beside this script
 METRICS = {"atom_stability": ("stable_atoms", "atoms"), "molecule_stability": ("stable_molecules", "molecules"),
            "validity": ("valid", "molecules")}
-
-
-def compact_json(data: dict) -> str:
-    """Indented JSON with each list of plain values on one line, as the release files keep them."""
-    text = json.dumps(data, indent=2)
-    return re.sub(r"\[\s+([^\[\]{}]*?)\s+\]", lambda m: "[" + re.sub(r",\s+", ", ", m.group(1)) + "]", text) + "\n"
-
-
-def run(args: list[str]) -> None:
-    done = subprocess.run(SYMDIFF + args, capture_output=True, text=True)
-    if done.returncode:
-        sys.exit(f"symdiff {' '.join(args)} failed:\n{done.stderr}")
 
 
 def measure(model: str, n: int, seed: int, extra: list[str], folder: Path) -> dict:
@@ -127,28 +113,7 @@ def main() -> None:
 
 
 def record(release: Path, args: argparse.Namespace, per_seed: dict, totals: dict, summary: dict) -> None:
-    from symdiff_cli.engine.metrics_file import METRICS_FILE, METRICS_FORMAT, METRICS_FORMAT_VERSION, check_metrics
-    from symdiff_cli.io.atomic import atomic_output
-
-    path = release / METRICS_FILE
-    metrics = json.loads(path.read_text()) if path.is_file() else {
-        "format": METRICS_FORMAT, "format_version": METRICS_FORMAT_VERSION, "measurements": []}
-    config = json.loads((release / "config.json").read_text())
-    sampling = config.get("sampling", {})
-    sampler = {"steps": sampling.get("default_steps_cpu", 100), "spacing": "cubic", "precision": "fp32",
-               "device": "cpu"}
-    if config.get("guidance"):
-        from symdiff_cli.engine.release_layout import guide_entries
-
-        names = [entry.get("provenance", {}).get("release") for entry in guide_entries(config)]
-        if all(names):
-            sampler["guides"] = names
-        sampler["guidance"] = config["guidance"]["weight"]
-    for key in ("guidance_max_t", "restart"):
-        if key in sampling:
-            sampler[key] = sampling[key]
-    if args.extra:
-        sampler["options"] = " ".join(args.extra)
+    metrics = read_metrics(release)
     metrics_entry = {key: {"per_seed": per_seed[key], "count": totals[num], "of": totals[den]}
                      for key, (num, den) in METRICS.items()}
     metrics_entry["strict_validity"] = {"count": totals["strict_valid"], "of": totals["molecules"]}
@@ -159,7 +124,8 @@ def record(release: Path, args: argparse.Namespace, per_seed: dict, totals: dict
         "command": (f"symdiff generate --n {args.n} --seed S --out mols.sdf"
                     + (" " + " ".join(args.extra) if args.extra else "")
                     + " && symdiff evaluate mols.sdf --dataset qm9"),
-        "sampler": sampler, "seeds": args.seeds, "n_per_seed": args.n, "metrics": metrics_entry,
+        "sampler": sampler_settings(release, args.extra), "seeds": args.seeds, "n_per_seed": args.n,
+        "metrics": metrics_entry,
         "seconds_per_1000": summary["seconds_per_1000"][0],
         "timing": f"seed {args.seeds[0]}, 2 CPU cores, the wall time of the generate command",
     }
@@ -167,10 +133,7 @@ def record(release: Path, args: argparse.Namespace, per_seed: dict, totals: dict
         measurement["notes"] = args.notes
     others = [m for m in metrics["measurements"] if m.get("name") != args.name]
     metrics["measurements"] = [measurement] + others if args.first else others + [measurement]
-    check_metrics(metrics, str(path))
-    with atomic_output(path, "w") as handle:
-        handle.write(compact_json(metrics))
-    run(["convert", str(release), str(release), "--card-only"])
+    write_metrics(release, metrics)
 
 
 if __name__ == "__main__":
