@@ -1,4 +1,5 @@
-"""Autoguidance in a limited noise interval: `guidance_max_t` in the model, the release and the CLI."""
+"""Autoguidance in a limited noise interval, min_t < t <= max_t: `guidance_max_t` and `guidance_min_t`
+in the model, the release and the CLI."""
 
 from __future__ import annotations
 
@@ -76,9 +77,28 @@ def test_a_batch_of_mixed_timesteps_is_guided_row_by_row():
         assert torch.equal(out_x[row], want_x[row]) and torch.equal(out_h[row], want_h[row]), row
 
 
+def test_steps_at_or_below_min_t_run_the_main_network_alone():
+    main, guide = perturbed(0), CountingDenoiser(perturbed(5))
+    closed = AutoGuidedDenoiser(main, guide, 3.0, max_t=600, min_t=20)
+    x, h, t, draws = inputs([20, 3, 0])
+    main_x, main_h = main(x, h, t, None, **draws)
+    out_x, out_h = closed(x, h, t, None, **draws)
+    assert guide.calls == 0  # the quiet end costs the main network alone
+    assert torch.equal(out_x, main_x) and torch.equal(out_h, main_h)
+
+    x, h, t, draws = inputs([700, 21, 20, 600])  # above, inside, at min_t, at max_t
+    main_x, main_h = main(x, h, t, None, **draws)
+    full_x, full_h = AutoGuidedDenoiser(main, guide, 3.0)(x, h, t, None, **draws)
+    out_x, out_h = closed(x, h, t, None, **draws)
+    assert guide.calls == 2
+    for row, guided in enumerate([False, True, False, True]):
+        want_x, want_h = (full_x, full_h) if guided else (main_x, main_h)
+        assert torch.equal(out_x[row], want_x[row]) and torch.equal(out_h[row], want_h[row]), row
+
+
 def test_interval_guidance_stays_equivariant_and_com_free():
-    guided = AutoGuidedDenoiser(perturbed(0), perturbed(5), 2.5, max_t=500)
-    x, h, t, draws = inputs([900, 300, 700, 100])
+    guided = AutoGuidedDenoiser(perturbed(0), perturbed(5), 2.5, max_t=500, min_t=50)
+    x, h, t, draws = inputs([900, 300, 20, 100])
     q = sample_haar_orthogonal(4, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     q[:2, :, 0] *= -1  # two reflections among the four
     eps_x, eps_h = guided(x, h, t, None, **draws)
@@ -136,6 +156,28 @@ def test_release_setting_round_trips_and_generate_overrides_it(weights, tmp_path
     assert "guidance_max_t" not in json.loads((release / "config.json").read_text())["sampling"]
 
 
+def test_min_t_round_trips_through_convert_and_generate_overrides_it(weights, tmp_path, capsys):
+    release = weights / "guided"
+    before = generated_positions(capsys, tmp_path, "before", "--model", "guided")
+    code, _, err = run_cli(capsys, "convert", str(release), str(release), "--guidance-min-t", "500")
+    assert code == 0 and "not guided at timesteps <= 500" in err, err
+    assert json.loads((release / "config.json").read_text())["sampling"]["guidance_min_t"] == 500
+    assert "500 < t" not in (release / "README.md").read_text()  # no upper end set: "timesteps above 500"
+    assert "timesteps above 500" in (release / "README.md").read_text()
+    assert load_release(str(release)).sample_config("cpu").guidance_min_t == 500
+
+    closed = generated_positions(capsys, tmp_path, "closed", "--model", "guided")
+    assert not all(np.allclose(a, b) for a, b in zip(closed, before))
+    to_the_end = generated_positions(capsys, tmp_path, "to-the-end", "--model", "guided", "--guidance-min-t", "0")
+    assert all(np.array_equal(a, b) for a, b in zip(to_the_end, before))  # 0: the earlier sampler, exactly
+
+    code, _, err = run_cli(capsys, "convert", str(release), str(release), "--guidance-min-t", "0")
+    assert code == 0, err
+    assert "guidance_min_t" not in json.loads((release / "config.json").read_text())["sampling"]
+    again = generated_positions(capsys, tmp_path, "again", "--model", "guided")
+    assert all(np.array_equal(a, b) for a, b in zip(again, before))
+
+
 def test_bad_intervals_fail_with_one_clear_line(weights, tmp_path, capsys):
     out = tmp_path / "mols.sdf"
     code, _, err = run_cli(capsys, "generate", "--n", "2", "--out", str(out), "--model", "guided",
@@ -150,8 +192,23 @@ def test_bad_intervals_fail_with_one_clear_line(weights, tmp_path, capsys):
     code, _, err = run_cli(capsys, "convert", release, release, "--guidance-max-t", "-1")
     assert code != 0 and "must be >= 0, not -1" in err and "Traceback" not in err
 
+    code, _, err = run_cli(capsys, "generate", "--n", "2", "--out", str(out), "--model", "guided",
+                           "--guidance-min-t", "-5")
+    assert code != 0 and "--guidance-min-t must be a timestep >= 0" in err and "Traceback" not in err
+    code, _, err = run_cli(capsys, "generate", "--n", "2", "--out", str(out), "--model", "guided",
+                           "--guidance-max-t", "300", "--guidance-min-t", "300")
+    assert code != 0 and "leaves no timestep to guide" in err and not out.exists()
+    code, _, err = run_cli(capsys, "convert", release, release, "--guidance-max-t", "300", "--guidance-min-t", "400")
+    assert code != 0 and "must be below its highest (300)" in err and "Traceback" not in err
+    assert "guidance_min_t" not in json.loads((weights / "guided" / "config.json").read_text())["sampling"]
+
     config_path = weights / "guided" / "config.json"
     config = json.loads(config_path.read_text())
+    config["sampling"]["guidance_min_t"] = 1000
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(SymdiffError, match=r"sampling.guidance_min_t must be an integer from 0"):
+        load_release(str(weights / "guided"))
+    del config["sampling"]["guidance_min_t"]
     config["sampling"]["guidance_max_t"] = "600"
     config_path.write_text(json.dumps(config))
     with pytest.raises(SymdiffError, match=r"sampling.guidance_max_t must be an integer in 0..1000"):

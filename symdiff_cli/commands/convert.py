@@ -145,6 +145,15 @@ def convert_command(
         "number of diffusion steps (1000) or more guides every step.",
         show_default=False,
     ),
+    guidance_min_t: Optional[int] = typer.Option(
+        None,
+        "--guidance-min-t",
+        metavar="T",
+        help="For a release directory IN: its sampler does not guide the steps at timesteps <= T "
+        "(config.json sampling.guidance_min_t; generate --guidance-min-t overrides it); 0 guides down "
+        "to the clean molecule.",
+        show_default=False,
+    ),
     restart_rounds: Optional[int] = typer.Option(
         None,
         "--restart-rounds",
@@ -222,25 +231,28 @@ def convert_command(
 
     with quiet_library_warnings():
         _convert(input_path, output_path, from_format, to_format, bonds, weights, guide, guidance, strict, card_only,
-                 relax, workers, relax_steps, guidance_max_t, restart_rounds, default_steps)
+                 relax, workers, relax_steps, guidance_max_t, restart_rounds, default_steps, guidance_min_t)
 
 
 def _convert(input_path: str, output_path: str, from_format: Optional[str], to_format: Optional[str],
              bonds: BondPerception, weights: CheckpointWeights, guide: Optional[List[str]],
              guidance: Optional[float], strict: bool, card_only: bool = False, relax: str = "none",
              workers: Optional[int] = None, relax_steps: int = 300, guidance_max_t: Optional[int] = None,
-             restart_rounds: Optional[int] = None, default_steps: Optional[int] = None) -> None:
+             restart_rounds: Optional[int] = None, default_steps: Optional[int] = None,
+             guidance_min_t: Optional[int] = None) -> None:
     """convert_command's dispatch: a checkpoint, a release directory, or molecule files."""
     from symdiff_cli.io.paths import refuse_overwriting_inputs
 
-    for option, value in (("--guidance-max-t", guidance_max_t), ("--restart-rounds", restart_rounds),
-                          ("--default-steps", default_steps)):
+    for option, value in (("--guidance-max-t", guidance_max_t), ("--guidance-min-t", guidance_min_t),
+                          ("--restart-rounds", restart_rounds), ("--default-steps", default_steps)):
         if value is not None and (input_path.endswith(".pt") or not Path(input_path).is_dir()):
             raise UsageError(f"{option} applies only to a release directory IN")
         if value is not None and card_only:
             raise UsageError(f"--card-only writes the card alone: it cannot take {option}")
     if restart_rounds is not None and restart_rounds < 0:
         raise UsageError(f"--restart-rounds must be 0 (off) or more, not {restart_rounds}")
+    if guidance_min_t is not None and guidance_min_t < 0:
+        raise UsageError(f"--guidance-min-t must be a timestep >= 0 (0: guided to the end), not {guidance_min_t}")
     if default_steps is not None and default_steps < 1:
         raise UsageError(f"--default-steps must be at least 1, not {default_steps}")
 
@@ -270,7 +282,8 @@ def _convert(input_path: str, output_path: str, from_format: Optional[str], to_f
         if card_only:
             _render_card(input_path, output_path, guide, guidance)
         else:
-            _reguide_release(input_path, output_path, guide, guidance, guidance_max_t, restart_rounds, default_steps)
+            _reguide_release(input_path, output_path, guide, guidance, guidance_max_t, restart_rounds, default_steps,
+                             guidance_min_t)
         return
     if weights is not CheckpointWeights.ema:
         raise UsageError("--weights applies only to a training checkpoint (IN ending in .pt)")
@@ -303,19 +316,21 @@ def _render_card(input_path: str, output_path: str, guide: Optional[List[str]], 
 
 def _reguide_release(input_path: str, output_path: str, guide: Optional[List[str]], guidance: Optional[float],
                      guidance_max_t: Optional[int] = None, restart_rounds: Optional[int] = None,
-                     default_steps: Optional[int] = None) -> None:
+                     default_steps: Optional[int] = None, guidance_min_t: Optional[int] = None) -> None:
     """Write release IN to OUT as it is, with a new guide (--guide), a new default weight (--guidance),
-    a new guided interval (--guidance-max-t), restart sampling (--restart-rounds) or default CPU
+    a new guided interval (--guidance-max-t, --guidance-min-t), restart sampling (--restart-rounds) or default CPU
     steps (--default-steps)."""
     from symdiff_cli.engine.guides import attach_guide, guide_from_releases, resave_release, shipped_guide
 
     interval = "" if guidance_max_t is None else f", guided at timesteps <= {guidance_max_t}"
+    if guidance_min_t is not None:
+        interval += f", not guided at timesteps <= {guidance_min_t}" if guidance_min_t else ", guided to the end"
     if restart_rounds is not None:
         interval += f", restart sampling {'off' if restart_rounds == 0 else f'at most {restart_rounds} rounds'}"
     if default_steps is not None:
         interval += f", {default_steps} sampling steps by default on CPU"
     if not guide and guidance is None:
-        out = resave_release(input_path, output_path, guidance_max_t, restart_rounds, default_steps)
+        out = resave_release(input_path, output_path, guidance_max_t, restart_rounds, default_steps, guidance_min_t)
         typer.echo(f"Wrote the release {out} again (same weights and settings{interval}, model card regenerated).",
                    err=True)
         return
@@ -326,6 +341,6 @@ def _reguide_release(input_path: str, output_path: str, guide: Optional[List[str
         if new_guide is None:
             raise UsageError(f"{input_path} ships no guide: pass --guide MODEL to add one")
     out = attach_guide(input_path, output_path, new_guide, guidance_max_t=guidance_max_t,
-                       restart_rounds=restart_rounds, default_steps_cpu=default_steps)
+                       restart_rounds=restart_rounds, default_steps_cpu=default_steps, guidance_min_t=guidance_min_t)
     typer.echo(f"Wrote the release {out} with guidance weight {new_guide.weight:g}"
                + (f" and the guide {_names(guide)}" if guide else "") + interval + ".", err=True)

@@ -147,6 +147,14 @@ def generate_command(
              "own setting by default (qm9: 600; see its README.md); 1000 guides every step.",
         show_default=False,
     ),
+    guidance_min_t: Optional[int] = typer.Option(
+        None, "--guidance-min-t", metavar="T",
+        help="Do not guide the steps at timesteps <= T: the last, quietest steps run the main model alone "
+             "(the two networks nearly agree there, and skipping the guide saves its calls). The model's "
+             "own setting by default (see its README.md; older releases guide to the end); 0 guides every "
+             "step down to the clean molecule.",
+        show_default=False,
+    ),
     restart_rounds: Optional[int] = typer.Option(
         None, "--restart-rounds", metavar="N",
         help="Restart sampling of radicals: when the chain reaches t = 50 (of 1000), a molecule whose "
@@ -262,7 +270,8 @@ def generate_command(
             n=n, out=out, fmt=fmt, batch_size=batch_size, steps=steps, seed=seed, device=device,
             num_atoms=num_atoms, model=model, offline=offline, shard=shard, quiet=quiet, threads=threads,
             precision=precision, spacing=spacing, guidance=guidance, guide=guide,
-            guidance_max_t=guidance_max_t, valence_guidance=valence_guidance, relax=relax, workers=workers, relax_steps=relax_steps,
+            guidance_max_t=guidance_max_t, guidance_min_t=guidance_min_t,
+            valence_guidance=valence_guidance, relax=relax, workers=workers, relax_steps=relax_steps,
             keep=keep, max_attempts=max_attempts, condition=condition,
             condition_guidance=condition_guidance, restart_rounds=restart_rounds,
         ), progress=None if quiet else RichProgress("sampling"))

@@ -236,9 +236,7 @@ def _architecture(config: dict[str, Any], num_parameters: int | None) -> list[st
             f"- Sampling: autoguidance with weight {number_text(guidance.get('weight'))} (Karras et al. 2024): each step "
             "extrapolates from a weaker guide model's prediction towards this model's, eps = eps_guide + "
             "w (eps_main - eps_guide), which adds the guide's cost to "
-            + (f"the steps at timesteps <= {max_t} (guidance in a limited interval, Kynkaanniemi et al. 2024; "
-               "the noisier steps run this model alone)" if (max_t := config.get("sampling", {}).get("guidance_max_t"))
-               is not None else "every step")
+            + _guided_steps_text(config.get("sampling", {}))
             + (f"; the guide's prediction is the mean of {len(entries)} networks'" if len(entries) > 1 else ""))
         for index, entry in enumerate(entries):
             gcfg, gprov = entry.get("model_config", {}), entry.get("provenance", {})
@@ -317,9 +315,23 @@ def _training(config: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _guided_steps_text(sampling: dict[str, Any]) -> str:
+    """Which steps pay for the guide: the guided interval of config.json `sampling`, in words."""
+    max_t, min_t = sampling.get("guidance_max_t"), sampling.get("guidance_min_t") or None
+    if max_t is None and min_t is None:
+        return "every step"
+    bounds = (f"{min_t} < t <= {max_t}" if max_t is not None and min_t is not None
+              else f"timesteps <= {max_t}" if max_t is not None else f"timesteps above {min_t}")
+    outside = ("the noisier steps and the quietest ones" if max_t is not None and min_t is not None
+               else "the noisier steps" if max_t is not None else "the quietest steps")
+    return (f"the steps at {bounds} (guidance in a limited interval, Kynkaanniemi et al. 2024; "
+            f"{outside} run this model alone)")
+
+
 def _citation(config: dict[str, Any]) -> list[str]:
     guided = bool(config.get("guidance"))
-    interval = guided and config.get("sampling", {}).get("guidance_max_t") is not None
+    sampling = config.get("sampling", {})
+    interval = guided and (sampling.get("guidance_max_t") is not None or bool(sampling.get("guidance_min_t")))
     restart = config.get("sampling", {}).get("restart")
     restarted = isinstance(restart, dict) and bool(restart.get("rounds"))
     keys = (["symdiff", "edm"] + (["autoguidance"] if guided else []) + (["guidance_interval"] if interval else [])

@@ -17,17 +17,18 @@ if TYPE_CHECKING:  # torch is imported only when a command runs, so that --help 
 def autoguided_denoiser(release: ReleasedModel, guidance: float | None, guide_specs: Sequence[str] | str | None,
                         offline: bool = False, show_progress: bool = True,
                         guidance_max_t: int | None = None,
-                        condition_guidance: float = 1.0) -> tuple[torch.nn.Module, float]:
+                        condition_guidance: float = 1.0,
+                        guidance_min_t: int | None = None) -> tuple[torch.nn.Module, float]:
     """The network the sampler calls for a loaded release, and the guidance weight it applies.
 
-    The release's own guide, weight and guided interval (timesteps <= `guidance_max_t`) unless
-    overridden; several `guide_specs` guide with the mean of their networks. With weight 1 the
+    The release's own guide, weight and guided interval (`guidance_min_t` < t <= `guidance_max_t`)
+    unless overridden; several `guide_specs` guide with the mean of their networks. With weight 1 the
     guide is not called (nor loaded, for --guide), so the main model alone sets the cost.
     `condition_guidance` above 1 first guides a conditional main model on its condition
     (ConditionGuidedDenoiser); autoguidance then extrapolates from the guide towards that.
     """
     from symdiff_cli.engine.guides import load_guide_from_release
-    from symdiff_cli.engine.release_config import guided_interval_max_t
+    from symdiff_cli.engine.release_config import guided_interval_max_t, guided_interval_min_t
     from symdiff_cli.model.config import DEFAULT_GUIDANCE_WEIGHT
     from symdiff_cli.model.guidance import AutoGuidedDenoiser, ConditionGuidedDenoiser, mean_of
 
@@ -50,7 +51,12 @@ def autoguided_denoiser(release: ReleasedModel, guidance: float | None, guide_sp
     if guide is None:
         raise UsageError(f"--guidance {weight:g} needs a guide model: this release ships none; pass --guide MODEL")
     max_t = guided_interval_max_t(guidance_max_t, release.config, release.cfg.timesteps)
-    return AutoGuidedDenoiser(main, guide, weight, max_t), weight
+    min_t = guided_interval_min_t(guidance_min_t, release.config)
+    if min_t is not None and min_t >= (top := release.cfg.timesteps if max_t is None else max_t):
+        # An interval min_t < t <= max_t with nothing in it would silently turn guidance off.
+        raise UsageError(f"--guidance-min-t {min_t} leaves no timestep to guide: it must be below the guided "
+                         f"interval's top, {top} (--guidance-max-t)")
+    return AutoGuidedDenoiser(main, guide, weight, max_t, min_t), weight
 
 
 def with_valence_guidance(denoiser: torch.nn.Module, cfg: ModelConfig,

@@ -70,6 +70,7 @@ class GenerateOptions:
     guide: Sequence[str] | None = None  # other releases as the guide (their mean), in place of the release's own
     valence_guidance: float | None = None  # valence-guidance scale; None: the release's (0 = off)
     guidance_max_t: int | None = None  # noisiest guided timestep; None: the release's (its T: every one)
+    guidance_min_t: int | None = None  # no guide at timesteps <= it; None: the release's (0: guided to the end)
     restart_rounds: int | None = None  # restart sampling of radicals (engine/restart.py); None: the release's
     # Relaxation and filtering (engine/keep.py): --relax, --workers, --relax-steps, --keep, --max-attempts.
     relax: str = "none"
@@ -136,6 +137,8 @@ def _check_options(opts: GenerateOptions) -> None:
         raise UsageError(f"--guidance must be a number >= 0 (1: no guidance), not {opts.guidance}")
     if opts.guidance_max_t is not None and opts.guidance_max_t < 0:
         raise UsageError(f"--guidance-max-t must be a timestep >= 0, not {opts.guidance_max_t}")
+    if opts.guidance_min_t is not None and opts.guidance_min_t < 0:
+        raise UsageError(f"--guidance-min-t must be a timestep >= 0 (0: guided to the end), not {opts.guidance_min_t}")
     if opts.restart_rounds is not None and opts.restart_rounds < 0:
         raise UsageError(f"--restart-rounds must be 0 (off) or more, not {opts.restart_rounds}")
     if opts.condition_guidance is not None and not (math.isfinite(opts.condition_guidance)
@@ -210,19 +213,21 @@ class _RunCounts:
 def _sample_config(opts: GenerateOptions, release: ReleasedModel, device: torch.device,
                    guidance_weight: float) -> SampleConfig:
     """The release's sampling defaults on this device, overridden by the options."""
-    from symdiff_cli.engine.release_config import guided_interval_max_t
+    from symdiff_cli.engine.release_config import guided_interval_max_t, guided_interval_min_t
     from symdiff_cli.engine.sample_config import SampleConfig
 
     defaults = release.sample_config(device.type)
     steps = opts.steps if opts.steps is not None else defaults.steps  # defaults are checked at load
-    # On CPUs bf16 measured no faster end to end (elementwise work dominates at this model
-    # size), so auto keeps float32 there.
+    # On CPUs bf16 measured no faster end to end: the network is faster in bf16 at large
+    # batches, but a run's batches (one atom count each) are mostly too small to pay for the
+    # casts (docs/training.md), so auto keeps float32 there.
     use_bf16 = opts.precision == "bf16" or (opts.precision == "auto" and device.type == "cuda")
     max_t = None if guidance_weight == 1.0 else guided_interval_max_t(opts.guidance_max_t, release.config,
                                                                       release.cfg.timesteps)
+    min_t = None if guidance_weight == 1.0 else guided_interval_min_t(opts.guidance_min_t, release.config)
     return SampleConfig(steps=steps, spacing=opts.spacing, guidance_weight=guidance_weight,
                         valence_guidance=defaults.valence_guidance, autocast_bf16=use_bf16,
-                        guidance_max_t=max_t, restart=defaults.restart,
+                        guidance_max_t=max_t, guidance_min_t=min_t, restart=defaults.restart,
                         ).with_valence_scale(opts.valence_guidance).with_restart_rounds(opts.restart_rounds)
 
 
@@ -240,7 +245,8 @@ def _sampler_for(opts: GenerateOptions, release: ReleasedModel,
     if opts.guidance_max_t is not None and opts.guidance_max_t > cfg.timesteps:
         raise UsageError(f"--guidance-max-t {opts.guidance_max_t} is above the model's {cfg.timesteps} diffusion steps")
     denoiser, weight = autoguided_denoiser(release, opts.guidance, opts.guide, opts.offline, not opts.quiet,
-                                           opts.guidance_max_t, _condition_guidance(opts, release))
+                                           opts.guidance_max_t, _condition_guidance(opts, release),
+                                           opts.guidance_min_t)
     denoiser = valence_guided(denoiser, release, opts.valence_guidance)
     sample_config = _sample_config(opts, release, device, weight)
     return (Sampler.from_config(denoiser, cfg, device, sample_config, _condition_source(opts, release)),

@@ -12,8 +12,9 @@ import torch
 
 from symdiff_cli.engine.release import load_release, save_release
 from symdiff_cli.engine.release_config import (
-    GUIDANCE_MAX_T_KEY, Guide, GuideNetwork, check_guidance_weight, check_guide_fits, default_sampling_steps,
-    expected_checksum, guided_interval_max_t, parse_guidance, read_release_config, release_restart,
+    GUIDANCE_MAX_T_KEY, GUIDANCE_MIN_T_KEY, Guide, GuideNetwork, check_guidance_weight, check_guide_fits,
+    default_sampling_steps, expected_checksum, guided_interval_max_t, parse_guidance, read_release_config,
+    release_restart,
 )
 from symdiff_cli.engine.release_layout import CONFIG_FILE, WEIGHTS_FILE, guide_entries
 from symdiff_cli.engine.restart import RESTART_KEY
@@ -71,13 +72,15 @@ def shipped_guide(spec: str | os.PathLike, weight: float | None = None) -> Guide
 
 def attach_guide(release_spec: str | os.PathLike, out_dir: str | os.PathLike, guide: Guide | None,
                  card_text: str | None = None, guidance_max_t: int | None = None,
-                 restart_rounds: int | None = None, default_steps_cpu: int | None = None) -> Path:
+                 restart_rounds: int | None = None, default_steps_cpu: int | None = None,
+                 guidance_min_t: int | None = None) -> Path:
     """Write release `release_spec` again to `out_dir` (which may be where it is) with `guide`
     (None: without one), replacing any guide it had; its weights, histogram, provenance,
     sampling settings, metrics.json and other config.json keys are kept, and the card is
     generated again unless `card_text` is given. `guidance_max_t` sets the noisiest guided
-    timestep (the model's T or more: every one); None keeps the release's setting.
-    `restart_rounds` sets restart sampling of radicals (engine/restart.py; 0: off), and
+    timestep (the model's T or more: every one) and `guidance_min_t` the quietest unguided one (0:
+    guided to the end); None keeps the release's setting. `restart_rounds` sets restart sampling
+    of radicals (engine/restart.py; 0: off), and
     `default_steps_cpu` the default number of sampling steps on CPU; None keeps each."""
     from symdiff_cli.engine.metrics_file import read_metrics_text
     from symdiff_cli.engine.registry import resolve_model
@@ -92,6 +95,16 @@ def attach_guide(release_spec: str | os.PathLike, out_dir: str | os.PathLike, gu
         sampling.pop(GUIDANCE_MAX_T_KEY, None)
         if (max_t := guided_interval_max_t(guidance_max_t, config, model_cfg.timesteps)) is not None:
             sampling[GUIDANCE_MAX_T_KEY] = max_t
+    if guidance_min_t is not None:
+        if guidance_min_t < 0:
+            raise SymdiffError(f"the guided interval's lowest timestep must be >= 0, not {guidance_min_t}")
+        sampling.pop(GUIDANCE_MIN_T_KEY, None)
+        if guidance_min_t > 0:
+            sampling[GUIDANCE_MIN_T_KEY] = int(guidance_min_t)
+        top = guided_interval_max_t(None, {"sampling": sampling}, model_cfg.timesteps) or model_cfg.timesteps
+        if guidance_min_t >= top:
+            raise SymdiffError(f"the guided interval's lowest timestep ({guidance_min_t}) must be below its "
+                               f"highest ({top})")
     if default_steps_cpu is not None and not 1 <= default_steps_cpu <= model_cfg.timesteps:
         raise SymdiffError(f"the default steps must be in 1..{model_cfg.timesteps}, not {default_steps_cpu}")
     if restart_rounds is not None:
@@ -115,9 +128,10 @@ def attach_guide(release_spec: str | os.PathLike, out_dir: str | os.PathLike, gu
 
 def resave_release(release_spec: str | os.PathLike, out_dir: str | os.PathLike,
                    guidance_max_t: int | None = None, restart_rounds: int | None = None,
-                   default_steps_cpu: int | None = None) -> Path:
+                   default_steps_cpu: int | None = None, guidance_min_t: int | None = None) -> Path:
     """Write release `release_spec` again to `out_dir` as it is, with its own guide and
-    weight: the same tensors and settings (`guidance_max_t`, `restart_rounds` and
+    weight: the same tensors and settings (`guidance_max_t`, `guidance_min_t`, `restart_rounds` and
     `default_steps_cpu` as in `attach_guide`), a regenerated model card, its metrics.json."""
     return attach_guide(release_spec, out_dir, shipped_guide(release_spec), guidance_max_t=guidance_max_t,
-                        restart_rounds=restart_rounds, default_steps_cpu=default_steps_cpu)
+                        restart_rounds=restart_rounds, default_steps_cpu=default_steps_cpu,
+                        guidance_min_t=guidance_min_t)

@@ -44,6 +44,7 @@ DEFAULT_STEPS_CUDA = 1000
 
 # The config.json key (in `sampling`) of the noisiest timestep that autoguidance acts on.
 GUIDANCE_MAX_T_KEY = "guidance_max_t"
+GUIDANCE_MIN_T_KEY = "guidance_min_t"
 # The scale of guidance on a conditional release's property condition (model/guidance.py
 # ConditionGuidedDenoiser); absent: 1, no such guidance.
 CONDITION_GUIDANCE_KEY = "condition_guidance"
@@ -277,6 +278,11 @@ def parse_release_config(config: Any, source: str) -> tuple[ModelConfig, dict[in
     if max_t is not None and (isinstance(max_t, bool) or not isinstance(max_t, int)
                               or not 0 <= max_t <= model_cfg.timesteps):
         raise SymdiffError(f"{source}: sampling.{GUIDANCE_MAX_T_KEY} must be an integer in 0..{model_cfg.timesteps}")
+    min_t = sampling.get(GUIDANCE_MIN_T_KEY)
+    if min_t is not None and (isinstance(min_t, bool) or not isinstance(min_t, int)
+                              or not 0 <= min_t < (model_cfg.timesteps if max_t is None else max_t)):
+        raise SymdiffError(f"{source}: sampling.{GUIDANCE_MIN_T_KEY} must be an integer from 0 up to, not "
+                           f"including, sampling.{GUIDANCE_MAX_T_KEY} (or {model_cfg.timesteps})")
     scale = sampling.get(CONDITION_GUIDANCE_KEY)
     if scale is not None and (not isinstance(scale, (int, float)) or isinstance(scale, bool)
                               or not math.isfinite(scale) or scale < 0):
@@ -302,6 +308,14 @@ def guided_interval_max_t(override: int | None, config: dict[str, Any], timestep
     release's own; None when every timestep is guided (none set, or `timesteps` and above)."""
     max_t = release_guidance_max_t(config) if override is None else override
     return None if max_t is None or max_t >= timesteps else int(max_t)
+
+
+def guided_interval_min_t(override: int | None, config: dict[str, Any]) -> int | None:
+    """The quietest timestep a sampler does not guide: guidance stops at timesteps <= it.
+    `override` (a --guidance-min-t), else the release's sampling.guidance_min_t; None when every
+    timestep down to 0 is guided (none set, or 0). Older releases lack the key and guide to the end."""
+    min_t = config.get("sampling", {}).get(GUIDANCE_MIN_T_KEY) if override is None else override
+    return None if not min_t else int(min_t)
 
 
 def release_restart(config: dict[str, Any], timesteps: int) -> RestartSettings:
@@ -340,6 +354,7 @@ def release_sample_config(config: dict[str, Any], model_cfg: ModelConfig, device
                         guidance_weight=1.0 if guidance is None else guidance[1],
                         valence_guidance=valence_guidance_settings(config),
                         guidance_max_t=release_guidance_max_t(config),
+                        guidance_min_t=guided_interval_min_t(None, config),
                         restart=release_restart(config, model_cfg.timesteps))
 
 

@@ -17,7 +17,9 @@ Guidance may be limited to the less noisy part of the chain (`max_t`): Kynkaanni
 ("Applying guidance in a limited interval improves sample and distribution quality") find that
 guiding at high noise levels mostly narrows the distribution and costs network calls, while the
 gain comes from the middle and low noise levels. Above `max_t` the main network alone predicts
-and the guide is not called.
+and the guide is not called. The interval may be closed at the quiet end too (`min_t`): in the
+last steps before the clean molecule the two networks nearly agree, and with the sampler's
+steps crowded there (cubic spacing), skipping the guide at t <= min_t saves many guide calls.
 
 Equivariance survives: each term is an O(3)-equivariant (in distribution) function of z_t drawn
 with its own frames, and a fixed linear combination of independent equivariant draws is
@@ -31,14 +33,17 @@ from torch import nn
 
 
 class AutoGuidedDenoiser(nn.Module):
-    """eps = eps_guide + weight * (eps_main - eps_guide) for molecules at timesteps t <= max_t, the
-    main network's eps above; the guide is called only if weight != 1 and some t <= max_t.
+    """eps = eps_guide + weight * (eps_main - eps_guide) for molecules at timesteps
+    min_t < t <= max_t, the main network's eps outside; the guide is called only if weight != 1
+    and some molecule's t lies in that interval.
 
     Takes and returns what `SymmetrisedDenoiser` does; extra keyword arguments (a generator,
-    coupled frame draws) go to both networks. `max_t` None guides at every timestep.
+    coupled frame draws) go to both networks. `max_t` None: no upper end; `min_t` None: no lower
+    end (every timestep down to 0 is guided).
     """
 
-    def __init__(self, main: nn.Module, guide: nn.Module | None, weight: float, max_t: int | None = None):
+    def __init__(self, main: nn.Module, guide: nn.Module | None, weight: float, max_t: int | None = None,
+                 min_t: int | None = None):
         super().__init__()
         if weight != 1.0 and guide is None:
             raise ValueError("a guidance weight other than 1 needs a guide model")
@@ -46,13 +51,14 @@ class AutoGuidedDenoiser(nn.Module):
         self.guide = guide
         self.weight = float(weight)
         self.max_t = None if max_t is None else int(max_t)
+        self.min_t = None if min_t is None else int(min_t)
 
     def forward(self, x: torch.Tensor, h: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None = None,
                 **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         eps_x, eps_h = self.main(x, h, t, mask, **kwargs)
         if self.guide is None or self.weight == 1.0:
             return eps_x, eps_h
-        guided = None if self.max_t is None else t <= self.max_t
+        guided = self._guided_rows(t)
         if guided is not None and not bool(guided.any()):
             return eps_x, eps_h
         guide_x, guide_h = self.guide(x, h, t, mask, **kwargs)
@@ -62,6 +68,14 @@ class AutoGuidedDenoiser(nn.Module):
             rows = guided.view(-1, 1, 1)
             out_x, out_h = torch.where(rows, out_x, eps_x), torch.where(rows, out_h, eps_h)
         return out_x, out_h
+
+    def _guided_rows(self, t: torch.Tensor) -> torch.Tensor | None:
+        """(B,) bool: the molecules whose timestep is in the guided interval; None: all of them."""
+        guided = None if self.max_t is None else t <= self.max_t
+        if self.min_t is not None:
+            above = t > self.min_t
+            guided = above if guided is None else guided & above
+        return guided
 
 
 class MeanDenoiser(nn.Module):
