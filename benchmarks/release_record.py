@@ -28,7 +28,8 @@ def compact_json(data: dict) -> str:
 
 def sampler_settings(release: Path, extra: list[str]) -> dict[str, Any]:
     """The release's own CPU sampler settings (steps, guides, weight, guided interval, restart
-    sampling) and the generate options given beside them."""
+    sampling) and the generate options given beside them; --guide and --guidance among those
+    replace the guides and the weight."""
     from symdiff_cli.engine.release_layout import guide_entries
 
     config = json.loads((release / "config.json").read_text())
@@ -40,9 +41,14 @@ def sampler_settings(release: Path, extra: list[str]) -> dict[str, Any]:
         if all(names):
             settings["guides"] = names
         settings["guidance"] = config["guidance"]["weight"]
-    for key in ("guidance_max_t", "restart"):
+    for key in ("guidance_max_t", "guidance_min_t", "restart"):
         if key in sampling:
             settings[key] = sampling[key]
+    given = [extra[i + 1] for i, option in enumerate(extra[:-1]) if option == "--guide"]
+    if given:  # --guide replaces the release's own guide networks
+        settings["guides"] = given
+    if "--guidance" in extra[:-1]:
+        settings["guidance"] = float(extra[extra.index("--guidance") + 1])
     if extra:
         settings["options"] = " ".join(extra)
     return settings

@@ -71,10 +71,16 @@ def main() -> None:
     parser.add_argument("--record", default=None, metavar="RELEASE")
     parser.add_argument("--first", action="store_true", help="with --record: put it first (the card's table)")
     parser.add_argument("--notes", default=None, help="with --record: the measurement's notes")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="with --record: seconds per 1,000 molecules measured apart (say how in --timing), "
+                             "for seeds generated beside other jobs, whose own wall times are not the sampler's")
+    parser.add_argument("--timing", default=None, help="with --record and --seconds: how --seconds was measured")
     parser.add_argument("extra", nargs="*", help="further `symdiff generate` options (after --)")
     args = parser.parse_args()
     if args.record and not args.name:
         sys.exit("error: --record needs --name")
+    if (args.seconds is None) != (args.timing is None):
+        sys.exit("error: --seconds and --timing go together")
 
     from symdiff_cli.engine.registry import resolve_model
     from symdiff_cli.errors import SymdiffError
@@ -126,8 +132,9 @@ def record(release: Path, args: argparse.Namespace, per_seed: dict, totals: dict
                     + " && symdiff evaluate mols.sdf --dataset qm9"),
         "sampler": sampler_settings(release, args.extra), "seeds": args.seeds, "n_per_seed": args.n,
         "metrics": metrics_entry,
-        "seconds_per_1000": summary["seconds_per_1000"][0],
-        "timing": f"seed {args.seeds[0]}, 2 CPU cores, the wall time of the generate command",
+        "seconds_per_1000": summary["seconds_per_1000"][0] if args.seconds is None else args.seconds,
+        "timing": (f"seed {args.seeds[0]}, 2 CPU cores, the wall time of the generate command" if args.timing is None
+                   else args.timing),
     }
     if args.notes:
         measurement["notes"] = args.notes
