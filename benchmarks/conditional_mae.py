@@ -4,7 +4,11 @@ predictor, and report the MAE to the requested values beside the predictor's ref
 the benchmark's stability metrics of the same molecules.
 
     python benchmarks/conditional_mae.py --model qm9-alpha --n 1000 --seeds 0 \
-        [--name "unguided"] [--record weights/qm9-alpha] [-- extra generate options]
+        [--name "unguided"] [--record weights/qm9-alpha] [--keep DIR] [--against DIR] [-- extra generate options]
+
+--keep DIR keeps each seed's files (and reuses them when called again); --against DIR pairs this
+run's molecules with another release's run kept there (the same seeds ask for the same values),
+for a difference of MAEs whose standard error the shared requests do not inflate.
 
 --record adds (or replaces, by --name) the result in the release's metrics.json under
 "property_mae" and as a stability measurement, then re-renders its card; nothing else of the
@@ -14,6 +18,7 @@ release is written.
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime
 import json
 import sys
@@ -27,16 +32,40 @@ from release_record import read_metrics, run, sampler_settings, write_metrics  #
 
 
 def measure(model: str, prop: str, n: int, seed: int, predictor: str | None, extra: list[str], folder: Path) -> dict:
-    sdf = folder / f"seed{seed}.sdf"
-    started = time.perf_counter()
-    run(["generate", "--model", model, "--n", str(n), "--seed", str(seed), "--condition", prop, "--out", str(sdf),
-         "-q", *extra])
-    seconds = time.perf_counter() - started
-    report = folder / f"seed{seed}.json"
-    run(["evaluate", str(sdf), "--property", prop, "--json", str(report),
-         *(["--predictor", predictor] if predictor else [])])
+    """Generate and judge one seed into `folder`; a seed measured there before is read back."""
+    sdf, report, rows, timing = (folder / f"seed{seed}{suffix}" for suffix in (".sdf", ".json", ".csv", ".seconds"))
+    if not (report.is_file() and rows.is_file() and timing.is_file()):
+        started = time.perf_counter()
+        run(["generate", "--model", model, "--n", str(n), "--seed", str(seed), "--condition", prop, "--out", str(sdf),
+             "-q", *extra])
+        seconds = time.perf_counter() - started
+        run(["evaluate", str(sdf), "--property", prop, "--json", str(report), "--per-molecule", str(rows),
+             *(["--predictor", predictor] if predictor else [])])
+        timing.write_text(f"{seconds:.3f}\n")
     result = json.loads(report.read_text())
-    return {"seconds": seconds, **result}
+    requested, errors = read_errors(rows)
+    return {"seconds": float(timing.read_text()), "requested": requested, "errors": errors, **result}
+
+
+def read_errors(rows: Path) -> tuple[list[float], list[float]]:
+    """The requested values and absolute errors of an `evaluate --property --per-molecule` CSV."""
+    with rows.open(newline="") as handle:
+        table = [(float(row["requested"]), float(row["predicted"])) for row in csv.DictReader(handle)]
+    return [r for r, _ in table], [abs(p - r) for r, p in table]
+
+
+def paired_difference(results: list[dict], against: Path, seeds: list[int]) -> dict:
+    """Mean and standard error of this run's absolute errors minus those of the run kept in
+    `against` (another release, the same seeds and n: the same requested values, molecule by molecule)."""
+    diffs = []
+    for result, seed in zip(results, seeds):
+        requested, theirs = read_errors(against / f"seed{seed}.csv")
+        if len(requested) != len(result["requested"]) or not np.allclose(requested, result["requested"]):
+            sys.exit(f"error: {against} asked seed {seed} for other values than this run: nothing to pair")
+        diffs += [a - b for a, b in zip(result["errors"], theirs)]
+    diffs_array = np.asarray(diffs)
+    return {"against": str(against), "mean": round(float(diffs_array.mean()), 4),
+            "standard_error": round(float(diffs_array.std(ddof=1) / np.sqrt(len(diffs_array))), 4)}
 
 
 def main() -> None:
@@ -48,6 +77,11 @@ def main() -> None:
     parser.add_argument("--predictor", default=None)
     parser.add_argument("--name", default="generated")
     parser.add_argument("--record", default=None, metavar="RELEASE")
+    parser.add_argument("--keep", default=None, metavar="DIR",
+                        help="keep each seed's SDF, evaluation and per-molecule CSV here; seeds found there are reused")
+    parser.add_argument("--against", default=None, metavar="DIR",
+                        help="the --keep DIR of another release's run (same seeds and --n): report the paired "
+                             "difference of the absolute errors, molecule by molecule")
     parser.add_argument("extra", nargs="*", help="further `symdiff generate` options (after --)")
     args = parser.parse_args()
 
@@ -64,7 +98,9 @@ def main() -> None:
         sys.exit(f"error: {args.model} is not a conditional release; name a --property of a conditional one")
     prop = args.property or conditions[0]
     with tempfile.TemporaryDirectory() as tmp:
-        results = [measure(args.model, prop, args.n, seed, args.predictor, args.extra, Path(tmp)) for seed in args.seeds]
+        folder = Path(args.keep) if args.keep else Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        results = [measure(args.model, prop, args.n, seed, args.predictor, args.extra, folder) for seed in args.seeds]
     maes = [r["property"]["mae"] for r in results]
     counts = {key: sum(r["counts"][key] for r in results) for key in ("molecules", "atoms", "stable_atoms",
                                                                        "stable_molecules", "valid")}
@@ -84,6 +120,8 @@ def main() -> None:
         "references": section["references"], "predictor": Path(section["predictor"]).name,
         "seconds_per_1000": round(1000 * float(np.mean([r["seconds"] for r in results])) / args.n, 1),
     }
+    if args.against:
+        summary["mae_difference"] = paired_difference(results, Path(args.against), args.seeds)
     print(json.dumps(summary, indent=2))
     if args.record:
         record(Path(args.record), summary, counts, args)

@@ -267,7 +267,7 @@ def test_the_card_of_a_conditional_release_shows_its_use_provenance_and_mae_tabl
                           "references": {"shuffled": 9.0, "atom_count": 3.8, "real_molecules": 0.5}}]}
     card = model_card(config, 100, metrics, "qm9-alpha")
     assert "## Property conditioning" in card and "--model qm9-alpha --condition alpha=80" in card
-    assert "Fine-tuned from the unconditional release `qm9`" in card
+    assert "Fine-tuned from the release `qm9`" in card and "saw the property predictor's half too" in card
     assert "| unguided (10 molecules; molecule stability 40 %) | 2.5 ± 0.25 | 2.76 |" in card
     assert "| atom count alone | 3.8 | 3.86 |" in card
     assert "Conditional on alpha" in card and "no property conditioning" not in card

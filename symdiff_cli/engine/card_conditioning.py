@@ -40,9 +40,10 @@ def conditioning_section(config: dict[str, Any], name: str, metrics: dict[str, A
         + "; ".join(f"{n} mean {_number(m, 5)}, s.d. {_number(s, 4)}" for n, m, s in zip(names, means, spreads))
         + ", enters the backbone's conditioning vector beside the timestep through a zero-initialised linear layer. "
         f"Trained on: {section.get('data', 'not recorded')}."
-        + (f" Fine-tuned from the unconditional release `{config['provenance']['init_from']}`, which was trained on "
-           "the whole train split (both halves): its pretraining saw the property predictor's half too, "
-           "without the property values." if config.get("provenance", {}).get("init_from") else "")
+        + (f" Fine-tuned from the release `{config['provenance']['init_from']}`, whose training (and that of any "
+           "release it was grown from) is part of this model's history: an unconditional model trained on the whole "
+           "train split (both halves) at the start of that chain saw the property predictor's half too, without the "
+           "property values." if config.get("provenance", {}).get("init_from") else "")
         + " Drawn values follow the training data's distribution for each molecule's atom count (config.json "
         "`conditioning.quantiles`: 21 quantiles per atom count, interpolated). Every SDF record carries its requested "
         f"value as the tag `symdiff_condition_{first}`.", "",
