@@ -200,6 +200,8 @@ def test_bad_intervals_fail_with_one_clear_line(weights, tmp_path, capsys):
     assert code != 0 and "leaves no timestep to guide" in err and not out.exists()
     code, _, err = run_cli(capsys, "convert", release, release, "--guidance-max-t", "300", "--guidance-min-t", "400")
     assert code != 0 and "must be below its highest (300)" in err and "Traceback" not in err
+    code, _, err = run_cli(capsys, "convert", release, release, "--guidance-max-t", "0", "--guidance-min-t", "5")
+    assert code != 0 and "must be below its highest (0)" in err and "Traceback" not in err  # 0 is a bound too
     assert "guidance_min_t" not in json.loads((weights / "guided" / "config.json").read_text())["sampling"]
 
     config_path = weights / "guided" / "config.json"

@@ -332,7 +332,7 @@ def _citation(config: dict[str, Any]) -> list[str]:
     guided = bool(config.get("guidance"))
     sampling = config.get("sampling", {})
     interval = guided and (sampling.get("guidance_max_t") is not None or bool(sampling.get("guidance_min_t")))
-    restart = config.get("sampling", {}).get("restart")
+    restart = sampling.get("restart")
     restarted = isinstance(restart, dict) and bool(restart.get("rounds"))
     keys = (["symdiff", "edm"] + (["autoguidance"] if guided else []) + (["guidance_interval"] if interval else [])
             + (["restart"] if restarted else []))

@@ -28,7 +28,7 @@ def autoguided_denoiser(release: ReleasedModel, guidance: float | None, guide_sp
     (ConditionGuidedDenoiser); autoguidance then extrapolates from the guide towards that.
     """
     from symdiff_cli.engine.guides import load_guide_from_release
-    from symdiff_cli.engine.release_config import guided_interval_max_t, guided_interval_min_t
+    from symdiff_cli.engine.release_config import guided_interval_max_t, guided_interval_min_t, guided_interval_top
     from symdiff_cli.model.config import DEFAULT_GUIDANCE_WEIGHT
     from symdiff_cli.model.guidance import AutoGuidedDenoiser, ConditionGuidedDenoiser, mean_of
 
@@ -52,7 +52,7 @@ def autoguided_denoiser(release: ReleasedModel, guidance: float | None, guide_sp
         raise UsageError(f"--guidance {weight:g} needs a guide model: this release ships none; pass --guide MODEL")
     max_t = guided_interval_max_t(guidance_max_t, release.config, release.cfg.timesteps)
     min_t = guided_interval_min_t(guidance_min_t, release.config)
-    if min_t is not None and min_t >= (top := release.cfg.timesteps if max_t is None else max_t):
+    if min_t is not None and min_t >= (top := guided_interval_top(max_t, release.cfg.timesteps)):
         # An interval min_t < t <= max_t with nothing in it would silently turn guidance off.
         raise UsageError(f"--guidance-min-t {min_t} leaves no timestep to guide: it must be below the guided "
                          f"interval's top, {top} (--guidance-max-t)")

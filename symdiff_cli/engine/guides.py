@@ -13,8 +13,8 @@ import torch
 from symdiff_cli.engine.release import load_release, save_release
 from symdiff_cli.engine.release_config import (
     GUIDANCE_MAX_T_KEY, GUIDANCE_MIN_T_KEY, Guide, GuideNetwork, check_guidance_weight, check_guide_fits,
-    default_sampling_steps, expected_checksum, guided_interval_max_t, parse_guidance, read_release_config,
-    release_restart,
+    default_sampling_steps, expected_checksum, guided_interval_max_t, guided_interval_top, parse_guidance,
+    read_release_config, release_restart,
 )
 from symdiff_cli.engine.release_layout import CONFIG_FILE, WEIGHTS_FILE, guide_entries
 from symdiff_cli.engine.restart import RESTART_KEY
@@ -101,7 +101,7 @@ def attach_guide(release_spec: str | os.PathLike, out_dir: str | os.PathLike, gu
         sampling.pop(GUIDANCE_MIN_T_KEY, None)
         if guidance_min_t > 0:
             sampling[GUIDANCE_MIN_T_KEY] = int(guidance_min_t)
-        top = guided_interval_max_t(None, {"sampling": sampling}, model_cfg.timesteps) or model_cfg.timesteps
+        top = guided_interval_top(sampling.get(GUIDANCE_MAX_T_KEY), model_cfg.timesteps)
         if guidance_min_t >= top:
             raise SymdiffError(f"the guided interval's lowest timestep ({guidance_min_t}) must be below its "
                                f"highest ({top})")

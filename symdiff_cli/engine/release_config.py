@@ -280,7 +280,7 @@ def parse_release_config(config: Any, source: str) -> tuple[ModelConfig, dict[in
         raise SymdiffError(f"{source}: sampling.{GUIDANCE_MAX_T_KEY} must be an integer in 0..{model_cfg.timesteps}")
     min_t = sampling.get(GUIDANCE_MIN_T_KEY)
     if min_t is not None and (isinstance(min_t, bool) or not isinstance(min_t, int)
-                              or not 0 <= min_t < (model_cfg.timesteps if max_t is None else max_t)):
+                              or not 0 <= min_t < guided_interval_top(max_t, model_cfg.timesteps)):
         raise SymdiffError(f"{source}: sampling.{GUIDANCE_MIN_T_KEY} must be an integer from 0 up to, not "
                            f"including, sampling.{GUIDANCE_MAX_T_KEY} (or {model_cfg.timesteps})")
     scale = sampling.get(CONDITION_GUIDANCE_KEY)
@@ -308,6 +308,12 @@ def guided_interval_max_t(override: int | None, config: dict[str, Any], timestep
     release's own; None when every timestep is guided (none set, or `timesteps` and above)."""
     max_t = release_guidance_max_t(config) if override is None else override
     return None if max_t is None or max_t >= timesteps else int(max_t)
+
+
+def guided_interval_top(max_t: int | None, timesteps: int) -> int:
+    """The noisiest timestep a guided interval can reach: its max_t, or the model's T when unbounded.
+    A guidance_min_t must lie below it, or the interval holds no timestep."""
+    return timesteps if max_t is None else max_t
 
 
 def guided_interval_min_t(override: int | None, config: dict[str, Any]) -> int | None:
