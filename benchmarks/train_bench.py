@@ -4,6 +4,11 @@ Uses the real QM9 train split when its cache exists (or --qm9), otherwise random
 QM9's atom-count distribution (throughput depends on sizes, not on coordinates). Prints a table.
 
     python benchmarks/train_bench.py --presets small paper --batch-size 64 --steps 30
+    python benchmarks/train_bench.py --presets small paper --precisions fp32 bf16 --optimizers fused foreach
+
+--precisions: bf16 runs the step under bfloat16 autocast, as `symdiff train --precision bf16`.
+--optimizers: fused is the trainer's AMSGrad Adam (engine/optim.py); foreach is the same update
+as one multi-tensor call per operation, what the trainer used before.
 """
 
 from __future__ import annotations
@@ -43,11 +48,15 @@ def load_data(use_qm9: bool) -> tuple[PackedMolecules, str]:
     return random_qm9_like(20000), "random QM9-sized molecules"
 
 
-def bench(preset: str, orientation_kernel: str, packed: PackedMolecules, batch_size: int, steps: int, warmup: int) -> dict:
+def bench(preset: str, orientation_kernel: str, packed: PackedMolecules, batch_size: int, steps: int, warmup: int,
+          precision: str = "fp32", optimizer: str = "fused") -> dict:
     torch.manual_seed(0)
     cfg = model_config_from_preset(preset, orientation_kernel=orientation_kernel)
     model = SymmetrisedDenoiser(cfg)
-    opt = make_optimizer(model, lr=1e-4)
+    if optimizer == "fused":
+        opt = make_optimizer(model, lr=1e-4)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4, amsgrad=True, foreach=True)
     diffusion = VPDiffusion(NoiseSchedule(cfg.timesteps, cfg.noise_precision))
     data = MoleculeTensors(packed, QM9)
     batches = SizeGroupedBatches(packed.num_atoms, batch_size, seed=0).epoch(0)
@@ -58,7 +67,8 @@ def bench(preset: str, orientation_kernel: str, packed: PackedMolecules, batch_s
         idx = batches[i % len(batches)]
         x, h = data.gather(idx, cfg.norm_one_hot, cfg.norm_charge)
         start = time.perf_counter()
-        loss = diffusion.loss(model, Batch(x, h, None))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = diffusion.loss(model, Batch(x, h, None))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
@@ -66,7 +76,8 @@ def bench(preset: str, orientation_kernel: str, packed: PackedMolecules, batch_s
         if i >= warmup:
             seconds += time.perf_counter() - start
             mols += len(idx)
-    return {"preset": preset, "orientation_kernel": orientation_kernel, "params": count_parameters(model), "mol_per_s": mols / seconds}
+    return {"preset": preset, "orientation_kernel": orientation_kernel, "params": count_parameters(model),
+            "precision": precision, "optimizer": optimizer, "mol_per_s": mols / seconds}
 
 
 def main() -> None:
@@ -77,13 +88,19 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--qm9", action="store_true", help="use the real QM9 train split (builds the cache if needed)")
+    ap.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32"])
+    ap.add_argument("--optimizers", nargs="+", choices=("fused", "foreach"), default=["fused"])
     args = ap.parse_args()
     packed, source = load_data(args.qm9)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, {source}")
-    print(f"{'preset':8} {'kernel':8} {'params':>12} {'mol/s':>10}")
+    print(f"{'preset':8} {'kernel':8} {'params':>12} {'precision':>9} {'optimizer':>9} {'mol/s':>10}")
     for preset in args.presets:
-        r = bench(preset, args.orientation_kernel, packed, args.batch_size, args.steps, args.warmup)
-        print(f"{r['preset']:8} {r['orientation_kernel']:8} {r['params']:>12,} {r['mol_per_s']:>10.1f}")
+        for precision in args.precisions:
+            for optimizer in args.optimizers:
+                r = bench(preset, args.orientation_kernel, packed, args.batch_size, args.steps, args.warmup,
+                          precision, optimizer)
+                print(f"{r['preset']:8} {r['orientation_kernel']:8} {r['params']:>12,} {precision:>9} {optimizer:>9} "
+                      f"{r['mol_per_s']:>10.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,10 @@ The research code is github.com/leozhangML/symdiff at commit f70cba9: the networ
 diffusion calls it, `_forward(t, xh, node_mask, edge_mask, context=None)`. It is cloned into
 --research-code at run time when that folder does not exist, and imported from there; none of it
 is copied into this project. Ours is `symdiff_cli.model.dit.SymmetrisedDenoiser`. Both run in
-this process, on the same torch, in float32 on the CPU, with --threads threads.
+this process, on the same torch, on the CPU, with --threads threads, in float32 unless
+--precision bf16 (bfloat16 autocast, as `symdiff train/generate --precision bf16` run ours) or
+--their-precision says otherwise; --their-precision defaults to --precision, the same
+configuration on both sides.
 
 Four measurements, each the median of --repetitions timed passes after --warmup untimed ones,
 ours and theirs alternating (and which of the two goes first alternating too, so a drift of the
@@ -40,11 +43,17 @@ Configurations (the settings of both sides are printed, with their parameter cou
   --tiny          both tiny (hidden 32, depth 1), a few synthetic molecules, one repetition: for
                   the test (tests/test_vs_research_code.py).
 
+Why float32 cannot reach 2x on the same tensors: on a CPU the linear layers (matrix products)
+take about four fifths of a forward at these widths and already run at the core's float32 peak
+(docs/training.md, "Speed against the research code"), so a network of the same sizes can only
+win on the rest, and on padding it does not compute.
+
 The research DiT needs timm (`pip install --no-deps timm`: timm's torchvision requirement would
 replace torch, and is not needed for the two MLP classes used here; see import_research_network).
 
     python benchmarks/vs_research_code.py --research-code ../symdiff-research --config small --json small.json
     python benchmarks/vs_research_code.py --research-code ../symdiff-research --config paper --json paper.json
+    python benchmarks/vs_research_code.py --research-code ../symdiff-research --config paper --precision bf16
 """
 
 from __future__ import annotations
@@ -554,10 +563,17 @@ class Measurement:
         }
 
 
+def autocast(precision: str) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on the CPU for "bf16" (what --precision bf16 does in our trainer and
+    sampler); nothing for "fp32"."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def measure(comparison: Comparison, network_class: type, get_optim: Callable, packed: PackedMolecules, batch_size: int,
-            num_batches: int, repetitions: int,
-            warmup: int) -> tuple[list[Measurement], dict[str, Any], list[tuple[str, str, str]]]:
-    """The four measurements, a description of the data, and the settings table."""
+            num_batches: int, repetitions: int, warmup: int, our_precision: str = "fp32",
+            their_precision: str = "fp32") -> tuple[list[Measurement], dict[str, Any], list[tuple[str, str, str]]]:
+    """The four measurements, a description of the data, and the settings table. Each side's
+    forward runs under its precision's autocast; losses are taken in float32."""
     torch.manual_seed(0)
     ours = SymmetrisedDenoiser(comparison.ours)
     torch.manual_seed(0)
@@ -577,13 +593,16 @@ def measure(comparison: Comparison, network_class: type, get_optim: Callable, pa
             "their_batches": len(padded), "their_padded_sizes": [int(b.mask.shape[1]) for b in padded]}
 
     def our_grouped(b: GroupedBatch) -> torch.Tensor:
-        return torch.cat(ours(b.x, b.h, b.t), dim=-1)
+        with autocast(our_precision):
+            return torch.cat(ours(b.x, b.h, b.t), dim=-1).float()
 
     def our_padded(b: PaddedBatch) -> torch.Tensor:
-        return torch.cat(ours(b.x, b.h, b.t, b.mask), dim=-1)
+        with autocast(our_precision):
+            return torch.cat(ours(b.x, b.h, b.t, b.mask), dim=-1).float()
 
     def their_padded(b: PaddedBatch) -> torch.Tensor:
-        return theirs._forward(b.t_fraction, b.xh, b.node_mask, b.edge_mask, None)
+        with autocast(their_precision):
+            return theirs._forward(b.t_fraction, b.xh, b.node_mask, b.edge_mask, None).float()
 
     their_molecules = sum(len(b) for b in their_indices)
 
@@ -643,7 +662,8 @@ def report(summary: dict[str, Any], measurements: list[Measurement], rows: list[
     lines = [
         f"## Our network vs the SymDiff research code: {summary['config']}",
         "",
-        f"torch {summary['torch']}, float32, CPU threads: {summary['threads']}, {summary['cpu']}",
+        f"torch {summary['torch']}, precision: ours {summary['precision']['ours']}, theirs "
+        f"{summary['precision']['theirs']}, CPU threads: {summary['threads']}, {summary['cpu']}",
         f"research code: {research['directory']} at commit {research['commit'] or 'unknown (not a git work tree)'} "
         f"(pinned {RESEARCH_COMMIT}); theirs: {summary['theirs_settings_from']}",
         f"stand-ins: {'; '.join(research['stand_ins']) or 'none'}",
@@ -681,7 +701,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed passes per side first")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--json", type=Path, default=None, help="write every number here")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="our network's precision (bf16: bfloat16 autocast, as --precision bf16 in symdiff)")
+    parser.add_argument("--their-precision", choices=("fp32", "bf16"), default=None,
+                        help="the research network's precision (default: --precision, the same on both sides)")
     args = parser.parse_args()
+    their_precision = args.their_precision or args.precision
     batch_size = args.batch_size or (4 if args.tiny else 64)
     num_batches = args.batches or (2 if args.tiny else 8)
     repetitions = args.repetitions or (1 if args.tiny else 7)
@@ -701,13 +726,13 @@ def main() -> None:
             packed, source = qm9_split("train"), "QM9 train split"
         comparison = make_comparison(args.config, args.tiny)
         measurements, data, rows = measure(comparison, network_class, get_optim, packed, batch_size, num_batches,
-                                           repetitions, args.warmup)
+                                           repetitions, args.warmup, args.precision, their_precision)
     except (BenchmarkError, SymdiffError) as err:  # SymdiffError: QM9 could not be read or built
         raise SystemExit(f"Error: {err}") from None
 
     summary = {
         "config": comparison.name, "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_model(),
-        "dtype": "float32", "repetitions": repetitions, "warmup": args.warmup,
+        "precision": {"ours": args.precision, "theirs": their_precision}, "repetitions": repetitions, "warmup": args.warmup,
         "research_code": {"directory": str(args.research_code), "commit": commit,
                           "origin": git_answer(args.research_code, "remote", "get-url", "origin"),
                           "pinned_commit": RESEARCH_COMMIT, "stand_ins": stand_ins},

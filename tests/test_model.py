@@ -254,6 +254,55 @@ def test_bf16_sampler_runs_the_network_in_bf16_and_stays_close_to_fp32():
     assert 0 < diff < 0.1
 
 
+def test_bf16_training_on_cpu_takes_attention_in_fp32_and_stays_close(monkeypatch):
+    # The CPU's bf16 attention kernel is several times slower than fp32 at a molecule's few tokens
+    # (its backward most): under bf16 autocast the attention itself runs in fp32, the rest in bf16.
+    import torch.nn.functional as F
+
+    from symdiff_cli.model import dit
+
+    model = perturbed_model("learned", dtype=torch.float32).train()
+    x, h, t = random_inputs(b=3, n=7, dtype=torch.float32)
+    g, noise = fixed_draws(*x.shape[:2])
+    draws = dict(haar=g.float(), orientation_noise=noise.float())
+    exact_x, exact_h = model(x, h, t, None, **draws)
+    seen = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(dit.F, "scaled_dot_product_attention",
+                        lambda q, k, v, **kw: seen.append(q.dtype) or real(q, k, v, **kw))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rounded_x, rounded_h = model(x, h, t, None, **draws)
+        assert model.backbone.transformer.embed(torch.cat([x, h, torch.zeros(3, 7, model.cfg.num_rbf)], -1)).dtype \
+            == torch.bfloat16  # the linear layers do run in bf16
+    assert seen and set(seen) == {torch.float32}
+    for rounded, exact in ((rounded_x, exact_x), (rounded_h, exact_h)):
+        assert 0 < ((rounded.float() - exact).abs().max() / exact.abs().max()) < 0.1
+    (rounded_x.float().square().mean() + rounded_h.float().square().mean()).backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(grad).all() for grad in grads)
+
+
+def test_optimizer_is_fused_amsgrad_adam_updating_like_the_reference():
+    from symdiff_cli.engine.optim import make_optimizer
+
+    model = perturbed_model("learned", dtype=torch.float32)
+    reference = perturbed_model("learned", dtype=torch.float32)
+    start = [p.detach().clone() for p in model.parameters()]
+    ours = make_optimizer(model, lr=1e-3, weight_decay=1e-4)
+    assert ours.param_groups[0]["fused"] and ours.param_groups[0]["amsgrad"]
+    plain = torch.optim.Adam(reference.parameters(), lr=1e-3, amsgrad=True, weight_decay=1e-4, foreach=False)
+    g = torch.Generator().manual_seed(0)
+    for step in range(4):  # the same gradients to both, shrinking so that AMSGrad's maximum matters
+        for a, b in zip(model.parameters(), reference.parameters()):
+            a.grad = torch.randn(a.shape, generator=g) / (1 + step)
+            b.grad = a.grad.clone()
+        ours.step()
+        plain.step()
+    for a, b, s0 in zip(model.parameters(), reference.parameters(), start):
+        assert torch.allclose(a, b, rtol=0, atol=1e-6), "fused and per-tensor AMSGrad Adam should take the same steps"
+        assert not torch.equal(a, s0)
+
+
 def test_autoguidance_extrapolates_from_the_guide_and_weight_one_is_the_main_model():
     main, guide = perturbed_model("learned", seed=0), perturbed_model("learned", seed=5)
     x, h, t = random_inputs()

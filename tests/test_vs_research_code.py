@@ -72,3 +72,34 @@ def test_research_code_that_cannot_be_fetched_is_one_line_error(tmp_path):
     assert len(errors) == 1 and errors[0].startswith("Error:"), result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert not target.exists()
+
+
+def test_precisions_of_each_side_are_applied_and_recorded(tmp_path):
+    folder = research_code_folder()
+    out = tmp_path / "times.json"
+    result = run("--tiny", "--research-code", str(folder), "--precision", "bf16", "--their-precision", "fp32",
+                 "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "precision: ours bf16, theirs fp32" in result.stdout
+    report = json.loads(out.read_text())
+    assert report["precision"] == {"ours": "bf16", "theirs": "fp32"}
+    # --their-precision defaults to --precision: the same configuration on both sides.
+    result = run("--tiny", "--research-code", str(folder), "--precision", "bf16", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(out.read_text())["precision"] == {"ours": "bf16", "theirs": "bf16"}
+
+
+def test_autocast_runs_our_linear_layers_in_bfloat16_only_for_bf16():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import vs_research_code
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    import torch
+
+    layer = torch.nn.Linear(4, 4)
+    x = torch.randn(2, 4)
+    with vs_research_code.autocast("bf16"):
+        assert layer(x).dtype == torch.bfloat16
+    with vs_research_code.autocast("fp32"):
+        assert layer(x).dtype == torch.float32

@@ -39,10 +39,17 @@ def ema_decay_at(step: int, decay: float) -> float:
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """AMSGrad Adam, as in the paper. foreach: one multi-tensor kernel per update rather than several
-    per parameter tensor; it is the default on CUDA but not on CPUs, where the per-tensor updates
-    were about half the host time of a small step."""
-    return torch.optim.Adam(model.parameters(), lr=lr, amsgrad=True, weight_decay=weight_decay, foreach=True)
+    """AMSGrad Adam, as in the paper, with the fused update where torch has one (CPU and CUDA
+    float weights): each parameter's moments are read and written once per step rather than once
+    per elementwise operation. On two CPU threads the update of the paper-size network took 25 ms
+    fused against 84 ms with foreach (and 1.4 against 5.0 ms for `small`), the same weights to
+    1e-8. Elsewhere foreach, one multi-tensor call per operation. A resumed run keeps the choice
+    its checkpoint was saved with (load_state_dict restores it); both update the same way."""
+    parameters = list(model.parameters())
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16) for p in parameters)
+    if fused:
+        return torch.optim.Adam(parameters, lr=lr, amsgrad=True, weight_decay=weight_decay, fused=True)
+    return torch.optim.Adam(parameters, lr=lr, amsgrad=True, weight_decay=weight_decay, foreach=True)
 
 
 @torch.no_grad()
