@@ -92,6 +92,26 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, small_npz):
         assert torch.equal(ck_a["ema"][k], ck_b["ema"][k]), k
 
 
+def test_bf16_training_on_cpu_learns_and_resumes_exactly(tmp_path, small_npz):
+    # --precision bf16 on a CPU: bf16 autocast with the attention in fp32 and the fused optimiser.
+    model_cfg = model_config_from_preset("tiny")
+    run = lambda out, steps: train(tiny_config(tmp_path / out, small_npz, max_steps=steps, precision="bf16"),
+                                   model_cfg if not (tmp_path / out).exists() else None, console_print=lambda s: None)
+    run("a", 60)
+    run("b", 30)
+    run("b", 60)
+    a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert all(math.isfinite(v) for v in a.values())
+    steps = sorted(a)
+    assert sum(a[s] for s in steps[-3:]) < sum(a[s] for s in steps[:3]), a  # it learns
+    later = [s for s in steps if s > 30]
+    assert later and [a[s] for s in later] == [b[s] for s in later]
+    ck_a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    ck_b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(ck_a["ema"][k], ck_b["ema"][k]) for k in ck_a["ema"])
+    assert all(v.dtype == torch.float32 for v in ck_a["ema"].values())  # the weights stay fp32
+
+
 @pytest.mark.slow
 def test_sigkill_loses_at_most_one_checkpoint_interval(tmp_path, small_npz):
     run = tmp_path / "run"
