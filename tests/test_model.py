@@ -371,3 +371,19 @@ def test_guided_sampling_differs_from_unguided_and_is_reproducible():
     assert np.isfinite(guided).all() and not np.allclose(unguided, guided, atol=1e-4)
     assert np.array_equal(guided, draw(AutoGuidedDenoiser(main, guide, 2.0)))
     assert np.array_equal(unguided, draw(AutoGuidedDenoiser(main, guide, 1.0)))
+
+
+def test_optimizer_falls_back_to_foreach_where_torch_has_no_fused_update(monkeypatch):
+    # torch < 2.4 refuses fused=True for CPU tensors with a RuntimeError.
+    from symdiff_cli.engine import optim
+
+    real = torch.optim.Adam
+
+    def adam_without_fused(params, **kwargs):
+        if kwargs.get("fused"):
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+        return real(params, **kwargs)
+
+    monkeypatch.setattr(optim.torch.optim, "Adam", adam_without_fused)
+    opt = optim.make_optimizer(perturbed_model("learned", dtype=torch.float32), lr=1e-3)
+    assert opt.param_groups[0]["foreach"] and not opt.param_groups[0]["fused"] and opt.param_groups[0]["amsgrad"]

@@ -46,9 +46,11 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0)
     1e-8. Elsewhere foreach, one multi-tensor call per operation. A resumed run keeps the choice
     its checkpoint was saved with (load_state_dict restores it); both update the same way."""
     parameters = list(model.parameters())
-    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16) for p in parameters)
-    if fused:
-        return torch.optim.Adam(parameters, lr=lr, amsgrad=True, weight_decay=weight_decay, fused=True)
+    if all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16) for p in parameters):
+        try:
+            return torch.optim.Adam(parameters, lr=lr, amsgrad=True, weight_decay=weight_decay, fused=True)
+        except RuntimeError:  # torch < 2.4 has no fused update on CPUs
+            pass
     return torch.optim.Adam(parameters, lr=lr, amsgrad=True, weight_decay=weight_decay, foreach=True)
 
 
