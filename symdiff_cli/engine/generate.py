@@ -231,7 +231,7 @@ def _sample_config(opts: GenerateOptions, release: ReleasedModel, device: torch.
                         ).with_valence_scale(opts.valence_guidance).with_restart_rounds(opts.restart_rounds)
 
 
-def _sampler_for(opts: GenerateOptions, release: ReleasedModel,
+def release_sampler(opts: GenerateOptions, release: ReleasedModel,
                  device: torch.device) -> tuple[Sampler, SampleConfig, int]:
     """The sampler of a loaded release at the options' settings, those settings, and the batch size."""
     from symdiff_cli.engine.sampling import Sampler
@@ -286,7 +286,7 @@ def _sample_into(writer: MoleculeWriter, opts: GenerateOptions, fmt: str, shard:
     # the main model alone and --guide replaces it, so a damaged guide file blocks neither.
     release = load_release(opts.model, device, offline=opts.offline, show_progress=not opts.quiet,
                            load_guide=opts.guidance != 1.0 and not opts.guide)
-    sampler, sample_config, batch_size = _sampler_for(opts, release, device)
+    sampler, sample_config, batch_size = release_sampler(opts, release, device)
     steps = sample_config.steps
     plan = iter_plan_for_shard(release.histogram, n_shard, opts.num_atoms, batch_size, opts.seed, shard)
     plan = pipeline.plan(plan, release.histogram, opts.num_atoms, batch_size, shard_seed_sequence(opts.seed, *shard))
