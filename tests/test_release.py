@@ -372,3 +372,34 @@ def test_attach_guide_keeps_the_main_release(release, tmp_path):
     # in place: the release is rewritten whole, with the guide
     attach_guide(str(path), path, guide_from_release(str(tmp_path / "old"), 4.0))
     assert load_release(str(path)).guidance_weight == 4.0
+
+
+def test_rewriting_a_release_keeps_its_weights_files_byte_for_byte(tmp_path):
+    # A release tracked in git must not change its weights files when a setting changes: every
+    # changed byte would put another copy of the file into every clone. Files written before the
+    # metadata became one key hold two keys in either order; they are kept as they are too.
+    from safetensors.torch import save_file as write_safetensors
+
+    main, other = tiny_model(0), tiny_model(1)
+    guide = Guide([GuideNetwork(other.cfg, other.state_dict())], 3.0)
+    path = save_release(tmp_path / "r", main.cfg, main.state_dict(), HISTOGRAM, "qm9", {"step": 1}, guide=guide)
+    old_layout = {"symdiff_release": "2", "format": "pt"}
+    for name, model in ((WEIGHTS_FILE, main), (GUIDE_WEIGHTS_FILE, other)):
+        write_safetensors({k: v.contiguous() for k, v in model.state_dict().items()}, str(path / name),
+                          metadata=old_layout)
+    config = json.loads((path / CONFIG_FILE).read_text())
+    config["sha256"] = {name: __import__("hashlib").sha256((path / name).read_bytes()).hexdigest()
+                        for name in (WEIGHTS_FILE, GUIDE_WEIGHTS_FILE)}
+    (path / CONFIG_FILE).write_text(json.dumps(config))
+    before = {name: (path / name).read_bytes() for name in (WEIGHTS_FILE, GUIDE_WEIGHTS_FILE)}
+
+    attach_guide(str(path), path, shipped_guide(str(path)), default_steps_cuda=100, restart_rounds=2)
+    assert {name: (path / name).read_bytes() for name in before} == before
+    assert load_release(str(path)).sample_config("cuda").steps == 100
+    # New tensors are written anew, and the same tensors always make the same bytes.
+    attach_guide(str(path), path, Guide([GuideNetwork(main.cfg, main.state_dict())], 3.0))
+    assert (path / WEIGHTS_FILE).read_bytes() == before[WEIGHTS_FILE]
+    assert (path / GUIDE_WEIGHTS_FILE).read_bytes() != before[GUIDE_WEIGHTS_FILE]
+    fresh = [save_release(tmp_path / f"fresh{i}", main.cfg, main.state_dict(), HISTOGRAM, "qm9", {"step": 1})
+             for i in range(4)]
+    assert len({(p / WEIGHTS_FILE).read_bytes() for p in fresh}) == 1

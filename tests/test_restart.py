@@ -188,6 +188,23 @@ def test_release_setting_round_trips_and_generate_overrides_it(weights, tmp_path
     assert load_release(str(release)).sample_config("cpu").steps == 3
 
 
+def test_default_steps_on_a_gpu_are_a_release_setting_of_their_own(weights, capsys):
+    release = weights / "plain"
+    assert load_release(str(release)).sample_config("cuda").steps == 1000  # releases that do not say
+    code, _, err = run_cli(capsys, "convert", str(release), str(release), "--default-steps-cuda", "100")
+    assert code == 0 and "100 sampling steps by default on a GPU" in err, err
+    sampling = json.loads((release / "config.json").read_text())["sampling"]
+    assert sampling["default_steps_cuda"] == 100 and sampling["default_steps_cpu"] == 4  # the CPU's kept
+    loaded = load_release(str(release))
+    assert loaded.sample_config("cuda").steps == 100 and loaded.sample_config("cpu").steps == 4
+    assert "`default_steps_cuda` 100" in (release / "README.md").read_text()
+    for bad, message in (("0", "--default-steps-cuda must be at least 1"),
+                         ("1001", "the default steps must be in 1..1000, not 1001")):
+        code, _, err = run_cli(capsys, "convert", str(release), str(release), "--default-steps-cuda", bad)
+        assert code != 0 and message in err and "Traceback" not in err, err
+    assert json.loads((release / "config.json").read_text())["sampling"]["default_steps_cuda"] == 100
+
+
 def test_bad_restart_options_fail_with_one_clear_line(weights, tmp_path, capsys):
     out = tmp_path / "mols.sdf"
     code, _, err = run_cli(capsys, "generate", "--n", "2", "--out", str(out), "--model", "plain",

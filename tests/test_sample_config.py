@@ -21,7 +21,7 @@ def test_shipped_release_defaults():
     assert cpu == SampleConfig(steps=50, spacing=DEFAULT_SPACING, guidance_weight=5.0,
                                valence_guidance=ValenceGuidanceSettings(), autocast_bf16=False, guidance_max_t=600,
                                restart=RestartSettings(rounds=3, check_t=50, restart_t=400))
-    assert release_sample_config(config, model_cfg, "cuda").steps == 1000
+    assert release_sample_config(config, model_cfg, "cuda").steps == 100
 
 
 def test_valence_scale_overrides_only_the_scale():

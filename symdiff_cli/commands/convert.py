@@ -170,6 +170,14 @@ def convert_command(
         "sampling.default_steps_cpu; generate --steps overrides it).",
         show_default=False,
     ),
+    default_steps_cuda: Optional[int] = typer.Option(
+        None,
+        "--default-steps-cuda",
+        metavar="N",
+        help="For a release directory IN: its default number of sampling steps on a GPU (config.json "
+        "sampling.default_steps_cuda; generate --steps overrides it).",
+        show_default=False,
+    ),
     card_only: bool = typer.Option(
         False,
         "--card-only",
@@ -231,7 +239,8 @@ def convert_command(
 
     with quiet_library_warnings():
         _convert(input_path, output_path, from_format, to_format, bonds, weights, guide, guidance, strict, card_only,
-                 relax, workers, relax_steps, guidance_max_t, restart_rounds, default_steps, guidance_min_t)
+                 relax, workers, relax_steps, guidance_max_t, restart_rounds, default_steps, guidance_min_t,
+                 default_steps_cuda)
 
 
 def _convert(input_path: str, output_path: str, from_format: Optional[str], to_format: Optional[str],
@@ -239,12 +248,13 @@ def _convert(input_path: str, output_path: str, from_format: Optional[str], to_f
              guidance: Optional[float], strict: bool, card_only: bool = False, relax: str = "none",
              workers: Optional[int] = None, relax_steps: int = 300, guidance_max_t: Optional[int] = None,
              restart_rounds: Optional[int] = None, default_steps: Optional[int] = None,
-             guidance_min_t: Optional[int] = None) -> None:
+             guidance_min_t: Optional[int] = None, default_steps_cuda: Optional[int] = None) -> None:
     """convert_command's dispatch: a checkpoint, a release directory, or molecule files."""
     from symdiff_cli.io.paths import refuse_overwriting_inputs
 
     for option, value in (("--guidance-max-t", guidance_max_t), ("--guidance-min-t", guidance_min_t),
-                          ("--restart-rounds", restart_rounds), ("--default-steps", default_steps)):
+                          ("--restart-rounds", restart_rounds), ("--default-steps", default_steps),
+                          ("--default-steps-cuda", default_steps_cuda)):
         if value is not None and (input_path.endswith(".pt") or not Path(input_path).is_dir()):
             raise UsageError(f"{option} applies only to a release directory IN")
         if value is not None and card_only:
@@ -253,8 +263,9 @@ def _convert(input_path: str, output_path: str, from_format: Optional[str], to_f
         raise UsageError(f"--restart-rounds must be 0 (off) or more, not {restart_rounds}")
     if guidance_min_t is not None and guidance_min_t < 0:
         raise UsageError(f"--guidance-min-t must be a timestep >= 0 (0: guided to the end), not {guidance_min_t}")
-    if default_steps is not None and default_steps < 1:
-        raise UsageError(f"--default-steps must be at least 1, not {default_steps}")
+    for option, value in (("--default-steps", default_steps), ("--default-steps-cuda", default_steps_cuda)):
+        if value is not None and value < 1:
+            raise UsageError(f"{option} must be at least 1, not {value}")
 
     is_model = input_path.endswith(".pt") or Path(input_path).is_dir()
     if is_model and (relax != "none" or workers is not None):
@@ -283,7 +294,7 @@ def _convert(input_path: str, output_path: str, from_format: Optional[str], to_f
             _render_card(input_path, output_path, guide, guidance)
         else:
             _reguide_release(input_path, output_path, guide, guidance, guidance_max_t, restart_rounds, default_steps,
-                             guidance_min_t)
+                             guidance_min_t, default_steps_cuda)
         return
     if weights is not CheckpointWeights.ema:
         raise UsageError("--weights applies only to a training checkpoint (IN ending in .pt)")
@@ -316,10 +327,11 @@ def _render_card(input_path: str, output_path: str, guide: Optional[List[str]], 
 
 def _reguide_release(input_path: str, output_path: str, guide: Optional[List[str]], guidance: Optional[float],
                      guidance_max_t: Optional[int] = None, restart_rounds: Optional[int] = None,
-                     default_steps: Optional[int] = None, guidance_min_t: Optional[int] = None) -> None:
+                     default_steps: Optional[int] = None, guidance_min_t: Optional[int] = None,
+                     default_steps_cuda: Optional[int] = None) -> None:
     """Write release IN to OUT as it is, with a new guide (--guide), a new default weight (--guidance),
-    a new guided interval (--guidance-max-t, --guidance-min-t), restart sampling (--restart-rounds) or default CPU
-    steps (--default-steps)."""
+    a new guided interval (--guidance-max-t, --guidance-min-t), restart sampling (--restart-rounds) or default
+    steps on CPU (--default-steps) and GPU (--default-steps-cuda)."""
     from symdiff_cli.engine.guides import attach_guide, guide_from_releases, resave_release, shipped_guide
 
     interval = "" if guidance_max_t is None else f", guided at timesteps <= {guidance_max_t}"
@@ -329,8 +341,11 @@ def _reguide_release(input_path: str, output_path: str, guide: Optional[List[str
         interval += f", restart sampling {'off' if restart_rounds == 0 else f'at most {restart_rounds} rounds'}"
     if default_steps is not None:
         interval += f", {default_steps} sampling steps by default on CPU"
+    if default_steps_cuda is not None:
+        interval += f", {default_steps_cuda} sampling steps by default on a GPU"
     if not guide and guidance is None:
-        out = resave_release(input_path, output_path, guidance_max_t, restart_rounds, default_steps, guidance_min_t)
+        out = resave_release(input_path, output_path, guidance_max_t, restart_rounds, default_steps, guidance_min_t,
+                             default_steps_cuda)
         typer.echo(f"Wrote the release {out} again (same weights and settings{interval}, model card regenerated).",
                    err=True)
         return
@@ -341,6 +356,7 @@ def _reguide_release(input_path: str, output_path: str, guide: Optional[List[str
         if new_guide is None:
             raise UsageError(f"{input_path} ships no guide: pass --guide MODEL to add one")
     out = attach_guide(input_path, output_path, new_guide, guidance_max_t=guidance_max_t,
-                       restart_rounds=restart_rounds, default_steps_cpu=default_steps, guidance_min_t=guidance_min_t)
+                       restart_rounds=restart_rounds, default_steps_cpu=default_steps, guidance_min_t=guidance_min_t,
+                       default_steps_cuda=default_steps_cuda)
     typer.echo(f"Wrote the release {out} with guidance weight {new_guide.weight:g}"
                + (f" and the guide {_names(guide)}" if guide else "") + interval + ".", err=True)

@@ -73,7 +73,7 @@ def shipped_guide(spec: str | os.PathLike, weight: float | None = None) -> Guide
 def attach_guide(release_spec: str | os.PathLike, out_dir: str | os.PathLike, guide: Guide | None,
                  card_text: str | None = None, guidance_max_t: int | None = None,
                  restart_rounds: int | None = None, default_steps_cpu: int | None = None,
-                 guidance_min_t: int | None = None) -> Path:
+                 guidance_min_t: int | None = None, default_steps_cuda: int | None = None) -> Path:
     """Write release `release_spec` again to `out_dir` (which may be where it is) with `guide`
     (None: without one), replacing any guide it had; its weights, histogram, provenance,
     sampling settings, metrics.json and other config.json keys are kept, and the card is
@@ -81,7 +81,8 @@ def attach_guide(release_spec: str | os.PathLike, out_dir: str | os.PathLike, gu
     timestep (the model's T or more: every one) and `guidance_min_t` the quietest unguided one (0:
     guided to the end); None keeps the release's setting. `restart_rounds` sets restart sampling
     of radicals (engine/restart.py; 0: off), and
-    `default_steps_cpu` the default number of sampling steps on CPU; None keeps each."""
+    `default_steps_cpu` and `default_steps_cuda` the default numbers of sampling steps on CPU and
+    on CUDA; None keeps each."""
     from symdiff_cli.engine.metrics_file import read_metrics_text
     from symdiff_cli.engine.registry import resolve_model
 
@@ -105,8 +106,9 @@ def attach_guide(release_spec: str | os.PathLike, out_dir: str | os.PathLike, gu
         if guidance_min_t >= top:
             raise SymdiffError(f"the guided interval's lowest timestep ({guidance_min_t}) must be below its "
                                f"highest ({top})")
-    if default_steps_cpu is not None and not 1 <= default_steps_cpu <= model_cfg.timesteps:
-        raise SymdiffError(f"the default steps must be in 1..{model_cfg.timesteps}, not {default_steps_cpu}")
+    for steps in (default_steps_cpu, default_steps_cuda):
+        if steps is not None and not 1 <= steps <= model_cfg.timesteps:
+            raise SymdiffError(f"the default steps must be in 1..{model_cfg.timesteps}, not {steps}")
     if restart_rounds is not None:
         if restart_rounds < 0:
             raise SymdiffError(f"the restart rounds must be 0 (off) or more, not {restart_rounds}")
@@ -118,7 +120,7 @@ def attach_guide(release_spec: str | os.PathLike, out_dir: str | os.PathLike, gu
         out_dir, model_cfg, state, histogram, str(config.get("dataset", model_cfg.dataset)),
         config.get("provenance", {}), card_text,
         default_steps_cpu=default_steps_cpu or default_sampling_steps(config, model_cfg, "cpu"),
-        default_steps_cuda=default_sampling_steps(config, model_cfg, "cuda"),
+        default_steps_cuda=default_steps_cuda or default_sampling_steps(config, model_cfg, "cuda"),
         guide=guide,
         metrics_text=read_metrics_text(release_dir),
         sampling=sampling,
@@ -128,10 +130,12 @@ def attach_guide(release_spec: str | os.PathLike, out_dir: str | os.PathLike, gu
 
 def resave_release(release_spec: str | os.PathLike, out_dir: str | os.PathLike,
                    guidance_max_t: int | None = None, restart_rounds: int | None = None,
-                   default_steps_cpu: int | None = None, guidance_min_t: int | None = None) -> Path:
+                   default_steps_cpu: int | None = None, guidance_min_t: int | None = None,
+                   default_steps_cuda: int | None = None) -> Path:
     """Write release `release_spec` again to `out_dir` as it is, with its own guide and
-    weight: the same tensors and settings (`guidance_max_t`, `guidance_min_t`, `restart_rounds` and
-    `default_steps_cpu` as in `attach_guide`), a regenerated model card, its metrics.json."""
+    weight: the same tensors and settings (`guidance_max_t`, `guidance_min_t`, `restart_rounds`,
+    `default_steps_cpu` and `default_steps_cuda` as in `attach_guide`), a regenerated model card,
+    its metrics.json."""
     return attach_guide(release_spec, out_dir, shipped_guide(release_spec), guidance_max_t=guidance_max_t,
                         restart_rounds=restart_rounds, default_steps_cpu=default_steps_cpu,
-                        guidance_min_t=guidance_min_t)
+                        guidance_min_t=guidance_min_t, default_steps_cuda=default_steps_cuda)

@@ -57,7 +57,7 @@ from symdiff_cli.engine.release_layout import (
     CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, expected_tensor_shapes, guide_entries,
     guide_weights_file,
 )
-from symdiff_cli.engine.release_tensors import checked_tensors, file_sha256, read_weights
+from symdiff_cli.engine.release_tensors import checked_tensors, file_sha256, read_weights, write_weights
 from symdiff_cli.errors import SymdiffError
 from symdiff_cli.io.atomic import current_umask
 from symdiff_cli.model.config import ModelConfig
@@ -191,19 +191,15 @@ def _checked_release_weights(
 
 def _write_release_files(staging: Path, config: dict[str, Any], tensors: dict[str, torch.Tensor],
                          guide_tensors: list[dict[str, torch.Tensor]], card_text: str,
-                         metrics_text: str | None) -> list[str]:
+                         metrics_text: str | None, replaced: Path | None) -> list[str]:
     """Write every file of a release into the directory `staging`, synced to disk; returns their
-    names, config.json first. Records the weights' digests in `config`."""
-    from safetensors.torch import save_file
-
+    names, config.json first. Records the weights' digests in `config`. A weights file of the
+    release in `replaced` that holds the same tensors is kept byte for byte."""
     from symdiff_cli.engine.metrics_file import METRICS_FILE
 
-    metadata = {"format": "pt", "symdiff_release": str(config["format_version"])}
-    save_file(tensors, str(staging / WEIGHTS_FILE), metadata=metadata)
-    weights_files = [WEIGHTS_FILE]
-    for index, tensors_of_guide in enumerate(guide_tensors):
-        save_file(tensors_of_guide, str(staging / guide_weights_file(index)), metadata=metadata)
-        weights_files.append(guide_weights_file(index))
+    weights_files = [WEIGHTS_FILE, *(guide_weights_file(index) for index in range(len(guide_tensors)))]
+    for name, tensors_of_file in zip(weights_files, [tensors, *guide_tensors]):
+        write_weights(staging / name, tensors_of_file, None if replaced is None else replaced / name)
     config[CHECKSUMS_KEY] = {name: file_sha256(staging / name) for name in weights_files}
     (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     (staging / CARD_FILE).write_text(card_text if card_text.endswith("\n") else card_text + "\n", encoding="utf-8")
@@ -273,7 +269,8 @@ def save_release(
     except OSError as err:
         raise SymdiffError(f"cannot write a release to {out_dir}: {err.strerror or err}") from None
     try:
-        written = _write_release_files(staging, config, tensors, guide_tensors, card_text, metrics_text)
+        written = _write_release_files(staging, config, tensors, guide_tensors, card_text, metrics_text,
+                                       out_dir if in_place and is_release_directory(out_dir) else None)
         if in_place:
             stale = _stale_guide_files(out_dir, written)
             if metrics_text is None and (out_dir / METRICS_FILE).is_file() and is_release_directory(out_dir):

@@ -110,3 +110,37 @@ def read_weights(weights_path: Path, model_cfg: ModelConfig, expected_sha256: st
         if not bool(torch.isfinite(tensor).all()):
             raise SymdiffError(f"{weights_path}: tensor {name} holds NaN or infinite values")
     return tensors
+
+
+# One metadata key: safetensors writes the metadata map in a random order, so with two keys the
+# same tensors could come out as two different files.
+WEIGHTS_METADATA = {"format": "pt"}
+
+
+def write_weights(path: Path, tensors: dict[str, torch.Tensor], previous: Path | None = None) -> None:
+    """Write `tensors` as a safetensors file at `path`. When `previous` (the file this one
+    replaces) holds exactly these tensors, its bytes are copied instead: rewriting a release to
+    change a setting then leaves its weights files as they were, byte for byte (a changed file
+    would add another copy of it to every clone of a repository that tracks it)."""
+    from safetensors.torch import save_file
+
+    if previous is not None and _holds_exactly(previous, tensors):
+        with open(previous, "rb") as source, open(path, "wb") as target:
+            for chunk in iter(lambda: source.read(1 << 20), b""):
+                target.write(chunk)
+        return
+    save_file(tensors, str(path), metadata=WEIGHTS_METADATA)
+
+
+def _holds_exactly(path: Path, tensors: dict[str, torch.Tensor]) -> bool:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        return False
+    try:
+        stored = load_file(str(path))
+    except Exception:  # an unreadable file is replaced, not reused
+        return False
+    return stored.keys() == tensors.keys() and all(
+        stored[k].dtype == t.dtype and stored[k].shape == t.shape and torch.equal(stored[k], t.cpu())
+        for k, t in tensors.items())
