@@ -248,6 +248,16 @@ def test_bad_guide_requests_are_one_line_errors(tmp_path, args, expected):
     _assert_clean_failure(result, tmp_path, expected)
 
 
+@pytest.mark.parametrize("args, expected", [(["", "x.xyz"], "IN is empty"), (["@xyz", ""], "OUT is empty")])
+def test_an_empty_path_is_refused_not_read_as_the_current_directory(tmp_path, xyz_file, args, expected):
+    # `symdiff convert "$IN" out.xyz` with IN unset: Path("") is ".", which once resolved to the
+    # default release and wrote a copy of it as a directory named out.xyz.
+    args = [str(xyz_file) if a == "@xyz" else a for a in args]
+    result = run_symdiff("convert", *args, cwd=tmp_path)
+    _assert_clean_failure(result, tmp_path, expected)
+    assert not (tmp_path / "x.xyz").exists()
+
+
 def test_guide_options_need_a_release_or_checkpoint(tmp_path, xyz_file):
     result = run_symdiff("convert", str(xyz_file), str(tmp_path / "out.sdf"), "--guidance", "2")
     _assert_clean_failure(result, tmp_path, "--guide and --guidance apply only to")

@@ -284,6 +284,9 @@ BAD_INPUTS = {
     "unknown guide": (["--n", "2", "--guide", "no-such-guide", "--guidance", "2"], "unknown model 'no-such-guide'"),
     "guide of other atom types": (["--n", "2", "--guide", "tiny-hcno", "--guidance", "2"],
                                   "--guide tiny-hcno: the guide model does not fit the main model (atom_types"),
+    # An unset shell variable ("$MODEL") must not quietly mean the default model.
+    "empty model": (["--n", "2", "--model", ""], "the model name is empty"),
+    "empty guide": (["--n", "2", "--guide", " ", "--guidance", "2"], "the model name is empty"),
 }
 
 

@@ -286,7 +286,8 @@ def test_keep_stops_at_max_attempts_with_a_one_line_error(env, tmp_path, capsys)
                          (["--max-attempts", "20"], "--max-attempts applies only with --keep"),
                          (["--keep", "good"], "--keep must be one of all, valid, stable"),
                          (["--relax", "dft"], "--relax must be one of none, xtb, mmff"),
-                         (["--relax", "mmff", "--workers", "0"], "--workers must be at least 1")):
+                         (["--relax", "mmff", "--workers", "0"], "--workers must be at least 1"),
+                         (["--relax", "mmff", "--relax-steps", "0"], "--relax-steps must be at least 1, not 0")):
         code, _, stderr = run_cli(capsys, "generate", "--n", "3", "--out", str(out), "--model", "tiny", *bad, *FAST)
         assert code == 2 and message in stderr and stderr.count("\n") == 1, stderr
 

@@ -229,6 +229,8 @@ def test_divergence_between_loss_reads_keeps_the_last_finite_checkpoint(tmp_path
     (["--lr-schedule", "linear"], "--lr-schedule must be constant or cosine"),
     (["--lr", "1e-4", "--min-lr", "1e-3"], "--min-lr must lie between 0 and --lr"),
     (["--low-noise-fraction", "1.5"], "--low-noise-fraction must lie between 0 and 1"),
+    (["--init-from", ""], "--init-from is empty"),  # "$RELEASE" unset: not a fresh model in silence
+    (["--distill", " "], "--distill is empty"),
 ])
 def test_bad_train_options_give_one_line_errors(tmp_path, args, message):
     out = subprocess.run(CLI + ["train", "--out", str(tmp_path / "r"), "--max-steps", "1", "--quiet"] + args,
@@ -455,3 +457,35 @@ def test_geom_configuration_trains_on_processed_geom_file(tmp_path):
     assert ckpt["model_config"]["max_atoms"] == 181
     assert ckpt["atom_count_histogram"] == {5: 1, 6: 1, 7: 1}
     assert ckpt["state"]["step"] == 3
+
+
+def test_resume_keeps_the_runs_data_and_optimiser_settings_unless_given_again(tmp_path, small_npz, capsys,
+                                                                               monkeypatch):
+    # `symdiff train --out RUN --resume --max-steps N` continues the run as it was: on its own data
+    # (not the QM9 split, the default), with its learning rate, batch size and seed.
+    from cli_helpers import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--preset", "tiny", "--data", str(small_npz), "--out", str(run),
+                           "--max-steps", "4", "--batch-size", "8", "--lr", "1e-3", "--warmup-steps", "0",
+                           "--seed", "3", "--log-every", "1", "--quiet", "--threads", "1")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "train", "--out", str(run), "--resume", "--max-steps", "8", "--quiet",
+                           "--threads", "1", "--log-every", "1")
+    assert code == 0, err
+    settings = json.loads((run / "config.json").read_text())["train"]
+    assert settings["data"] == [str(small_npz)] and settings["dataset"] == "qm9"
+    assert (settings["lr"], settings["batch_size"], settings["warmup_steps"], settings["seed"]) == (1e-3, 8, 0, 3)
+    assert settings["max_steps"] == 8  # budgets are the command line's
+    log = read_log(run)
+    resumed = [r for r in log if r.get("event") == "resume"]
+    assert resumed and resumed[-1]["molecules"] == 32 and "user path" in resumed[-1]["data"]
+    assert [r["lr"] for r in log if "loss" in r and "event" not in r and r["step"] > 4] == [1e-3] * 4
+    # Given again, an option wins, from the command line or from --set.
+    code, _, err = run_cli(capsys, "train", "--out", str(run), "--resume", "--max-steps", "10", "--lr", "5e-4",
+                           "--set", "train.batch_size=4", "--quiet", "--threads", "1")
+    assert code == 0, err
+    settings = json.loads((run / "config.json").read_text())["train"]
+    assert (settings["lr"], settings["batch_size"], settings["data"]) == (5e-4, 4, [str(small_npz)])
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["state"]["step"] == 10

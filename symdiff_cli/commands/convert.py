@@ -252,6 +252,9 @@ def _convert(input_path: str, output_path: str, from_format: Optional[str], to_f
     """convert_command's dispatch: a checkpoint, a release directory, or molecule files."""
     from symdiff_cli.io.paths import refuse_overwriting_inputs
 
+    for name, path in (("IN", input_path), ("OUT", output_path)):
+        if not path.strip():  # an unset shell variable: Path("") is the current directory
+            raise UsageError(f"{name} is empty: give a file, '-' or a directory")
     for option, value in (("--guidance-max-t", guidance_max_t), ("--guidance-min-t", guidance_min_t),
                           ("--restart-rounds", restart_rounds), ("--default-steps", default_steps),
                           ("--default-steps-cuda", default_steps_cuda)):

@@ -73,6 +73,16 @@ def _with_settings(obj: Any, overrides: dict[str, Any], scope: str) -> Any:
     return obj
 
 
+# TrainConfig keys whose option has another name.
+_OPTION_OF = {"conditions": "condition", "distill_from": "distill"}
+
+
+def _given(ctx: typer.Context, option: str) -> bool:
+    """Whether the option named `option` (its parameter name) was given, not left at its default."""
+    source = ctx.get_parameter_source(option)
+    return source is not None and source.name != "DEFAULT"
+
+
 def _check_model_settings(model_cfg: Any) -> None:
     """Sizes and scales of a model must be positive: zero or negative ones fail deep in torch."""
     for f in dataclasses.fields(model_cfg):
@@ -84,6 +94,7 @@ def _check_model_settings(model_cfg: Any) -> None:
 
 
 def train_command(
+    ctx: typer.Context,
     out: Path = typer.Option(Path("runs/default"), "--out", "-o", help="Run directory: checkpoint, metrics.jsonl, config.json."),
     dataset: str = typer.Option("qm9", help="Dataset configuration (atom types): qm9 or geom."),
     data: Optional[List[str]] = typer.Option(None, "--data", help="Train on these XYZ/SDF/npz files or directories instead of the QM9 train split (repeatable)."),
@@ -142,7 +153,9 @@ def train_command(
 
     from symdiff_cli.engine.stop_signals import exit_code_for
     from symdiff_cli.engine.train import train
-    from symdiff_cli.engine.train_config import TrainConfig, check_train_config
+    from symdiff_cli.engine.train_config import (
+        TrainConfig, check_train_config, recorded_train_settings, with_run_settings,
+    )
     from symdiff_cli.model.config import ModelConfig, model_config_from_preset, parse_override, with_current_model_keys
 
     model_over: dict = {}
@@ -176,6 +189,8 @@ def train_command(
                  device=device, precision=precision, init_from=init_from, threads=threads,
                  conditions=list(condition) if condition else None, condition_dropout=condition_dropout,
                  distill_from=distill)
+    # What the user set: a resumed run keeps its own data, optimiser settings and seed otherwise.
+    explicit_train_keys = set(train_over) | {key for key in given if _given(ctx, _OPTION_OF.get(key, key))}
     train_over.update({k: v for k, v in given.items() if v is not None})
     train_config = _with_settings(TrainConfig(), train_over, "train")
     check_train_config(train_config)
@@ -198,7 +213,10 @@ def train_command(
             _check_model_settings(model_cfg)
             model_cfg = model_cfg.validate()
 
-    if not train_config.data and train_config.dataset == "qm9":
+    run_data = train_config
+    if resume:
+        run_data = with_run_settings(train_config, recorded_train_settings(train_config.out), explicit_train_keys)
+    if not run_data.data and run_data.dataset == "qm9":
         # Parsed here, where the bar is drawn, the first time; the run then finds it in memory.
         from symdiff_cli.data.qm9 import qm9_split
 
@@ -211,7 +229,8 @@ def train_command(
     console = Console(stderr=True, quiet=quiet or not is_main)
     explicit_model_keys = set(model_over)  # what --init-from may grow: only depths the user asked for
     if quiet or not is_main:
-        summary = train(train_config, model_cfg, console_print=console.print, explicit_model_keys=explicit_model_keys)
+        summary = train(train_config, model_cfg, console_print=console.print, explicit_model_keys=explicit_model_keys,
+                        explicit_train_keys=explicit_train_keys)
     else:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -231,7 +250,7 @@ def train_command(
                                 speed=f"{rec['mol_per_s']:.0f}")
 
             summary = train(train_config, model_cfg, on_progress=on_progress, console_print=console.print,
-                            explicit_model_keys=explicit_model_keys)
+                            explicit_model_keys=explicit_model_keys, explicit_train_keys=explicit_train_keys)
     if is_main:
         line = (f"Stopped ({summary['stop_reason']}) at step {summary['step']}, epoch {summary['epoch']}, "
                 f"{summary['time']:.0f} s of training; checkpoint in {summary['out']}/checkpoint.pt")

@@ -146,7 +146,8 @@ def _check_options(opts: GenerateOptions) -> None:
         raise UsageError(f"--condition-guidance must be a number >= 0 (1: off), not {opts.condition_guidance}")
     if opts.valence_guidance is not None and not (math.isfinite(opts.valence_guidance) and opts.valence_guidance >= 0):
         raise UsageError(f"--valence-guidance must be a number >= 0 (0: off), not {opts.valence_guidance}")
-    check_keep_options(opts.keep, opts.n, opts.max_attempts, opts.relax, opts.workers, opts.relax_steps or 1)
+    check_keep_options(opts.keep, opts.n, opts.max_attempts, opts.relax, opts.workers,
+                       1 if opts.relax_steps is None else opts.relax_steps)
 
 
 def _tag_molecules(mols: list, with_metrics: bool) -> list:

@@ -142,7 +142,8 @@ class BatchPipeline:
         if relax != "none":
             from symdiff_cli.engine.relax_pool import RelaxPool
 
-            self._pool = RelaxPool(RelaxSettings(relax, relax_steps or DEFAULT_MAX_STEPS), workers)
+            self._pool = RelaxPool(RelaxSettings(relax, DEFAULT_MAX_STEPS if relax_steps is None else relax_steps),
+                                   workers)
         self._on_relaxed = on_relaxed
 
     @property

@@ -92,7 +92,11 @@ def _local_path(spec: str) -> Path | None:
 
 def resolve_model(spec: str | None, offline: bool = False, show_progress: bool = True) -> Path:
     """The local directory of the release `spec` names, downloading a Hub repo if needed."""
-    if spec is None or not spec.strip():
+    if spec is not None and not spec.strip():
+        # Most often an unset shell variable ("$MODEL"): silently taking the default would hide it.
+        raise SymdiffError("the model name is empty: give a name in weights/, a release directory or a Hub id "
+                           "(org/name), or leave the option out for the default model")
+    if spec is None:
         default = weights_dir() / DEFAULT_MODEL_NAME
         if not default.is_dir():
             raise SymdiffError(

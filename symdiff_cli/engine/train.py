@@ -38,12 +38,16 @@ from symdiff_cli.model.diffusion import Batch
 def train(train_config: TrainConfig, model_cfg: ModelConfig | None = None,
           on_progress: Callable[[dict[str, Any]], None] | None = None,
           console_print: Callable[[str], None] = print,
-          explicit_model_keys: Collection[str] | None = None) -> dict[str, Any]:
+          explicit_model_keys: Collection[str] | None = None,
+          explicit_train_keys: Collection[str] | None = None) -> dict[str, Any]:
     """Train (or resume) a run in train_config.out. Returns a summary dict.
 
     model_cfg is required for a new run; a resumed run takes its model configuration from the
     checkpoint. `on_progress` is called with the log record at the end of every log interval (rank 0 only).
     `explicit_model_keys`: the model settings the user set, which decide what --init-from grows.
+    `explicit_train_keys`: the training settings the user set; a resumed run keeps its own
+    values of the others among train_config.RUN_SETTINGS (its data, optimiser, seed). None: all
+    of `train_config` is meant as given.
 
     Rank 0 holds the run directory's lock (engine/run_lock.py) for the whole run: a second run
     on the same directory is refused. SIGINT, SIGTERM or SIGHUP during training ends the run
@@ -62,7 +66,8 @@ def train(train_config: TrainConfig, model_cfg: ModelConfig | None = None,
                 lock.acquire()
         try:
             stops.raise_if_received()
-            return _train_locked(train_config, model_cfg, stops, on_progress, console_print, explicit_model_keys)
+            return _train_locked(train_config, model_cfg, stops, on_progress, console_print, explicit_model_keys,
+                                 explicit_train_keys)
         finally:
             with stops.deferred():
                 if lock is not None:
@@ -277,7 +282,8 @@ def _finish(run: TrainingRun, stop_reason: str | None, stop_signal: int | None,
 def _train_locked(train_config: TrainConfig, model_cfg: ModelConfig | None, stops: StopSignals,
                   on_progress: Callable[[dict[str, Any]], None] | None,
                   console_print: Callable[[str], None],
-                  explicit_model_keys: Collection[str] | None) -> dict[str, Any]:
-    run = set_up(train_config, model_cfg, stops, console_print, explicit_model_keys)
+                  explicit_model_keys: Collection[str] | None,
+                  explicit_train_keys: Collection[str] | None) -> dict[str, Any]:
+    run = set_up(train_config, model_cfg, stops, console_print, explicit_model_keys, explicit_train_keys)
     stop_reason, stop_signal, last_loss = _train_loop(run, on_progress)
     return _finish(run, stop_reason, stop_signal, last_loss)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Collection
 
 from symdiff_cli.errors import UsageError
 
@@ -55,12 +55,48 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+# What a run trains on and how: a resumed run keeps its own values of these unless they are given
+# again. Budgets, checkpoint, evaluation and log intervals, device, precision and threads come from
+# the command line, as for a new run (a budget is counted over the whole run).
+RUN_SETTINGS = ("dataset", "data", "data_format", "preset", "batch_size", "lr", "warmup_steps", "lr_schedule",
+                "min_lr", "low_noise_fraction", "weight_decay", "grad_clip", "ema_decay", "seed",
+                "condition_dropout")
+
+
+def with_run_settings(train_config: TrainConfig, recorded: dict[str, Any],
+                      explicit: Collection[str] | None) -> TrainConfig:
+    """`train_config` with a resumed run's own RUN_SETTINGS (`recorded`: the train config its
+    checkpoint holds) in place of each setting not in `explicit`, the settings the user gave;
+    None: every setting was given (the engine's callers pass whole configs)."""
+    if explicit is None:
+        return train_config
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    kept = {key: recorded[key] for key in RUN_SETTINGS if key in recorded and key in fields and key not in explicit}
+    return dataclasses.replace(train_config, **kept)
+
+
+def recorded_train_settings(run_dir: str) -> dict[str, Any]:
+    """The train settings a run directory's config.json records ({} when it has none to read)."""
+    import json
+    from pathlib import Path
+
+    try:
+        recorded = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8")).get("train", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
 def check_train_config(train_config: TrainConfig) -> None:
     """The checks on a TrainConfig that the engine relies on, each a one-line UsageError."""
     for f in dataclasses.fields(train_config):
         value = getattr(train_config, f.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise UsageError(f"--{f.name.replace('_', '-')} must be a finite number, not {value}")
+    for name, option in (("init_from", "--init-from"), ("distill_from", "--distill")):
+        value = getattr(train_config, name)
+        if value is not None and not str(value).strip():  # an unset shell variable, most often
+            raise UsageError(f"{option} is empty: give a release name, directory or Hub id")
     if train_config.data_format not in ("auto", "geom"):
         raise UsageError(f"--data-format must be auto or geom, not {train_config.data_format!r}")
     if train_config.precision not in ("auto", "fp32", "bf16"):

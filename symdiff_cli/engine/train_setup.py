@@ -23,7 +23,7 @@ from symdiff_cli.engine.growth import load_release_weights, model_config_from_re
 from symdiff_cli.engine.metrics_log import MetricsLog
 from symdiff_cli.engine.optim import make_optimizer
 from symdiff_cli.engine.stop_signals import Interrupted, StopSignals
-from symdiff_cli.engine.train_config import TrainConfig
+from symdiff_cli.engine.train_config import TrainConfig, check_train_config, with_run_settings
 from symdiff_cli.errors import SymdiffError, write_error
 from symdiff_cli.io.molecule import PackedMolecules
 from symdiff_cli.model.config import ModelConfig
@@ -267,7 +267,8 @@ def _build_networks(train_config: TrainConfig, model_cfg: ModelConfig, ranks: Ra
 
 
 def set_up(train_config: TrainConfig, model_cfg: ModelConfig | None, stops: StopSignals,
-            console_print: Callable[[str], None], explicit_model_keys: Collection[str] | None) -> TrainingRun:
+            console_print: Callable[[str], None], explicit_model_keys: Collection[str] | None,
+            explicit_train_keys: Collection[str] | None = None) -> TrainingRun:
     ranks = ranks_from_environment()
     device = training_device(ranks, train_config.device)
     if train_config.threads > 0:
@@ -275,6 +276,9 @@ def set_up(train_config: TrainConfig, model_cfg: ModelConfig | None, stops: Stop
     use_bf16 = (train_config.precision == "bf16") or (train_config.precision == "auto" and device.type == "cuda")
     out = Path(train_config.out)
     resume_ckpt = load_checkpoint(out / CHECKPOINT_NAME) if (out / CHECKPOINT_NAME).exists() else None
+    if resume_ckpt is not None:
+        train_config = with_run_settings(train_config, resume_ckpt.get("train_config") or {}, explicit_train_keys)
+        check_train_config(train_config)
     model_cfg, info = _model_config_for_run(train_config, model_cfg, resume_ckpt)
     train_config = _conditions_of_run(train_config, resume_ckpt)
     train_config = _distillation_of_run(train_config, resume_ckpt)
