@@ -99,6 +99,25 @@ def test_generate_keeps_finished_molecules_on_sigterm_and_sighup(env, tmp_path, 
     assert [p.name for p in tmp_path.iterdir()] == ["mols.sdf"]
 
 
+def test_an_interrupt_leaves_an_existing_file_as_it_was_and_writes_beside_it(env, tmp_path):
+    # The user's file at --out is theirs until a run finishes: an interrupted run puts its finished
+    # molecules beside it (mols.interrupted.sdf), and one with none finished writes nothing.
+    out = tmp_path / "mols.sdf"
+    out.write_text("the user's molecules\n")
+    proc = _generate(env, tmp_path, str(out), "--n", "400", "--batch-size", "2", "--steps", "20", "--num-atoms", "5")
+    _wait_for(_partial_written(tmp_path), proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    stderr = stderr.decode()
+    assert proc.returncode == EXIT[signal.SIGTERM], stderr
+    assert out.read_text() == "the user's molecules\n"
+    beside = tmp_path / "mols.interrupted.sdf"
+    assert 2 <= _check_complete_sdf_or_none(beside, 399)
+    said = "".join(stderr.split())  # the console wraps long paths
+    assert "to" + str(beside) in said and str(out) + "wasleftasitwas" in said
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mols.interrupted.sdf", "mols.sdf"]
+
+
 def _train_cmd(run: Path, data: Path, *extra: str) -> list[str]:
     return CLI + ["train", "--data", str(data), "--preset", "tiny", "--out", str(run), "--batch-size", "8",
                   "--log-every", "1", "--threads", "1", "--quiet", *extra]

@@ -76,16 +76,22 @@ def print_summary(result: GenerateResult) -> None:
     shard = f" (shard {result.shard[0]}/{result.shard[1]})" if result.shard[1] > 1 else ""
     head = "Wrote"
     if result.interrupted:
+        import os
         import signal
 
         from symdiff_cli.engine.stop_signals import signal_name
 
         by = "" if result.stop_signal in (None, signal.SIGINT) else f" by {signal_name(result.stop_signal)}"
+        if result.written + result.skipped == 0:
+            as_it_was = f" ({where} is as it was)" if os.path.exists(result.out) else ""
+            console.print(f"Interrupted{by} before a molecule was finished{shard}: nothing was written{as_it_was}")
+            return
         head = f"Interrupted{by}: wrote"
     of = f" of {result.requested}" if result.interrupted else ""
     console.print(
         f"{head} {result.written}{of} molecules{shard} to {where} in {result.seconds:.1f} s "
         f"({result.molecules_per_second:.2f} molecules/s)"
+        + (f"; {result.kept} was left as it was" if result.kept else "")
     )
     if result.non_finite:
         console.print(f"{result.non_finite} molecules with non-finite coordinates (a diverged sample) were left out; "

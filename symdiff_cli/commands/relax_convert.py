@@ -41,9 +41,11 @@ def relax_and_write(molecules: list, output_path: str, output_format: str, bonds
                                  workers, on_done=lambda k: bar.update(task, completed=k))
     line = relax_status_line(relax, result.status, result.seconds)
     if result.stop_signal is not None:
-        target = "standard output" if output_path == "-" else output_path
-        typer.echo(f"Interrupted by {signal_name(result.stop_signal)}: wrote {result.written} of "
-                   f"{result.total} molecules to {target}. {line}", err=True)
+        target = "standard output" if output_path == "-" else result.out
+        kept = f" ({output_path} was left as it was)" if result.out != output_path else ""
+        written = (f"wrote {result.written} of {result.total} molecules to {target}{kept}"
+                   if result.written + result.left_out else "nothing was written")
+        typer.echo(f"Interrupted by {signal_name(result.stop_signal)}: {written}. {line}", err=True)
         raise typer.Exit(exit_code_for(result.stop_signal))
     return result.left_out, line
 

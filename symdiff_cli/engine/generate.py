@@ -85,7 +85,9 @@ class GenerateOptions:
 
 @dataclass
 class GenerateResult:
-    """What a run produced. `interrupted`: a stop signal ended it early; the file holds `written` molecules."""
+    """What a run produced. `interrupted`: a stop signal ended it early; the file holds `written`
+    molecules (none: no file was written). `out` is where they are: after an interrupt that is beside
+    the file the run would have replaced (io/writer.py path_for_interrupted), which `kept` names."""
 
     requested: int
     written: int
@@ -98,6 +100,7 @@ class GenerateResult:
     stop_signal: int | None = None  # the signal that stopped the run (SIGINT, SIGTERM, SIGHUP)
     non_finite: int = 0  # molecules left out because their sampled coordinates were not finite
     pipeline: Any = None  # engine/keep.py PipelineSummary when relaxing or filtering, else None
+    kept: str | None = None  # the file at --out, left as it was by an interrupted run
 
     @property
     def molecules_per_second(self) -> float:
@@ -387,7 +390,8 @@ def generate(opts: GenerateOptions, progress: GenerateProgress | None = None) ->
         finally:
             pipeline.close(interrupted=True)  # after an error or a stop: end the relaxation workers at once
     seconds = time.perf_counter() - started
+    kept = opts.out if writer.final_path != opts.out else None
     return GenerateResult(requested=n_shard, written=counts.in_file, skipped=counts.left_out, seconds=seconds,
-                          shard=shard, out=opts.out, interrupted=stop_signal is not None,
+                          shard=shard, out=writer.final_path, kept=kept, interrupted=stop_signal is not None,
                           metrics=counts.totals.as_dict(), stop_signal=stop_signal, non_finite=counts.non_finite,
                           pipeline=pipeline.summary if pipeline.active else None)

@@ -21,7 +21,8 @@ CHUNK_PER_WORKER = 4
 
 @dataclass
 class RelaxFileResult:
-    """What was written: `written` molecules (`left_out` of them not, SMILES output only)."""
+    """What was written: `written` molecules (`left_out` of them not, SMILES output only), to
+    `out`: the path asked for, or beside it when an interrupt left the file there as it was."""
 
     total: int
     written: int = 0
@@ -29,6 +30,7 @@ class RelaxFileResult:
     status: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     stop_signal: int | None = None
+    out: str = ""
 
 
 def relax_into_file(molecules: Sequence[Molecule], path: str, fmt: str, bonds: str, settings: RelaxSettings,
@@ -81,6 +83,7 @@ def relax_into_file(molecules: Sequence[Molecule], path: str, fmt: str, bonds: s
                 pool.close()
                 writer.close()
     result.seconds = time.perf_counter() - started
+    result.out = writer.final_path
     return result
 
 

@@ -25,8 +25,10 @@ class MoleculeWriter:
 
     Records go to a temporary file next to `path` that is renamed into place by `close()`.
     `abort(keep=True)` finalises the molecules of all completed `write` calls (a partially
-    written batch is cut off), so an interrupted run leaves a complete, shorter file;
-    `abort()` removes the temporary file. Used as a context manager it closes on success,
+    written batch is cut off), so an interrupted run leaves a complete, shorter file; when `path`
+    already held a file, that file is left as it was and the shorter one is written beside it
+    (`path_for_interrupted`), so an interrupt never costs the user a file they had: `final_path`
+    says where the molecules went. `abort()` removes the temporary file. Used as a context manager it closes on success,
     keeps the finished molecules on KeyboardInterrupt and discards everything on any other
     exception. `path == "-"` writes each batch straight to standard output.
 
@@ -49,6 +51,8 @@ class MoleculeWriter:
         self._stream: IO[bytes] | None = None
         self._committed_bytes = 0
         self._finished = False
+        self.final_path = path
+        self._had_file = path != STDIO_PATH and os.path.isfile(path)
         if path == STDIO_PATH:
             if self.format == "npz" and sys.stdout.isatty():
                 raise SymdiffError("refusing to write binary npz data to a terminal; redirect standard output")
@@ -151,7 +155,7 @@ class MoleculeWriter:
                     self._npz.write_npz(self._stream)
                 self._npz.close()
             if self._stream is not None:
-                commit_temp_file(self._stream, self._temp_path, self.path)
+                commit_temp_file(self._stream, self._temp_path, self.final_path)
                 self._temp_path = None
         except OSError as err:
             self._discard()
@@ -172,6 +176,8 @@ class MoleculeWriter:
         if not keep:
             self._discard()
             return
+        if self._stream is not None and self._had_file:
+            self.final_path = path_for_interrupted(self.path)
         if self._stream is not None and self.format != "npz":
             # A batch interrupted mid-write must not leave a truncated record behind.
             try:
@@ -199,6 +205,16 @@ class MoleculeWriter:
             self.abort(keep=True)
         else:
             self.abort(keep=False)
+
+
+def path_for_interrupted(path: str) -> str:
+    """Where an interrupted run puts its molecules when `path` holds a file already: beside it,
+    mols.sdf -> mols.interrupted.sdf (then mols.interrupted-2.sdf, ...), never over a file."""
+    root, ext = os.path.splitext(path)
+    candidate, number = f"{root}.interrupted{ext}", 2
+    while os.path.lexists(candidate):
+        candidate, number = f"{root}.interrupted-{number}{ext}", number + 1
+    return candidate
 
 
 def write_molecules(path: str, mols: list[Molecule], fmt: str | None = None, bonds: str = "benchmark") -> int:
