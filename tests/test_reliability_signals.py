@@ -171,6 +171,8 @@ def test_train_writes_a_checkpoint_of_the_current_step_on_a_stop_signal(tmp_path
     (["--config", "LIST"], "must hold a JSON object"),
     (["--config", "SECTION"], "unknown section(s) 'modle'"),
     (["--set", "model.depth=0"], "model.depth must be positive"),
+    # It trained, and then no release could be exported: the histogram outran the model.
+    (["--set", "model.max_atoms=5"], "molecules of up to 14 atoms, more than the model's max_atoms of 5"),
 ])
 def test_bad_train_input_is_one_line(tmp_path, small_npz, capsys, args, message):
     files = {"BINARY": b"\x80\x81\xff\x00binary", "LIST": b"[1, 2]", "SECTION": b'{"modle": {}}'}
@@ -284,6 +286,26 @@ def test_a_closed_stdout_pipe_ends_quietly_with_141(env, tmp_path):
     assert proc.returncode == 141
     assert "Traceback" not in stderr.decode() and "Error" not in stderr.decode()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [["generate", "--model", "tiny", "--n", "2", "--out", "-", "--steps", "2"],
+                                     ["convert", "@sdf", "-", "--to", "xyz"],
+                                     ["evaluate", "@sdf", "--json", "-"], ["evaluate", "@sdf", "--per-molecule", "-"]])
+def test_a_standard_output_closed_from_the_start_is_one_line(env, tmp_path, small_packed, command):
+    # `symdiff ... --out - >&-`: Python sets sys.stdout to None; a write then raised deep inside
+    # (generate, convert) or vanished with exit code 0 (evaluate).
+    from symdiff_cli.io.writer import write_molecules
+
+    sdf = tmp_path / "in.sdf"
+    write_molecules(str(sdf), small_packed.to_molecules()[:3])
+    command = [str(sdf) if part == "@sdf" else part for part in command]
+    proc = subprocess.run(CLI + command, stderr=subprocess.PIPE, env=subprocess_env(env), cwd=tmp_path,
+                          preexec_fn=lambda: os.close(1), timeout=120)
+    stderr = proc.stderr.decode()
+    assert proc.returncode != 0 and "Traceback" not in stderr
+    assert stderr.strip().splitlines() == [f"Error: standard output is closed: cannot write "
+                                           f"{'molecules' if command[0] != 'evaluate' else 'the ' + command[-2] + ' output'}"
+                                           " to '-'; give a file instead"]
 
 
 # --------------------------------------------------------------------------------------

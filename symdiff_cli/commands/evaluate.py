@@ -297,6 +297,11 @@ def _evaluate(files: list[str], dataset: DatasetChoice, split: Optional[SplitCho
         raise UsageError("nothing to evaluate: give molecule files (or '-' for stdin), or --split to evaluate the dataset")
     if json_path == "-" and per_molecule == "-":
         raise UsageError("--json and --per-molecule cannot both write to standard output")
+    from symdiff_cli.io.formats import require_stdout
+
+    for option, path in (("--json", json_path), ("--per-molecule", per_molecule)):
+        if path == "-":
+            require_stdout(f"the {option} output")
     if from_format is not None and split is not None:
         raise UsageError("--from applies to molecule files, not to --split")
     refuse_overwriting_inputs({"--per-molecule": per_molecule, "--json": json_path, "--report": report}, files)

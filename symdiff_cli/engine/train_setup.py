@@ -302,6 +302,11 @@ def set_up(train_config: TrainConfig, model_cfg: ModelConfig | None, stops: Stop
         packed, source = load_training_data(train_config, info)
     if len(packed) == 0:
         raise SymdiffError("no training molecules")
+    largest = int(packed.num_atoms.max())
+    if largest > model_cfg.max_atoms:  # trains, but its release could not state the data's sizes
+        raise SymdiffError(f"the training data has molecules of up to {largest} atoms, more than the model's "
+                           f"max_atoms of {model_cfg.max_atoms}: raise model.max_atoms or leave it at the "
+                           "dataset's")
     data = MoleculeTensors(packed, info, values)
     histogram = atom_count_histogram(packed.num_atoms)
     batches = SizeGroupedBatches(packed.num_atoms, train_config.batch_size, train_config.seed, ranks.rank,

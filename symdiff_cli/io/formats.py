@@ -83,6 +83,15 @@ def resolve_format(path: str, fmt: str | None) -> str:
     return format_from_path(path)
 
 
+def require_stdout(what: str) -> None:
+    """Writing `what` to '-' needs an open standard output. A shell's `>&-` closes it, and Python
+    then sets sys.stdout to None: writes would vanish, or fail deep inside with a traceback."""
+    import sys
+
+    if sys.stdout is None:
+        raise SymdiffError(f"standard output is closed: cannot write {what} to '-'; give a file instead")
+
+
 def display_name(path: str) -> str:
     return "<stdin>" if path == STDIO_PATH else path
 

@@ -13,7 +13,7 @@ from symdiff_cli.chem.molecule import Molecule
 from symdiff_cli.chem.perception import BOND_METHODS
 from symdiff_cli.errors import SymdiffError, write_error
 from symdiff_cli.io.atomic import commit_temp_file, discard_temp_file, open_temp_file
-from symdiff_cli.io.formats import STDIO_PATH, display_name, resolve_format
+from symdiff_cli.io.formats import STDIO_PATH, display_name, require_stdout, resolve_format
 from symdiff_cli.io.npz import NpzSpill
 from symdiff_cli.io.sdf import sdf_block
 from symdiff_cli.io.smiles import smiles_line
@@ -54,6 +54,7 @@ class MoleculeWriter:
         self.final_path = path
         self._had_file = path != STDIO_PATH and os.path.isfile(path)
         if path == STDIO_PATH:
+            require_stdout("molecules")
             if self.format == "npz" and sys.stdout.isatty():
                 raise SymdiffError("refusing to write binary npz data to a terminal; redirect standard output")
             return
