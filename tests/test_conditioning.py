@@ -174,6 +174,19 @@ def test_generate_condition_fixed_and_drawn_tags_every_record(tmp_path, capsys):
         (tmp_path / "fixed.sdf").read_text().split("symdiff_condition")[0]
 
 
+def test_a_value_outside_the_training_range_is_warned_about_and_still_sampled(tmp_path, capsys):
+    # The quantiles of the release span 50-62 (atom counts 5 and 6): alpha=80 is beyond them.
+    save_conditional_release(tmp_path / "rel")
+    for value, warned in (("80", True), ("56", False), ("49.9", True)):
+        code, _, err = run_cli(capsys, "generate", "--model", str(tmp_path / "rel"), "--n", "2", "--out",
+                               str(tmp_path / "w.sdf"), "--condition", f"alpha={value}")
+        said = " ".join(err.split())
+        assert code == 0 and (tmp_path / "w.sdf").exists(), err
+        assert ("Warning: alpha=" in said) == warned, err
+        if warned:
+            assert f"alpha={value} lies outside the values the model was trained on (50 to 62 Bohr^3)" in said
+
+
 def test_convert_keeps_the_conditioning_section(tmp_path, capsys):
     save_conditional_release(tmp_path / "rel")
     before = json.loads((tmp_path / "rel" / "config.json").read_text())["conditioning"]

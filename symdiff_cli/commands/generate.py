@@ -47,6 +47,11 @@ class RichProgress(GenerateProgress):
         if self._bar is not None:
             self._bar.stop()
 
+    def note(self, message: str) -> None:
+        from rich.console import Console
+
+        Console(stderr=True, highlight=False).print(f"[yellow]Warning:[/yellow] {message}")
+
     def on_step(self, molecules: int) -> None:
         if self._bar is not None:
             self._bar.advance(self._task, molecules)

@@ -56,6 +56,25 @@ def parse_condition_specs(specs: Sequence[str], cfg: ModelConfig, model_name: st
     return chosen
 
 
+def values_outside_training(chosen: dict[str, float | None], config: dict[str, Any]) -> list[str]:
+    """A line for each fixed value (--condition NAME=VALUE) outside the values the release was
+    trained on (the extremes of its quantile tables over all atom counts): far from them the
+    network extrapolates, and an alpha of 300 gave no stable atom and coordinates of 200 A."""
+    from symdiff_cli.data.properties import PROPERTIES
+
+    lines = []
+    for name, value in chosen.items():
+        if value is None:
+            continue
+        table = _checked_quantiles(config, name)
+        low, high = min(q[0] for q in table.values()), max(q[-1] for q in table.values())
+        if not low <= value <= high:
+            unit = f" {PROPERTIES[name].unit}" if name in PROPERTIES else ""
+            lines.append(f"{name}={value:g} lies outside the values the model was trained on ({low:g} to "
+                         f"{high:g}{unit}): expect few stable or valid molecules")
+    return lines
+
+
 def _checked_quantiles(config: dict[str, Any], name: str) -> dict[int, list[float]]:
     section = config.get(CONDITIONING_KEY)
     table = section.get("quantiles", {}).get(name) if isinstance(section, dict) else None

@@ -190,6 +190,9 @@ class GenerateProgress:
     def relaxed(self, done: int, total: int) -> None:
         """`done` of the current batch's `total` molecules are relaxed (--relax)."""
 
+    def note(self, message: str) -> None:
+        """A warning before sampling: the run goes ahead, but may not give what was meant."""
+
     def stop(self) -> None:
         """Sampling ended (finished, interrupted or failed)."""
 
@@ -291,6 +294,12 @@ def _sample_into(writer: MoleculeWriter, opts: GenerateOptions, fmt: str, shard:
     release = load_release(opts.model, device, offline=opts.offline, show_progress=not opts.quiet,
                            load_guide=opts.guidance != 1.0 and not opts.guide)
     sampler, sample_config, batch_size = release_sampler(opts, release, device)
+    if release.cfg.conditions and opts.condition:
+        from symdiff_cli.engine.conditions import parse_condition_specs, values_outside_training
+
+        chosen = parse_condition_specs(list(opts.condition), release.cfg, opts.model or release.path.name)
+        for line in values_outside_training(chosen, release.config):
+            progress.note(line)
     steps = sample_config.steps
     plan = iter_plan_for_shard(release.histogram, n_shard, opts.num_atoms, batch_size, opts.seed, shard)
     plan = pipeline.plan(plan, release.histogram, opts.num_atoms, batch_size, shard_seed_sequence(opts.seed, *shard))
