@@ -93,6 +93,31 @@ def test_missing_file_is_one_line_error(tmp_path):
     assert "nope.sdf" in result.stderr
 
 
+def test_a_missing_file_without_an_extension_is_called_missing(tmp_path):
+    result = run(str(tmp_path / "runs" / "none"), "--no-novelty")
+    assert_one_line_error(result)
+    assert "no such file" in result.stderr and "extension" not in result.stderr
+
+
+@pytest.mark.parametrize("option, name, expected", [
+    ("--json", "nodir/m.json", "folder"), ("--json", "adir", "is a directory"),
+    ("--per-molecule", "adir", "is a directory"), ("--per-molecule", "nodir/m.csv", "does not exist"),
+])
+def test_an_output_that_cannot_be_written_is_refused_before_the_evaluation(tmp_path, monkeypatch, capsys, xyz_file,
+                                                                           option, name, expected):
+    # With --energy an evaluation can take hours; a typo in the output path must not cost them.
+    import symdiff_cli.chem.metrics as metrics
+
+    (tmp_path / "adir").mkdir()
+    monkeypatch.chdir(tmp_path)
+    calls = []
+    monkeypatch.setattr(metrics, "evaluate_molecules", lambda *a, **k: calls.append(1))
+    from cli_helpers import run_cli
+
+    code, _, err = run_cli(capsys, "evaluate", str(xyz_file), "--no-novelty", option, name)
+    assert code == 2 and expected in err and len(err.strip().splitlines()) == 1 and not calls, err
+
+
 def test_nothing_to_evaluate_is_usage_error():
     result = run()
     assert_one_line_error(result)

@@ -311,6 +311,10 @@ def test_unwritable_output_directory(env, tmp_path, capsys):
                               "--model", "tiny", *FAST)
     assert code != 0 and stderr.startswith("Error: ") and "does not exist" in stderr and len(stderr.splitlines()) == 1
     assert not (tmp_path / "missing").exists()
+    (tmp_path / "a.sdf").write_text("")
+    code, _, stderr = run_cli(capsys, "generate", "--n", "2", "--out", str(tmp_path / "a.sdf" / "m.sdf"),
+                              "--model", "tiny", *FAST)
+    assert code != 0 and f"{tmp_path / 'a.sdf'} is not a directory" in stderr, stderr
 
 
 def _restore_default_sigint() -> None:

@@ -282,6 +282,7 @@ def test_keep_stops_at_max_attempts_with_a_one_line_error(env, tmp_path, capsys)
     assert stderr.splitlines()[-1] == ("Error: only 0 of 3 molecules passed --keep stable in 8 attempts "
                                        "(acceptance 0.0 %); no file was written. Raise --max-attempts")
     assert not out.exists() and list(tmp_path.iterdir()) == []
+    assert "Wrote 0" not in stderr and "No molecule passed --keep stable" in stderr  # no claim of a file
     for bad, message in ((["--max-attempts", "2", "--keep", "valid"], "--max-attempts must be at least --n"),
                          (["--max-attempts", "20"], "--max-attempts applies only with --keep"),
                          (["--keep", "good"], "--keep must be one of all, valid, stable"),

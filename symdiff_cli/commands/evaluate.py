@@ -299,9 +299,11 @@ def _evaluate(files: list[str], dataset: DatasetChoice, split: Optional[SplitCho
         raise UsageError("--json and --per-molecule cannot both write to standard output")
     from symdiff_cli.io.formats import require_stdout
 
-    for option, path in (("--json", json_path), ("--per-molecule", per_molecule)):
+    for option, path, example in (("--json", json_path, "metrics.json"), ("--per-molecule", per_molecule, "mols.csv")):
         if path == "-":
             require_stdout(f"the {option} output")
+        elif path is not None:
+            evaluate_report.check_output_path(option, path, example)
     if from_format is not None and split is not None:
         raise UsageError("--from applies to molecule files, not to --split")
     refuse_overwriting_inputs({"--per-molecule": per_molecule, "--json": json_path, "--report": report}, files)

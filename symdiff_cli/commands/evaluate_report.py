@@ -39,9 +39,15 @@ def check_report_path(path: str) -> None:
     """Refuse a report path that cannot be written before any work is done."""
     if path == "-":
         raise UsageError("--report writes an HTML file: give a file name, not '-'")
+    check_output_path("--report", path, "report.html")
+
+
+def check_output_path(option: str, path: str, example: str) -> None:
+    """Refuse an output file that cannot be written before any work is done (an evaluation with
+    --energy can take hours): a directory, or a folder that does not exist."""
     target = Path(path)
     if target.is_dir():
-        raise UsageError(f"--report {path} is a directory: give a file name such as report.html")
+        raise UsageError(f"{option} {path} is a directory: give a file name such as {example}")
     if not target.parent.is_dir():
         raise UsageError(f"cannot write {path}: folder {target.parent} does not exist")
 

@@ -93,11 +93,15 @@ def print_summary(result: GenerateResult) -> None:
             return
         head = f"Interrupted{by}: wrote"
     of = f" of {result.requested}" if result.interrupted else ""
-    console.print(
-        f"{head} {result.written}{of} molecules{shard} to {where} in {result.seconds:.1f} s "
-        f"({result.molecules_per_second:.2f} molecules/s)"
-        + (f"; {result.kept} was left as it was" if result.kept else "")
-    )
+    if result.written == 0 and result.pipeline is not None and not result.interrupted:
+        console.print(f"No molecule passed --keep {result.pipeline.keep}{shard} in {result.seconds:.1f} s: "
+                      "nothing was written")
+    else:
+        console.print(
+            f"{head} {result.written}{of} molecules{shard} to {where} in {result.seconds:.1f} s "
+            f"({result.molecules_per_second:.2f} molecules/s)"
+            + (f"; {result.kept} was left as it was" if result.kept else "")
+        )
     if result.non_finite:
         console.print(f"{result.non_finite} molecules with non-finite coordinates (a diverged sample) were left out; "
                       "the gaps in the numbering of the names show which")

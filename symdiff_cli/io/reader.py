@@ -107,6 +107,8 @@ def read_molecules(path: str, fmt: str | None = None, strict: bool = False) -> t
             )
         file_format = sniffed
     else:
+        if path != STDIO_PATH and not os.path.exists(path):  # before the extension: "no such file" says more
+            raise SymdiffError(f"no such file: {path}")
         file_format = resolve_format(path, fmt)
         data = _read_source_bytes(path)
         if not data.strip():

@@ -62,7 +62,8 @@ class MoleculeWriter:
         if os.path.isdir(path):
             raise SymdiffError(f"{path} is a directory; give a file name")
         if not os.path.isdir(directory):
-            raise SymdiffError(f"cannot write {path}: directory {directory} does not exist")
+            problem = "is not a directory" if os.path.exists(directory) else "does not exist"
+            raise SymdiffError(f"cannot write {path}: {directory} {problem}")
         try:
             self._stream, self._temp_path = open_temp_file(path, "wb", suffix=".partial")
         except OSError as err:
