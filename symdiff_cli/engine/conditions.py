@@ -56,17 +56,20 @@ def parse_condition_specs(specs: Sequence[str], cfg: ModelConfig, model_name: st
     return chosen
 
 
-def values_outside_training(chosen: dict[str, float | None], config: dict[str, Any]) -> list[str]:
-    """A line for each fixed value (--condition NAME=VALUE) outside the values the release was
-    trained on (the extremes of its quantile tables over all atom counts): far from them the
-    network extrapolates, and an alpha of 300 gave no stable atom and coordinates of 200 A."""
+def values_outside_training(specs: Sequence[str], release: Any, model_name: str | None = None) -> list[str]:
+    """A line for each fixed value of `specs` (--condition NAME=VALUE) outside the values the
+    ReleasedModel `release` was trained on (the extremes of its quantile tables over all atom
+    counts): far from them the network extrapolates (alpha=300 gave no stable atom)."""
     from symdiff_cli.data.properties import PROPERTIES
 
+    if not release.cfg.conditions or not specs:
+        return []
     lines = []
+    chosen = parse_condition_specs(specs, release.cfg, model_name or release.path.name)
     for name, value in chosen.items():
         if value is None:
             continue
-        table = _checked_quantiles(config, name)
+        table = _checked_quantiles(release.config, name)
         low, high = min(q[0] for q in table.values()), max(q[-1] for q in table.values())
         if not low <= value <= high:
             unit = f" {PROPERTIES[name].unit}" if name in PROPERTIES else ""

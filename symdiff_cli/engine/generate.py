@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 # generate() looks these up here, so tests can watch what reaches the sampler.
+from symdiff_cli.engine.conditions import values_outside_training
 from symdiff_cli.engine.denoiser import autoguided_denoiser, valence_guided
 from symdiff_cli.engine.keep import BatchPipeline, MetricCounts, check_keep_options
 from symdiff_cli.engine.shards import iter_plan_for_shard, parse_shard, shard_seed_sequence, shard_share
@@ -85,9 +86,7 @@ class GenerateOptions:
 
 @dataclass
 class GenerateResult:
-    """What a run produced. `interrupted`: a stop signal ended it early; the file holds `written`
-    molecules (none: no file was written). `out` is where they are: after an interrupt that is beside
-    the file the run would have replaced (io/writer.py path_for_interrupted), which `kept` names."""
+    """What a run produced: `out` holds `written` molecules (none: no file; beside --out, `kept`, after a stop)."""
 
     requested: int
     written: int
@@ -294,12 +293,8 @@ def _sample_into(writer: MoleculeWriter, opts: GenerateOptions, fmt: str, shard:
     release = load_release(opts.model, device, offline=opts.offline, show_progress=not opts.quiet,
                            load_guide=opts.guidance != 1.0 and not opts.guide)
     sampler, sample_config, batch_size = release_sampler(opts, release, device)
-    if release.cfg.conditions and opts.condition:
-        from symdiff_cli.engine.conditions import parse_condition_specs, values_outside_training
-
-        chosen = parse_condition_specs(list(opts.condition), release.cfg, opts.model or release.path.name)
-        for line in values_outside_training(chosen, release.config):
-            progress.note(line)
+    for line in values_outside_training(list(opts.condition or []), release, opts.model):
+        progress.note(line)
     steps = sample_config.steps
     plan = iter_plan_for_shard(release.histogram, n_shard, opts.num_atoms, batch_size, opts.seed, shard)
     plan = pipeline.plan(plan, release.histogram, opts.num_atoms, batch_size, shard_seed_sequence(opts.seed, *shard))
@@ -398,9 +393,8 @@ def generate(opts: GenerateOptions, progress: GenerateProgress | None = None) ->
             counts.in_file, counts.left_out = writer.written, writer.skipped
         finally:
             pipeline.close(interrupted=True)  # after an error or a stop: end the relaxation workers at once
-    seconds = time.perf_counter() - started
-    kept = opts.out if writer.final_path != opts.out else None
-    return GenerateResult(requested=n_shard, written=counts.in_file, skipped=counts.left_out, seconds=seconds,
-                          shard=shard, out=writer.final_path, kept=kept, interrupted=stop_signal is not None,
+    return GenerateResult(requested=n_shard, written=counts.in_file, skipped=counts.left_out,
+                          seconds=time.perf_counter() - started, shard=shard, out=writer.final_path,
+                          kept=None if writer.final_path == opts.out else opts.out, interrupted=stop_signal is not None,
                           metrics=counts.totals.as_dict(), stop_signal=stop_signal, non_finite=counts.non_finite,
                           pipeline=pipeline.summary if pipeline.active else None)
