@@ -230,6 +230,7 @@ def test_divergence_between_loss_reads_keeps_the_last_finite_checkpoint(tmp_path
     (["--lr", "1e-4", "--min-lr", "1e-3"], "--min-lr must lie between 0 and --lr"),
     (["--low-noise-fraction", "1.5"], "--low-noise-fraction must lie between 0 and 1"),
     (["--init-from", ""], "--init-from is empty"),  # "$RELEASE" unset: not a fresh model in silence
+    (["--data", ""], "--data is empty"),
     (["--distill", " "], "--distill is empty"),
 ])
 def test_bad_train_options_give_one_line_errors(tmp_path, args, message):

@@ -24,6 +24,8 @@ TRAINING_FILE_EXTENSIONS = (".xyz", ".sdf", ".mol", ".npz")
 
 def _files_of(path: str) -> list[str]:
     """The molecule files named by one user path: the path itself, or a directory's files."""
+    if not path.strip():  # an unset shell variable, most often
+        raise SymdiffError("--data is empty: give molecule files or directories")
     if not os.path.exists(path):
         raise SymdiffError(f"no such file or directory: {path}")
     if not os.path.isdir(path):
