@@ -183,7 +183,7 @@ def main() -> None:
                 f"{results['xtb']['status'].get('failed', 0)} |")
     accept = {"none": results["raw"]["molecule_stability"], "mmff": results["mmff"]["keep_stable_acceptance"],
               "xtb": results["xtb"]["keep_stable_acceptance"]}
-    if sample_s:
+    if sample_s and all(accept.values()):  # with nothing stable there is no cost per kept molecule
         cost = {"none": sample_s / accept["none"],
                 "mmff": (sample_s + results["mmff"]["cpu_seconds_mean"]) / accept["mmff"],
                 "xtb": (sample_s + results["xtb"]["cpu_seconds_mean"]) / accept["xtb"]}

@@ -99,7 +99,7 @@ def train_command(
     dataset: str = typer.Option("qm9", help="Dataset configuration (atom types): qm9 or geom."),
     data: Optional[List[str]] = typer.Option(None, "--data", help="Train on these XYZ/SDF/npz files or directories instead of the QM9 train split (repeatable)."),
     data_format: str = typer.Option("auto", help="auto, or geom for the GEOM-Drugs processed .npy (conformer id, Z, x, y, z) layout."),
-    preset: str = typer.Option("small", help="Model size: tiny (tests), small (CPU), paper (~31M parameters)."),
+    preset: str = typer.Option("small", help="Model size: tiny (tests), small (CPU), paper (~35M parameters)."),
     orientation_kernel: Optional[str] = typer.Option(None, "--orientation-kernel", "--gamma", help="Orientation kernel (the paper's gamma): learned (SymDiff), haar (DiT-Aug baseline), none (plain DiT)."),
     batch_size: Optional[int] = typer.Option(None, help="Molecules per optimiser step and process (default: 256)."),
     lr: Optional[float] = typer.Option(None, help="Learning rate of AMSGrad Adam (default: 2e-4)."),
