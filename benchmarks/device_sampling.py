@@ -28,21 +28,12 @@ from symdiff_cli.engine.device import resolve_device
 from symdiff_cli.engine.generate import GenerateOptions, release_sampler
 from symdiff_cli.engine.release import load_release
 from symdiff_cli.engine.shards import plan_for_shard
+from symdiff_cli.io.writer import write_molecules
 
 
 def synchronise(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def save_molecules(mols: list, path: Path) -> None:
-    positions = np.concatenate([m.positions for m in mols]) if mols else np.zeros((0, 3))
-    numbers = np.concatenate([m.atomic_numbers for m in mols]) if mols else np.zeros(0, dtype=np.int64)
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "wb") as stream:
-        np.savez_compressed(stream, positions=positions.astype(np.float64), atomic_numbers=numbers.astype(np.int64),
-                            num_atoms=np.asarray([len(m.atomic_numbers) for m in mols], dtype=np.int64))
-    tmp.replace(path)
 
 
 def main() -> None:
@@ -92,10 +83,10 @@ def main() -> None:
         synchronise(device)
         seconds = time.perf_counter() - start
         path = args.out_dir / f"molecules_{n}.npz"
-        save_molecules(mols, path)
-        finite = sum(bool(np.isfinite(m.positions).all()) for m in mols)
+        finite = [m for m in mols if np.isfinite(m.positions).all()]  # generate leaves the others out too
+        write_molecules(str(path), finite, "npz")
         run = {"n": n, "batches": len(plan.batches), "seconds": round(seconds, 2),
-               "molecules_per_second": round(n / seconds, 1), "finite": finite, "molecules": path.name}
+               "molecules_per_second": round(n / seconds, 1), "finite": len(finite), "molecules": path.name}
         if device.type == "cuda":
             run["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
         summary["runs"].append(run)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import io
 import lzma
-import os
 import sys
 from pathlib import Path
 
@@ -61,10 +60,11 @@ def unpack(archive: Path, out: Path) -> None:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
+    from symdiff_cli.io.atomic import atomic_output
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    with atomic_output(path, "wb") as handle:
+        handle.write(data)
 
 
 def main() -> None:

@@ -238,7 +238,7 @@ def _sample_config(opts: GenerateOptions, release: ReleasedModel, device: torch.
 
 
 def release_sampler(opts: GenerateOptions, release: ReleasedModel,
-                 device: torch.device) -> tuple[Sampler, SampleConfig, int]:
+                    device: torch.device) -> tuple[Sampler, SampleConfig, int]:
     """The sampler of a loaded release at the options' settings, those settings, and the batch size."""
     from symdiff_cli.engine.sampling import Sampler
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -125,9 +126,7 @@ def write_weights(path: Path, tensors: dict[str, torch.Tensor], previous: Path |
     from safetensors.torch import save_file
 
     if previous is not None and _holds_exactly(previous, tensors):
-        with open(previous, "rb") as source, open(path, "wb") as target:
-            for chunk in iter(lambda: source.read(1 << 20), b""):
-                target.write(chunk)
+        shutil.copyfile(previous, path)
         return
     save_file(tensors, str(path), metadata=WEIGHTS_METADATA)
 
