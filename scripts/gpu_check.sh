@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A GPU machine's whole check in one call: the CUDA tests, whole sampling runs of the shipped
-# model, then training it for the rest of the budget.
+# model and where their time goes, then training it for the rest of the budget.
 #
 #   scripts/gpu_check.sh OUT_DIR [TRAIN_DURATION]        e.g. scripts/gpu_check.sh "$OUT" 5m
 #
@@ -25,6 +25,7 @@
 #   SAMPLING_N          molecules per sampling run ["1000 10000"]
 #   SAMPLING_PRECISION  auto, fp32 or bf16 [bf16]
 #   SAMPLING_STEPS      denoising steps [the release's default on CUDA]
+#   PROFILE_N           molecules of the sampling profile (benchmarks/sampling_profile.py) [1000]
 #   TRAIN_ARCHIVE       the packed training data [ROOT/.gpu/qm9_train.npz.xz]
 #   any of scripts/gpu_train.sh's (INIT_MODEL, BATCH_SIZE, ...)
 set -uo pipefail
@@ -59,6 +60,16 @@ if [ -n "${SAMPLING_STEPS:-}" ]; then STEPS_ARGS=(--steps "$SAMPLING_STEPS"); fi
   "${STEPS_ARGS[@]}" --out-dir "$OUT" 2>&1 | tee -a "$LOG"
 SAMPLING_STATUS=${PIPESTATUS[0]}
 
+# Where a GPU run's time goes by batch size, and whether padded batches of mixed atom counts
+# (fewer, larger calls) would beat generate's one-count batches there: on 2 CPU cores they did not.
+step "sampling profile: network calls by batch size, then the two batch layouts"
+"$PY" benchmarks/sampling_profile.py calls --device auto --precision "${SAMPLING_PRECISION:-bf16}" \
+  --n "${PROFILE_N:-1000}" "${STEPS_ARGS[@]}" 2>&1 | tee -a "$LOG"
+PROFILE_STATUS=${PIPESTATUS[0]}
+"$PY" benchmarks/sampling_profile.py layouts --device auto --precision "${SAMPLING_PRECISION:-bf16}" \
+  --n "${PROFILE_N:-1000}" --rounds 1 "${STEPS_ARGS[@]}" 2>&1 | tee -a "$LOG"
+[ "${PIPESTATUS[0]}" = 0 ] || PROFILE_STATUS=1
+
 TRAIN_STATUS=skipped
 PACKED=${TRAIN_ARCHIVE:-$ROOT/.gpu/qm9_train.npz.xz}
 if [ -n "$TRAIN_DURATION" ] && [ -f "$PACKED" ]; then
@@ -74,5 +85,5 @@ elif [ -n "$TRAIN_DURATION" ]; then
   step "no training: $PACKED is missing (scripts/pack_qm9_train.py pack writes it)"
 fi
 
-step "done: tests exit $TESTS_STATUS, sampling exit $SAMPLING_STATUS, training exit $TRAIN_STATUS"
+step "done: tests exit $TESTS_STATUS, sampling exit $SAMPLING_STATUS, profile exit $PROFILE_STATUS, training exit $TRAIN_STATUS"
 [ "$TESTS_STATUS" = 0 ] && [ "$SAMPLING_STATUS" = 0 ] && { [ "$TRAIN_STATUS" = 0 ] || [ "$TRAIN_STATUS" = skipped ]; }

@@ -61,7 +61,7 @@ def test_gpu_check_runs_without_rdkit_and_brings_back_at_most_eight_plain_files(
     out = tmp_path / "out"
     env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(site), TRAIN_ARCHIVE=str(archive),
                INIT_MODEL=str(init), BATCH_SIZE="8", SAMPLING_N="3 5", SAMPLING_STEPS="2",
-               SAMPLING_PRECISION="fp32", OMP_NUM_THREADS="1")
+               SAMPLING_PRECISION="fp32", PROFILE_N="4", OMP_NUM_THREADS="1")
     env.pop("SYMDIFF_TEST_DEVICE", None)  # the CUDA tests are skipped here, as in CI
     blocked = subprocess.run([sys.executable, "-c", "import rdkit"], capture_output=True, text=True, env=env)
     assert blocked.returncode != 0 and "blocked by the test" in blocked.stderr
@@ -69,7 +69,9 @@ def test_gpu_check_runs_without_rdkit_and_brings_back_at_most_eight_plain_files(
                          text=True, env=env, timeout=600)
     log = (out / "check.log").read_text()
     assert res.returncode == 0, log[-3000:] + res.stderr[-2000:]
-    assert "skipped" in log and "done: tests exit 0, sampling exit 0, training exit 0" in log
+    assert "skipped" in log and "done: tests exit 0, sampling exit 0, profile exit 0, training exit 0" in log
+    # The profile ran both layouts; without RDKit it counts no stable molecules ('-').
+    assert "| 1 | one atom count |" in log and "| 1 | mixed |" in log and "| - of 4 |" in log
     names = sorted(p.name for p in out.iterdir())
     assert all(p.is_file() for p in out.iterdir()) and len(names) <= 8
     assert names == sorted(["check.log", "sampling.json", "molecules_3.npz", "molecules_5.npz", "train_log.jsonl",
