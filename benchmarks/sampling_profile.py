@@ -24,23 +24,19 @@ import argparse
 import time
 from collections import Counter, defaultdict
 
-import numpy as np
 import torch
 
-from symdiff_cli.chem.elements import SYMBOL_TO_Z
+from device_sampling import synchronise  # benchmarks/device_sampling.py (this script's folder is on sys.path)
+
 from symdiff_cli.engine.device import resolve_device
 from symdiff_cli.engine.generate import GenerateOptions, release_sampler
 from symdiff_cli.engine.release import load_release
+from symdiff_cli.engine.sampling import decode
 from symdiff_cli.engine.shards import plan_for_shard
 from symdiff_cli.io.molecule import Molecule
 from symdiff_cli.model.dit import SymmetrisedDenoiser
 
 SIZE_CLASSES = (4, 16, 64, 160)  # upper bounds of the batch-size classes; larger ones form the last
-
-
-def _synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _size_class(batch: int) -> str:
@@ -68,10 +64,10 @@ def profile_calls(args) -> None:
     original = SymmetrisedDenoiser.forward
 
     def timed_forward(self, x, h, t, *rest, **kwargs):
-        _synchronise(device)
+        synchronise(device)
         started = time.perf_counter()
         out = original(self, x, h, t, *rest, **kwargs)
-        _synchronise(device)
+        synchronise(device)
         records.append((f"hidden {self.cfg.hidden}, depth {self.cfg.depth}", x.shape[0], x.shape[0] * x.shape[1],
                         time.perf_counter() - started))
         return out
@@ -125,7 +121,7 @@ def profile_ops(args) -> None:
         with profile(activities=activities, record_shapes=True) as prof:
             for _ in range(args.repeats):
                 model(x, h, t)
-            _synchronise(device)
+            synchronise(device)
     sort_by = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(prof.key_averages(group_by_input_shape=True).table(sort_by=sort_by, row_limit=20,
                                                              max_name_column_width=32, max_shapes_column_width=56))
@@ -148,7 +144,6 @@ def mixed_batches(counts: list[int], batch_size: int, pad_tokens: float) -> list
 def _run_mixed(release, sampler, steps: int, batches: list[list[int]], seed: int) -> list[Molecule]:
     cfg = release.cfg
     device = sampler.device
-    z_of_type = np.array([SYMBOL_TO_Z[s] for s in cfg.atom_types])
     molecules = []
     for index, counts in enumerate(batches):
         sizes = torch.tensor(counts, device=device)
@@ -158,9 +153,8 @@ def _run_mixed(release, sampler, steps: int, batches: list[list[int]], seed: int
             x, h = sampler.diffusion.sample(sampler._denoise, len(counts), max(counts), cfg.feature_dim, steps,
                                             generator=generator, device=device, mask=mask,
                                             spacing=sampler.spacing, restart=sampler.restart)
-        types = h[..., : cfg.num_atom_types].argmax(dim=-1).cpu().numpy()
-        positions = x.double().cpu().numpy()
-        molecules += [Molecule(z_of_type[types[i, :n]], positions[i, :n]) for i, n in enumerate(counts)]
+        # Decoded as generate decodes, then cut to each molecule's own atoms (the rest is padding).
+        molecules += [Molecule(m.atomic_numbers[:n], m.positions[:n]) for m, n in zip(decode(x, h, cfg), counts)]
     return molecules
 
 
@@ -182,7 +176,7 @@ def compare_layouts(args) -> None:
     print("| round | layout | batches | seconds | stable molecules |\n|---|---|---|---|---|")
     for round_index in range(args.rounds):
         for layout in ("one atom count", "mixed"):
-            _synchronise(sampler.device)
+            synchronise(sampler.device)
             started = time.perf_counter()
             if layout == "mixed":
                 molecules = _run_mixed(release, sampler, steps, mixed, args.seed)
