@@ -205,6 +205,9 @@ def train_command(
     if is_release_directory(Path(train_config.out)):
         # A run writes its own config.json, which would replace the release's.
         raise UsageError(f"--out {train_config.out} is a release directory, not a run directory: choose another --out")
+    from symdiff_cli.engine.run_directory import check_run_directory
+
+    check_run_directory(Path(train_config.out))  # before QM9 is processed: a refusal should not wait
     model_cfg: ModelConfig | None = None
     if not has_checkpoint:
         model_cfg = model_config_from_preset(train_config.preset)

@@ -75,14 +75,22 @@ def load_user_molecules(
     A directory contributes its .xyz, .sdf, .mol and .npz files in sorted name order
     (not recursively). Every element must be one of `dataset.atom_types` and no molecule
     may exceed `dataset.max_atoms`; otherwise SymdiffError names the file and molecule.
-    Unreadable SDF records are skipped (strict: an error); `report` receives one line per
-    file that had any, so the caller can show it.
+    Unreadable records are skipped (strict: an error); `report` receives one line per file that
+    had any, so the caller can show it. A file named twice (directly and through its directory,
+    say) is read once, and reported.
     """
     if not paths:
         raise SymdiffError("no training data files given")
     molecules: list[Molecule] = []
+    seen: set[str] = set()
     for path in paths:
         for file_path in _files_of(path):
+            real_path = os.path.realpath(file_path)
+            if real_path in seen:  # `--data dir --data dir/a.sdf`: its molecules would count twice
+                if report is not None:
+                    report(f"{file_path}: given more than once, read once")
+                continue
+            seen.add(real_path)
             file_molecules, skipped = read_molecules(file_path, strict=strict)
             if skipped and report is not None:
                 report(f"{file_path}: skipped {skipped} unreadable record{'s' if skipped != 1 else ''}")

@@ -23,10 +23,17 @@ def model_config_from_release(release_cfg: ModelConfig, requested: ModelConfig,
     `explicit` names the model settings the user set (`--set model.depth=8`). Only those of
     `depth` / `orientation_depth` can change the model, and only upwards: the release's blocks keep
     their weights and the extra blocks are appended. Everything else, the preset's defaults
-    included, is the release's, so continuing a depth-8 release needs no --set. Without
+    included, is the release's, so continuing a depth-8 release needs no --set; another value
+    the user set for it, or another dataset's elements, is refused. Without
     `explicit` (library callers), a request that differs from the release only in depths is
     taken as the growth it asks for.
     """
+    if tuple(release_cfg.atom_types) != tuple(requested.atom_types):
+        # Its input and output layers are sized for its own elements; a forward would fail later.
+        raise SymdiffError(
+            f"--init-from: the release models {release_cfg.dataset} ({' '.join(release_cfg.atom_types)}), this run "
+            f"trains on {requested.dataset} ({' '.join(requested.atom_types)}): start from a release of the same "
+            f"dataset, or pass --dataset {release_cfg.dataset}")
     conditioning = ("conditions", "condition_mean", "condition_std")
     if requested.conditions and not release_cfg.conditions:
         # Property conditioning can be added (its embedding starts at zero), with the new data's
@@ -47,6 +54,11 @@ def model_config_from_release(release_cfg: ModelConfig, requested: ModelConfig,
             raise SymdiffError("--init-from can add self-conditioning, not remove it: the release reads "
                                "its own estimates (model.self_condition=true)")
         release_cfg = dataclasses.replace(release_cfg, self_condition=True)
+    fixed = sorted(k for k in differing & set(explicit) if k not in (*GROWABLE_DEPTHS, "self_condition", *conditioning))
+    if fixed:
+        raise SymdiffError(
+            "--init-from keeps the release's model, which only grows in depth: "
+            + ", ".join(f"model.{k}={wanted[k]} differs from its {release[k]}" for k in fixed))
     grow = sorted(k for k in GROWABLE_DEPTHS if k in explicit and k in differing)
     for key in grow:
         if wanted[key] < release[key]:

@@ -27,6 +27,7 @@ from symdiff_cli.engine.distributed import (
     wait_for_all_ranks,
 )
 from symdiff_cli.engine.optim import budget_fraction, ema_decay_at, learning_rate, update_ema
+from symdiff_cli.engine.run_directory import check_run_directory
 from symdiff_cli.engine.run_lock import RunLock
 from symdiff_cli.engine.stop_signals import StopSignals, signal_name
 from symdiff_cli.engine.train_config import TrainConfig
@@ -49,7 +50,8 @@ def train(train_config: TrainConfig, model_cfg: ModelConfig | None = None,
     values of the others among train_config.RUN_SETTINGS (its data, optimiser, seed). None: all
     of `train_config` is meant as given.
 
-    Rank 0 holds the run directory's lock (engine/run_lock.py) for the whole run: a second run
+    An --out holding files a run did not write is refused before anything is written
+    (engine/run_directory.py). Rank 0 holds the run directory's lock (engine/run_lock.py) for the whole run: a second run
     on the same directory is refused. SIGINT, SIGTERM or SIGHUP during training ends the run
     at the end of the current step with a checkpoint of that step (an evaluation in progress
     is abandoned); the summary's "signal" then holds the signal number and "stop_reason" its
@@ -58,6 +60,8 @@ def train(train_config: TrainConfig, model_cfg: ModelConfig | None = None,
     """
     is_main = ranks_from_environment().is_main
     out = Path(train_config.out)
+    if is_main:
+        check_run_directory(out)
     created = not out.exists()
     lock = RunLock(out) if is_main else None
     with StopSignals() as stops:

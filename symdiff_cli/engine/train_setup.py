@@ -26,12 +26,13 @@ from symdiff_cli.engine.stop_signals import Interrupted, StopSignals
 from symdiff_cli.engine.train_config import TrainConfig, check_train_config, with_run_settings
 from symdiff_cli.errors import SymdiffError, write_error
 from symdiff_cli.io.molecule import PackedMolecules
-from symdiff_cli.model.config import ModelConfig
+from symdiff_cli.model.config import ModelConfig, model_config_from_preset
 from symdiff_cli.model.diffusion import NoiseSchedule, VPDiffusion
 from symdiff_cli.model.dit import SymmetrisedDenoiser, count_parameters
 
 
-def load_training_data(train_config: TrainConfig, info: DatasetInfo) -> tuple[PackedMolecules, str]:
+def load_training_data(train_config: TrainConfig, info: DatasetInfo,
+                       report: Callable[[str], None] | None = None) -> tuple[PackedMolecules, str]:
     """The molecules to train on and a short description of where they came from (an unconditional
     run: a conditional one reads load_conditional_data)."""
     if train_config.data:
@@ -42,7 +43,8 @@ def load_training_data(train_config: TrainConfig, info: DatasetInfo) -> tuple[Pa
             return load_geom_processed(paths[0], paths[1] if len(paths) > 1 else None), f"GEOM file {paths[0]}"
         from symdiff_cli.data.user_data import load_user_molecules
 
-        return load_user_molecules(list(train_config.data), info), f"{len(train_config.data)} user path(s)"
+        return (load_user_molecules(list(train_config.data), info, report=report),
+                f"{len(train_config.data)} user path(s)")
     if info.name != "qm9":
         raise SymdiffError(f"the {info.name} dataset is not shipped: pass its files with --data")
     from symdiff_cli.data.qm9 import qm9_split
@@ -266,6 +268,16 @@ def _build_networks(train_config: TrainConfig, model_cfg: ModelConfig, ranks: Ra
     return model_cfg, model, ema, optimizer, state
 
 
+def _note_unused_preset(train_config: TrainConfig, model_cfg: ModelConfig, console_print: Callable[[str], None]) -> None:
+    """Say so when a --preset the user gave names another width than the release a run continues."""
+    preset = dataclasses.asdict(model_config_from_preset(train_config.preset))
+    run = dataclasses.asdict(model_cfg)
+    if any(preset[k] != run[k] for k in ("hidden", "heads", "num_rbf", "orientation_hidden", "orientation_heads")):
+        console_print(f"Note: --preset {train_config.preset} is not used: the run continues the model of "
+                      f"{train_config.init_from} (hidden {model_cfg.hidden}, depth {model_cfg.depth}); "
+                      "--set model.depth=N grows it")
+
+
 def set_up(train_config: TrainConfig, model_cfg: ModelConfig | None, stops: StopSignals,
             console_print: Callable[[str], None], explicit_model_keys: Collection[str] | None,
             explicit_train_keys: Collection[str] | None = None) -> TrainingRun:
@@ -299,7 +311,8 @@ def set_up(train_config: TrainConfig, model_cfg: ModelConfig | None, stops: Stop
         if resume_ckpt is not None:  # the run's own normalisation, as its weights learned it
             model_cfg = ModelConfig.from_dict(resume_ckpt["model_config"])
     else:
-        packed, source = load_training_data(train_config, info)
+        packed, source = load_training_data(train_config, info,
+                                            (lambda line: console_print(f"Note: {line}")) if ranks.is_main else None)
     if len(packed) == 0:
         raise SymdiffError("no training molecules")
     largest = int(packed.num_atoms.max())
@@ -316,6 +329,8 @@ def set_up(train_config: TrainConfig, model_cfg: ModelConfig | None, stops: Stop
 
     model_cfg, model, ema, optimizer, state = _build_networks(train_config, model_cfg, ranks, device, resume_ckpt,
                                                               explicit_model_keys)
+    if resume_ckpt is None and train_config.init_from and "preset" in (explicit_train_keys or ()):
+        _note_unused_preset(train_config, model_cfg, console_print)
     train_model: torch.nn.Module = model
     if ranks.distributed:
         train_model = torch.nn.parallel.DistributedDataParallel(
