@@ -14,7 +14,9 @@ class Molecule:
     `bonds` is optional (M, 3) int rows (i, j, order) when the source carried bonds (SDF) or
     they were perceived; `props` holds string tags (SDF properties, XYZ comment as "name").
     `formal_charges` is optional (N,) int when the source carried charges (an SDF's charged
-    atoms): relaxation needs the net charge, and SDF output keeps them.
+    atoms): relaxation needs the net charge, and SDF output keeps them. `radicals` is optional
+    (N,) int unpaired electrons, when an SDF marked them (M  RAD, or a valence field that allows
+    no implicit hydrogens): SDF output writes them again, so a reader adds no hydrogens there.
     """
 
     atomic_numbers: np.ndarray
@@ -22,6 +24,7 @@ class Molecule:
     bonds: np.ndarray | None = None
     props: dict[str, str] = field(default_factory=dict)
     formal_charges: np.ndarray | None = None
+    radicals: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.atomic_numbers = np.asarray(self.atomic_numbers, dtype=np.int64).reshape(-1)

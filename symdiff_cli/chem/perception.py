@@ -24,12 +24,14 @@ def _benchmark_bonds(mol: Molecule) -> np.ndarray:
     return benchmark_bonds(mol.atomic_numbers, mol.positions)
 
 
-def _rdkit_perceived_bonds(mol: Molecule) -> np.ndarray | None:
-    """Bonds from RDKit's rdDetermineBonds, or None when RDKit cannot perceive the molecule.
+def _rdkit_perceived(mol: Molecule) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """(bonds, formal charges or None) from RDKit's rdDetermineBonds, or None when RDKit cannot
+    perceive the molecule.
 
     Connectivity comes from covalent radii (DetermineConnectivity); bond orders are then
-    assigned for a neutral molecule (DetermineBondOrders, xyz2mol). When no consistent
-    orders exist, as for many imperfect generated molecules, the bonds stay single.
+    assigned for a molecule of net charge zero whose parts may be charged (DetermineBondOrders,
+    xyz2mol), so a zwitterion gets its charges. When no consistent orders exist, as for many
+    imperfect generated molecules, the bonds stay single and no charges are assigned.
     """
     from rdkit import Chem
 
@@ -50,12 +52,27 @@ def _rdkit_perceived_bonds(mol: Molecule) -> np.ndarray | None:
         with captured_rdkit_errors():
             # The iteration cap keeps large or odd molecules from searching for minutes.
             rdDetermineBonds.DetermineBondOrders(
-                with_orders, charge=0, allowChargedFragments=False, embedChiral=False,
+                with_orders, charge=0, allowChargedFragments=True, embedChiral=False,
                 maxIterations=_RDKIT_BOND_ORDER_MAX_ITERATIONS,
             )
     except Exception:
-        return bonds_from_rdkit(connected)
-    return bonds_from_rdkit(with_orders)
+        return bonds_from_rdkit(connected), None
+    charges = np.array([atom.GetFormalCharge() for atom in with_orders.GetAtoms()], dtype=np.int64)
+    return bonds_from_rdkit(with_orders), (charges if charges.any() else None)
+
+
+def perceive_bonds_and_charges(mol: Molecule, method: str = "benchmark") -> tuple[np.ndarray, np.ndarray | None]:
+    """`perceive_bonds`, with the formal charges that go with the bonds: the molecule's own, or
+    those RDKit assigned (method "rdkit"; the benchmark rules assign none)."""
+    if method not in BOND_METHODS:
+        raise SymdiffError(f"unknown bond perception {method!r} (choose from {', '.join(BOND_METHODS)})")
+    if mol.bonds is not None:
+        return np.asarray(mol.bonds, dtype=np.int64).reshape(-1, 3), mol.formal_charges
+    if method == "rdkit":
+        perceived = _rdkit_perceived(mol)
+        if perceived is not None:
+            return perceived
+    return _benchmark_bonds(mol), mol.formal_charges
 
 
 def perceive_bonds(mol: Molecule, method: str = "benchmark") -> np.ndarray:
@@ -63,15 +80,7 @@ def perceive_bonds(mol: Molecule, method: str = "benchmark") -> np.ndarray:
 
     method "benchmark": the QM9/GEOM stability-metric distance rules (orders 1 to 3).
     method "rdkit": RDKit's rdDetermineBonds: DetermineConnectivity (covalent radii), then
-    DetermineBondOrders for a neutral molecule; bonds stay single where no consistent orders
-    exist. When RDKit cannot perceive a molecule at all, the benchmark rules are used for it.
+    DetermineBondOrders for a molecule of net charge zero; bonds stay single where no consistent
+    orders exist. When RDKit cannot perceive a molecule at all, the benchmark rules are used for it.
     """
-    if method not in BOND_METHODS:
-        raise SymdiffError(f"unknown bond perception {method!r} (choose from {', '.join(BOND_METHODS)})")
-    if mol.bonds is not None:
-        return np.asarray(mol.bonds, dtype=np.int64).reshape(-1, 3)
-    if method == "rdkit":
-        bonds = _rdkit_perceived_bonds(mol)
-        if bonds is not None:
-            return bonds
-    return _benchmark_bonds(mol)
+    return perceive_bonds_and_charges(mol, method)[0]

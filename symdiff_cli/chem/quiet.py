@@ -68,7 +68,8 @@ def _clean_rdkit_messages(raw: str) -> list[str]:
     for line in raw.splitlines():
         line = re.sub(r"^\[\d\d:\d\d:\d\d\]\s*", "", line).strip()
         line = re.sub(r"^(ERROR|WARNING):\s*", "", line)
-        if line and not line.startswith("moving to the beginning of the next molecule"):
+        # Separator lines ("****") carry no reason; the line after one does.
+        if re.search(r"[A-Za-z0-9]", line) and not line.startswith("moving to the beginning of the next molecule"):
             cleaned.append(line)
     return cleaned
 

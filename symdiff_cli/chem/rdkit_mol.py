@@ -54,6 +54,45 @@ def rdkit_mol_from_bonds(mol: Molecule, bonds: np.ndarray) -> Chem.Mol:
     return rd_mol
 
 
+def without_implicit_hydrogens(rd_mol: Chem.Mol) -> Chem.Mol:
+    """`rd_mol` (changed in place) with no implicit hydrogens allowed on any atom, and a radical
+    marked where an atom is short of its valence.
+
+    For file output of molecules whose every atom is explicit (XYZ, npz, generated ones): a
+    reader would otherwise fill under-bonded atoms with hydrogens that are not in the molecule
+    (a 16-atom record read back as 30 atoms). The valence field and `M  RAD` lines RDKit then
+    writes tell every reader the composition as it is.
+    """
+    for atom in rd_mol.GetAtoms():
+        atom.SetNoImplicit(True)
+    rd_mol.UpdatePropertyCache(strict=False)
+    Chem.AssignRadicals(rd_mol)
+    return rd_mol
+
+
+def mark_radicals(rd_mol: Chem.Mol, radicals: np.ndarray) -> Chem.Mol:
+    """`rd_mol` (changed in place) with the unpaired electrons a source file gave its atoms."""
+    for atom, count in zip(rd_mol.GetAtoms(), np.asarray(radicals).tolist()):
+        if count > 0:
+            atom.SetNumRadicalElectrons(int(count))
+            atom.SetNoImplicit(True)
+    rd_mol.UpdatePropertyCache(strict=False)
+    return rd_mol
+
+
+def _radicals_of(rd_mol: Chem.Mol) -> np.ndarray | None:
+    """Unpaired electrons per atom as a file gives them: `M  RAD`, or what an atom without implicit
+    hydrogens lacks of its valence (RDKit assigns those only when sanitising)."""
+    copy = Chem.Mol(rd_mol)
+    try:
+        copy.UpdatePropertyCache(strict=False)
+        Chem.AssignRadicals(copy)
+    except Exception:  # RDKit raises assorted classes for impossible valences
+        copy = rd_mol
+    radicals = np.array([atom.GetNumRadicalElectrons() for atom in copy.GetAtoms()], dtype=np.int64)
+    return radicals if radicals.any() else None
+
+
 def to_rdkit_mol(mol: Molecule, orders: np.ndarray) -> Chem.Mol:
     """`rdkit_mol_from_bonds` for a symmetric (N, N) bond-order matrix, as the metrics perceive it."""
     return rdkit_mol_from_bonds(mol, bonds_from_matrix(orders))
@@ -115,4 +154,4 @@ def molecule_from_rdkit(rd_mol) -> Molecule:
         props["name"] = title
     charges = np.array([atom.GetFormalCharge() for atom in rd_mol.GetAtoms()], dtype=np.int64)
     return Molecule(numbers, positions, bonds=bonds_from_rdkit(rd_mol), props=props,
-                    formal_charges=charges if charges.any() else None)
+                    formal_charges=charges if charges.any() else None, radicals=_radicals_of(rd_mol))

@@ -109,8 +109,11 @@ def convert_command(
         "--bonds",
         case_sensitive=False,
         help="How bonds are perceived for SDF/SMILES output when the input has none (XYZ, npz): "
-        "'benchmark' uses the distance rules of the QM9 stability metric, 'rdkit' RDKit's "
-        "rdDetermineBonds. Bonds present in the input are always kept.",
+        "'benchmark' uses the distance rules of the QM9 stability metric, which read many aromatic "
+        "rings as single bonds (an SDF then marks the atoms short of a valence as radicals; a SMILES "
+        "is the molecule the validity metric judges, hydrogens filled in); 'rdkit' assigns bond "
+        "orders and charges as a chemist would (RDKit's rdDetermineBonds: benzene, zwitterions). "
+        "Bonds present in the input are always kept.",
     ),
     weights: CheckpointWeights = typer.Option(
         CheckpointWeights.ema,

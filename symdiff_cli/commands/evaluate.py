@@ -48,14 +48,16 @@ def _write_text_atomic(path: str, text: str) -> None:
 
 
 def _read_inputs(files: list[str], strict: bool, fmt: Optional[str] = None):
-    """Molecules of every file plus (source, index-in-source) per molecule; warns on skips."""
-    from symdiff_cli.io.reader import read_molecules
+    """Molecules of every file, (source, record index in source) per molecule, and the number of
+    unreadable records skipped; warns on skips."""
+    from symdiff_cli.io.reader import read_molecule_records
 
     if files.count("-") > 1:
         raise UsageError("standard input ('-') can be given only once")
-    molecules, origins = [], []
+    molecules, origins, skipped = [], [], 0
     for path in files:
-        mols, unreadable = read_molecules(path, fmt=fmt, strict=strict)
+        mols, positions, unreadable = read_molecule_records(path, fmt=fmt, strict=strict)
+        skipped += unreadable
         source = "stdin" if path == "-" else path
         if unreadable:
             total = len(mols) + unreadable
@@ -64,8 +66,8 @@ def _read_inputs(files: list[str], strict: bool, fmt: Optional[str] = None):
                 err=True,
             )
         molecules.extend(mols)
-        origins.extend((source, k) for k in range(len(mols)))
-    return molecules, origins
+        origins.extend((source, k) for k in positions)
+    return molecules, origins, skipped
 
 
 def _warn_foreign_elements(molecules, dataset: str) -> None:
@@ -167,7 +169,8 @@ def evaluate_command(
         None,
         "--per-molecule",
         metavar="CSV",
-        help="Write one CSV row per molecule (index, source, atoms, stable atoms, stable, valid, strict_valid, "
+        help="Write one CSV row per molecule (index: the record's 0-based position in its file, unreadable "
+        "records counted; source, atoms, stable atoms, stable, valid, strict_valid, "
         "SMILES, and why it is unstable: failure = stable|composition|geometry, where composition means no "
         "geometry can make it stable (e.g. an odd electron count); odd_electrons; hydrogen_balance = hydrogens "
         "minus those the heavy atoms' valences need; isolated_atoms) to CSV ('-' for standard output).",
@@ -297,7 +300,7 @@ def _evaluate(files: list[str], dataset: DatasetChoice, split: Optional[SplitCho
         raise UsageError("nothing to evaluate: give molecule files (or '-' for stdin), or --split to evaluate the dataset")
     if json_path == "-" and per_molecule == "-":
         raise UsageError("--json and --per-molecule cannot both write to standard output")
-    from symdiff_cli.io.formats import require_stdout
+    from symdiff_cli.io.formats import require_stdout, write_stdout
 
     for option, path, example in (("--json", json_path, "metrics.json"), ("--per-molecule", per_molecule, "mols.csv")):
         if path == "-":
@@ -326,9 +329,10 @@ def _evaluate(files: list[str], dataset: DatasetChoice, split: Optional[SplitCho
             packed = qm9_split(split.value, on_progress)
         molecules = packed.to_molecules()
         origins = [(f"qm9:{split.value}", k) for k in range(len(molecules))]
+        unreadable = 0
         title = f"QM9 {split.value} split ({len(molecules)} molecules)"
     else:
-        molecules, origins = _read_inputs(files, strict, from_format)
+        molecules, origins, unreadable = _read_inputs(files, strict, from_format)
         _warn_foreign_elements(molecules, dataset.value)
         title = f"{len(molecules)} molecules from {', '.join('stdin' if f == '-' else f for f in files)}"
     if report is not None and not molecules:
@@ -368,7 +372,7 @@ def _evaluate(files: list[str], dataset: DatasetChoice, split: Optional[SplitCho
         table_console.print(property_table(property_section))
 
     if per_molecule == "-":
-        typer.echo(_per_molecule_csv(result, origins, energies, property_values), nl=False)
+        write_stdout(_per_molecule_csv(result, origins, energies, property_values))
     elif per_molecule is not None:
         _write_text_atomic(per_molecule, _per_molecule_csv(result, origins, energies, property_values))
     if json_path is not None:
@@ -376,6 +380,7 @@ def _evaluate(files: list[str], dataset: DatasetChoice, split: Optional[SplitCho
             "dataset": dataset.value,
             "split": None if split is None else split.value,
             "files": files,
+            "unreadable_records": unreadable,
             **result.as_dict(),
         }
         if energy_section is not None:
@@ -384,7 +389,7 @@ def _evaluate(files: list[str], dataset: DatasetChoice, split: Optional[SplitCho
             payload["property"] = property_section
         text = json.dumps(payload, indent=2) + "\n"
         if json_path == "-":
-            typer.echo(text, nl=False)
+            write_stdout(text)
         else:
             _write_text_atomic(json_path, text)
     if report is not None:

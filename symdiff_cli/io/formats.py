@@ -92,6 +92,29 @@ def require_stdout(what: str) -> None:
         raise SymdiffError(f"standard output is closed: cannot write {what} to '-'; give a file instead")
 
 
+def write_stdout(data: bytes | str) -> None:
+    """Write all of `data` to standard output, or raise BrokenPipeError once its reader is gone.
+
+    A pipe's reader that leaves mid-write (`| head`) makes a large write come back short;
+    Python's buffered writer then reports the bytes it did write and no error, so a command
+    would finish as if its output had arrived whole. Writing the rest finds the closed pipe.
+    """
+    import sys
+
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    sys.stdout.flush()
+    binary = getattr(sys.stdout, "buffer", None)
+    if binary is None:  # a text-only stand-in (tests, embedding programs)
+        sys.stdout.write(payload.decode("utf-8"))
+        sys.stdout.flush()
+        return
+    view = memoryview(payload)
+    while view:
+        written = binary.write(view)
+        view = view[written if written is not None else len(view):]
+    binary.flush()
+
+
 def display_name(path: str) -> str:
     return "<stdin>" if path == STDIO_PATH else path
 
@@ -122,14 +145,18 @@ def round_to_stored_precision(mols: Iterable[Molecule], fmt: str) -> None:
 
 
 class RecordProblems:
-    """Counts unreadable records, or raises on the first one in strict mode."""
+    """Counts unreadable records (and where they were), or raises on the first one in strict mode."""
 
     def __init__(self, source: str, strict: bool) -> None:
         self.source = source
         self.strict = strict
         self.skipped = 0
+        self.skipped_positions: list[int] = []  # 0-based, among all the file's records
+        self.first_problem = ""
 
-    def report(self, what: str, reason: str) -> None:
+    def report(self, what: str, reason: str, position: int) -> None:
         if self.strict:
             raise SymdiffError(f"{self.source}: cannot read {what}: {reason}")
         self.skipped += 1
+        self.skipped_positions.append(position)
+        self.first_problem = self.first_problem or f"{what}: {reason}"

@@ -74,13 +74,24 @@ def _sniff_format(data: bytes) -> str | None:
 
 def read_molecules(path: str, fmt: str | None = None, strict: bool = False) -> tuple[list[Molecule], int]:
     """Read every molecule of a file; returns (molecules, number of unreadable records skipped).
+    See `read_molecule_records`."""
+    molecules, positions, skipped = read_molecule_records(path, fmt, strict)
+    return molecules, skipped
+
+
+def read_molecule_records(path: str, fmt: str | None = None,
+                          strict: bool = False) -> tuple[list[Molecule], list[int], int]:
+    """Read every molecule of a file; returns (molecules, each molecule's 0-based position among
+    the file's records, unreadable ones included, so that a report can name the record; the
+    number of unreadable records skipped).
 
     `fmt` ("sdf", "xyz", "smi", "npz"; aliases "mol", "smiles") overrides the extension.
     `path == "-"` reads standard input; without `fmt` the format is guessed from the content
     (npz, SDF and XYZ are recognisable; SMILES must be named).
 
     - XYZ: multi-molecule; atoms as element symbols or atomic numbers; the comment line is
-      `props["name"]`. A malformed line is an error naming its line number.
+      `props["name"]`. A record with a malformed atom line or no atoms is skipped and counted
+      (strict: an error naming the line); a malformed count line is an error naming its line.
     - SDF/MOL: read by RDKit without sanitising and keeping hydrogens; bonds and data tags
       are kept. A record RDKit cannot parse is skipped and counted (strict: an error naming
       the record number).
@@ -118,7 +129,7 @@ def read_molecules(path: str, fmt: str | None = None, strict: bool = False) -> t
     if file_format == "npz":
         molecules = parse_npz(data, source)
     elif file_format == "xyz":
-        molecules = parse_xyz(_decode_text(data, source), source)
+        molecules = parse_xyz(_decode_text(data, source), source, problems)
     elif file_format == "sdf":
         # RDKit would hand undecodable bytes back to Python as a UnicodeDecodeError.
         molecules = parse_sdf(_decode_text(data, source).encode("utf-8"), source, problems)
@@ -126,8 +137,11 @@ def read_molecules(path: str, fmt: str | None = None, strict: bool = False) -> t
         molecules = parse_smiles(_decode_text(data, source), source, problems)
     if not molecules:
         if problems.skipped:
-            raise SymdiffError(f"no readable molecules in {source} ({problems.skipped} unreadable records)")
+            count = f"{problems.skipped} unreadable record{'s' if problems.skipped != 1 else ''}"
+            raise SymdiffError(f"no readable molecules in {source} ({count}; the first, {problems.first_problem})")
         raise SymdiffError(f"no molecules in {source}")
-    return molecules, problems.skipped
+    skipped = set(problems.skipped_positions)
+    positions = [k for k in range(len(molecules) + len(skipped)) if k not in skipped]
+    return molecules, positions, problems.skipped
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from symdiff_cli.chem.molecule import Molecule
-from symdiff_cli.chem.perception import perceive_bonds
+from symdiff_cli.chem.perception import perceive_bonds_and_charges
 from symdiff_cli.chem.quiet import captured_rdkit_errors
 from symdiff_cli.io.formats import RecordProblems, single_line
-from symdiff_cli.io.sdf import too_dense_for_rdkit
+from symdiff_cli.io.sdf import too_dense_for_rdkit, unsupported_atom_reason
 
 # Fixed so that converting the same SMILES file twice gives the same coordinates.
 _SMILES_EMBED_SEED = 20250401
@@ -43,6 +43,7 @@ def parse_smiles(text: str, source: str, problems: RecordProblems) -> list[Molec
     from symdiff_cli.chem.rdkit_mol import molecule_from_rdkit
 
     molecules: list[Molecule] = []
+    position = -1  # among the file's records: its SMILES lines
     for line_number, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
@@ -51,9 +52,12 @@ def parse_smiles(text: str, source: str, problems: RecordProblems) -> list[Molec
         smiles = fields[0]
         if line_number == 1 and smiles.lower() == "smiles":
             continue
+        position += 1
         rd_mol, reason = _embed_smiles(smiles)
-        if rd_mol is None:
-            problems.report(f"line {line_number} ({smiles})", reason)
+        if rd_mol is not None:
+            reason = unsupported_atom_reason(rd_mol)  # a '*' (any atom) is not an element
+        if reason is not None:
+            problems.report(f"line {line_number} ({smiles})", reason, position)
             continue
         molecule = molecule_from_rdkit(rd_mol)
         molecule.props = {"smiles": smiles}
@@ -73,10 +77,11 @@ def smiles_line(mol: Molecule, bonds: str = "benchmark") -> str | None:
 
     from symdiff_cli.chem.rdkit_mol import rdkit_mol_from_bonds
 
-    bond_rows = perceive_bonds(mol, bonds)
+    bond_rows, charges = perceive_bonds_and_charges(mol, bonds)
     if too_dense_for_rdkit(mol, bond_rows):
         return None  # more bonds than any valence allows: no valid SMILES, and RDKit would not finish
-    rd_mol = rdkit_mol_from_bonds(mol, bond_rows)
+    rd_mol = rdkit_mol_from_bonds(Molecule(mol.atomic_numbers, mol.positions, mol.bonds, mol.props, charges),
+                                  bond_rows)
     try:
         with captured_rdkit_errors():
             Chem.SanitizeMol(rd_mol)

@@ -13,7 +13,7 @@ from symdiff_cli.chem.molecule import Molecule
 from symdiff_cli.chem.perception import BOND_METHODS
 from symdiff_cli.errors import SymdiffError, write_error
 from symdiff_cli.io.atomic import commit_temp_file, discard_temp_file, open_temp_file
-from symdiff_cli.io.formats import STDIO_PATH, display_name, require_stdout, resolve_format
+from symdiff_cli.io.formats import STDIO_PATH, display_name, require_stdout, resolve_format, write_stdout
 from symdiff_cli.io.npz import NpzSpill
 from symdiff_cli.io.sdf import sdf_block
 from symdiff_cli.io.smiles import smiles_line
@@ -95,16 +95,6 @@ class MoleculeWriter:
             self.written += 1
         return "".join(pieces).encode("utf-8")
 
-    def _write_stdout(self, data: bytes) -> None:
-        sys.stdout.flush()
-        binary = getattr(sys.stdout, "buffer", None)
-        if binary is not None:
-            binary.write(data)
-            binary.flush()
-        else:
-            sys.stdout.write(data.decode("utf-8"))
-            sys.stdout.flush()
-
     # Public API -----------------------------------------------------------------------
 
     def write(self, mols: Iterable[Molecule]) -> None:
@@ -131,7 +121,7 @@ class MoleculeWriter:
             return
         data = self._render(mols)
         if self._stream is None:
-            self._write_stdout(data)
+            write_stdout(data)
             return
         try:
             self._stream.write(data)
@@ -152,7 +142,7 @@ class MoleculeWriter:
                 if self._stream is None:
                     buffer = io.BytesIO()
                     self._npz.write_npz(buffer)
-                    self._write_stdout(buffer.getvalue())
+                    write_stdout(buffer.getvalue())
                 else:
                     self._npz.write_npz(self._stream)
                 self._npz.close()

@@ -7,7 +7,7 @@ import numpy as np
 from symdiff_cli.chem.elements import atomic_number, element_symbol
 from symdiff_cli.chem.molecule import Molecule
 from symdiff_cli.errors import SymdiffError
-from symdiff_cli.io.formats import MAX_ATOMIC_NUMBER, STORED_COORDINATE_DECIMALS, single_line
+from symdiff_cli.io.formats import MAX_ATOMIC_NUMBER, STORED_COORDINATE_DECIMALS, RecordProblems, single_line
 
 
 def _short(line: str, limit: int = 60) -> str:
@@ -28,19 +28,52 @@ def _parse_xyz_element(token: str, source: str, line_number: int) -> int:
         raise SymdiffError(f"{source}, line {line_number}: unknown element {token!r}") from None
 
 
-def parse_xyz(text: str, source: str) -> list[Molecule]:
+def _record_atoms(lines: list[str], first_atom_index: int, atom_count: int,
+                  source: str) -> tuple[np.ndarray, np.ndarray]:
+    """Atomic numbers and positions of one record's atom lines; a SymdiffError names a bad line."""
+    numbers = np.empty(atom_count, dtype=np.int64)
+    positions = np.empty((atom_count, 3), dtype=np.float64)
+    for k in range(atom_count):
+        line_number = first_atom_index + k + 1
+        fields = lines[first_atom_index + k].split()
+        if len(fields) < 4:
+            raise SymdiffError(
+                f"{source}, line {line_number}: expected 'element x y z', "
+                f"got {_short(lines[first_atom_index + k])}"
+            )
+        try:
+            coordinates = [float(value) for value in fields[1:4]]
+        except ValueError:
+            coordinates = None
+        if coordinates is None or not all(np.isfinite(coordinates)):
+            raise SymdiffError(
+                f"{source}, line {line_number}: expected 'element x y z' with numeric "
+                f"coordinates, got {_short(lines[first_atom_index + k])}"
+            )
+        numbers[k] = _parse_xyz_element(fields[0], source, line_number)
+        positions[k] = coordinates
+    return numbers, positions
+
+
+def parse_xyz(text: str, source: str, problems: RecordProblems | None = None) -> list[Molecule]:
     """Molecules of a (multi-molecule) XYZ text; blank lines between molecules are allowed.
 
     Atom lines are `element x y z`; further columns (charges, forces of extended XYZ) are
-    ignored. Any malformed line is an error naming its line number.
+    ignored. A record with a malformed atom line, or with no atoms, is reported to `problems`
+    (skipped and counted, or an error in strict mode; always an error without `problems`): its
+    count line still says where the next record starts. A malformed count line, or a file that
+    ends inside a record, leaves no way to find the next record and is an error naming its line.
     """
+    problems = problems if problems is not None else RecordProblems(source, strict=True)
     lines = text.splitlines()
     molecules: list[Molecule] = []
     index = 0
+    position = -1
     while index < len(lines):
         if not lines[index].strip():
             index += 1
             continue
+        position += 1
         count_line_number = index + 1
         count_text = lines[index].strip()
         try:
@@ -59,30 +92,20 @@ def parse_xyz(text: str, source: str) -> list[Molecule]:
                 f"{count_line_number}, which announces {atom_count} atoms"
             )
         comment = lines[index + 1].strip()
-        numbers = np.empty(atom_count, dtype=np.int64)
-        positions = np.empty((atom_count, 3), dtype=np.float64)
-        for k in range(atom_count):
-            line_number = first_atom_index + k + 1
-            fields = lines[first_atom_index + k].split()
-            if len(fields) < 4:
-                raise SymdiffError(
-                    f"{source}, line {line_number}: expected 'element x y z', "
-                    f"got {_short(lines[first_atom_index + k])}"
-                )
-            try:
-                coordinates = [float(value) for value in fields[1:4]]
-            except ValueError:
-                coordinates = None
-            if coordinates is None or not all(np.isfinite(coordinates)):
-                raise SymdiffError(
-                    f"{source}, line {line_number}: expected 'element x y z' with numeric "
-                    f"coordinates, got {_short(lines[first_atom_index + k])}"
-                )
-            numbers[k] = _parse_xyz_element(fields[0], source, line_number)
-            positions[k] = coordinates
+        index = first_atom_index + atom_count
+        what = f"the molecule at line {count_line_number}"
+        if atom_count == 0:
+            problems.report(what, "it has no atoms", position)
+            continue
+        try:
+            numbers, positions = _record_atoms(lines, first_atom_index, atom_count, source)
+        except SymdiffError as err:
+            if problems.strict:
+                raise
+            problems.report(what, str(err).removeprefix(f"{source}, "), position)
+            continue
         props = {"name": comment} if comment else {}
         molecules.append(Molecule(numbers, positions, props=props))
-        index = first_atom_index + atom_count
     return molecules
 
 
