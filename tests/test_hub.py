@@ -272,3 +272,51 @@ def test_unreachable_hub_fails_cleanly(tmp_path):
     result = symdiff(generate_args("test-org/tiny", "x.sdf"), closed, tmp_path / "hf", tmp_path)
     assert_one_line_error(result, "cannot download Hub model test-org/tiny")
     assert not (tmp_path / "x.sdf").exists()
+
+
+@pytest.fixture()
+def silent_hub():
+    """A server that accepts connections and never answers (a hung mirror or proxy)."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for connection in held:
+        connection.close()
+    server.close()
+
+
+def test_a_hub_that_never_answers_fails_after_the_timeout(silent_hub, tmp_path):
+    result = symdiff(generate_args("test-org/tiny", "x.sdf"), silent_hub, tmp_path / "hf", tmp_path,
+                     HF_HUB_ETAG_TIMEOUT="1")
+    assert_one_line_error(result, f"{silent_hub} did not answer within 1 s and the model is not cached")
+    assert not (tmp_path / "x.sdf").exists()
+
+
+@pytest.mark.slow
+def test_a_cached_model_is_used_when_the_hub_never_answers(hub, silent_hub, tmp_path):
+    hf_home = tmp_path / "hf"
+    online = symdiff(generate_args("test-org/tiny", "online.sdf"), hub.url, hf_home, tmp_path)
+    assert online.returncode == 0, online.stderr
+    cached = symdiff(generate_args("test-org/tiny", "cached.sdf"), silent_hub, hf_home, tmp_path,
+                     HF_HUB_ETAG_TIMEOUT="1")
+    assert cached.returncode == 0, cached.stderr
+    assert (tmp_path / "cached.sdf").read_bytes() == (tmp_path / "online.sdf").read_bytes()

@@ -463,6 +463,18 @@ def test_a_checkpoint_on_a_full_disk_is_one_line_and_leaves_no_temporary_file(sm
     assert not (run / "train.lock").exists()
 
 
+def test_a_release_on_a_full_disk_is_one_line_and_leaves_nothing(small_disk, tmp_path):
+    from test_reliability_files import tiny_checkpoint
+
+    checkpoint = tiny_checkpoint(tmp_path / "checkpoint.pt")  # ~1 MB of weights, the disk has 96 KiB
+    out = subprocess.run(CLI + ["convert", str(checkpoint), str(small_disk / "rel")], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert lines == [f"Error: cannot write a release to {small_disk / 'rel'}: No space left on device"], out.stderr
+    assert list(small_disk.iterdir()) == []
+
+
 def test_write_error_names_the_file_and_finds_the_os_error_behind_torch():
     from symdiff_cli.errors import write_error
 

@@ -188,9 +188,7 @@ def predictor_card(config: dict[str, Any], num_parameters: int) -> str:
 def save_predictor(out: str | os.PathLike, model: PropertyPredictor, prop: str, unit: str, references: dict[str, float],
                    validation_mae: float, provenance: dict[str, Any], history: list[dict[str, Any]]) -> Path:
     """Write a predictor release atomically (a temporary directory renamed into place)."""
-    from safetensors.torch import save_file
-
-    from symdiff_cli.engine.release_tensors import file_sha256
+    from symdiff_cli.engine.release_tensors import file_sha256, write_safetensors
     from symdiff_cli.io.atomic import current_umask
 
     out = Path(out)
@@ -201,7 +199,7 @@ def save_predictor(out: str | os.PathLike, model: PropertyPredictor, prop: str, 
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.absolute().parent))
     try:
         tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-        save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
+        write_safetensors(staging / WEIGHTS_FILE, tensors, {"format": "pt"})
         config["sha256"] = {WEIGHTS_FILE: file_sha256(staging / WEIGHTS_FILE)}
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         (staging / CARD_FILE).write_text(predictor_card(config, sum(t.numel() for t in tensors.values())),

@@ -150,6 +150,37 @@ def _is_transport_error(err: BaseException) -> bool:
     return False
 
 
+def _is_timeout(err: BaseException) -> bool:
+    for module_name in ("httpx2", "httpx"):
+        try:
+            module = __import__(module_name)
+        except ImportError:
+            continue
+        timeout_error = getattr(module, "TimeoutException", None)
+        if timeout_error is not None and isinstance(err, timeout_error):
+            return True
+    return False
+
+
+def _hub_answers(repo_id: str, revision: str | None, timeout: float) -> bool:
+    """Whether the Hub answers a request about the repo within `timeout` seconds (any answer,
+    an error status included). snapshot_download's first request has no time limit, so a server
+    that accepts the connection and never replies would hold `generate` forever."""
+    from urllib.parse import quote
+
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    url = f"{constants.ENDPOINT}/api/models/{repo_id}"
+    if revision:
+        url += f"/revision/{quote(revision, safe='')}"
+    try:
+        get_session().get(url, timeout=timeout)
+    except Exception as err:  # other failures are snapshot_download's to report, as before
+        return not _is_timeout(err)
+    return True
+
+
 def download_from_hub(repo_id: str, revision: str | None = None, offline: bool = False,
                       show_progress: bool = True) -> Path:
     """snapshot_download of a release repo into the Hugging Face cache; returns the snapshot dir."""
@@ -161,13 +192,16 @@ def download_from_hub(repo_id: str, revision: str | None = None, offline: bool =
     offline_env = bool(getattr(constants, "HF_HUB_OFFLINE", False))
     local_only = offline or offline_env
     name = f"{repo_id}@{revision}" if revision else repo_id
+    # The library's limit for metadata requests (HF_HUB_ETAG_TIMEOUT, 10 s unless set).
+    answer_timeout = float(getattr(constants, "HF_HUB_ETAG_TIMEOUT", 10))
+    unanswered = not local_only and not _hub_answers(repo_id, revision, answer_timeout)
     restore_bars = not show_progress and not are_progress_bars_disabled()
     if restore_bars:
         disable_progress_bars()
     try:
         snapshot = snapshot_download(
             repo_id, repo_type="model", revision=revision, allow_patterns=HUB_ALLOW_PATTERNS,
-            local_files_only=local_only,
+            local_files_only=local_only or unanswered,  # a silent Hub: the cached copy, if any
         )
     except hub_errors.RevisionNotFoundError:
         raise SymdiffError(f"revision {revision!r} not found in Hub model {repo_id} ({endpoint})") from None
@@ -178,6 +212,10 @@ def download_from_hub(repo_id: str, revision: str | None = None, offline: bool =
             f"Hub model {repo_id} not found on {endpoint} (a private repo needs `hf auth login` or HF_TOKEN)"
         ) from None
     except hub_errors.LocalEntryNotFoundError as err:
+        if unanswered:
+            raise SymdiffError(
+                f"cannot download Hub model {name}: {endpoint} did not answer within {answer_timeout:g} s and the "
+                "model is not cached (HF_HUB_ETAG_TIMEOUT sets how long to wait)") from None
         if local_only:
             why = "--offline" if offline else "HF_HUB_OFFLINE=1"
             raise SymdiffError(

@@ -123,12 +123,20 @@ def write_weights(path: Path, tensors: dict[str, torch.Tensor], previous: Path |
     replaces) holds exactly these tensors, its bytes are copied instead: rewriting a release to
     change a setting then leaves its weights files as they were, byte for byte (a changed file
     would add another copy of it to every clone of a repository that tracks it)."""
-    from safetensors.torch import save_file
-
     if previous is not None and _holds_exactly(previous, tensors):
         shutil.copyfile(previous, path)
         return
-    save_file(tensors, str(path), metadata=WEIGHTS_METADATA)
+    write_safetensors(path, tensors, WEIGHTS_METADATA)
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """A safetensors file, written by Python: safetensors' own file writer reports a full disk
+    as a SafetensorError, which would reach the user as a traceback, not a one-line OSError."""
+    from safetensors.torch import save
+
+    data = save(tensors, metadata=metadata)
+    with open(path, "wb") as handle:
+        handle.write(data)
 
 
 def _holds_exactly(path: Path, tensors: dict[str, torch.Tensor]) -> bool:
