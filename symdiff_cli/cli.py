@@ -121,7 +121,7 @@ def main() -> None:
     except OSError as err:
         # Commands report the files they write by name; this is the last line of defence, so
         # that a full disk anywhere is still one line and not a traceback.
-        problem = write_error(err, err.filename or "a file")
+        problem = write_error(err, err.filename or "the output")
         if problem is None:
             raise
         sys.stderr.write(f"Error: {problem}\n")

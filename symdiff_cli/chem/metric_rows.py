@@ -24,7 +24,8 @@ class MetricRow:
 
     @property
     def percent(self) -> str:
-        return format_percent(self.value)
+        # A fraction of nothing (uniqueness when no molecule is valid) is undefined, not 0 %.
+        return format_percent(None if self.count is not None and self.of == 0 else self.value)
 
     @property
     def count_text(self) -> str:

@@ -294,6 +294,14 @@ def _convert(input_path: str, output_path: str, from_format: Optional[str], to_f
                    err=True)
         return
     if Path(input_path).is_dir():
+        from symdiff_cli.engine.release_config import is_release_directory
+
+        if not is_release_directory(Path(input_path)):
+            if (Path(input_path) / "checkpoint.pt").is_file():
+                raise UsageError(f"IN {input_path} is a training run: give its checkpoint, "
+                                 f"{Path(input_path) / 'checkpoint.pt'}, to export a release")
+            raise UsageError(f"IN {input_path} is a directory but not a symdiff release: convert reads a molecule "
+                             "file, a training checkpoint (.pt) or a release directory")
         if weights is not CheckpointWeights.ema:
             raise UsageError("--weights applies only to a training checkpoint (IN ending in .pt)")
         if card_only:

@@ -45,6 +45,8 @@ def check_report_path(path: str) -> None:
 def check_output_path(option: str, path: str, example: str) -> None:
     """Refuse an output file that cannot be written before any work is done (an evaluation with
     --energy can take hours): a directory, or a folder that does not exist."""
+    if not path.strip():  # an unset shell variable: Path("") is the current directory
+        raise UsageError(f"{option} is empty: give a file name such as {example}")
     target = Path(path)
     if target.is_dir():
         raise UsageError(f"{option} {path} is a directory: give a file name such as {example}")

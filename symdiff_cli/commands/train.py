@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
@@ -81,16 +80,6 @@ def _given(ctx: typer.Context, option: str) -> bool:
     """Whether the option named `option` (its parameter name) was given, not left at its default."""
     source = ctx.get_parameter_source(option)
     return source is not None and source.name != "DEFAULT"
-
-
-def _check_model_settings(model_cfg: Any) -> None:
-    """Sizes and scales of a model must be positive: zero or negative ones fail deep in torch."""
-    for f in dataclasses.fields(model_cfg):
-        value = getattr(model_cfg, f.name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        if not value > 0:
-            raise UsageError(f"model.{f.name} must be positive, not {value}")
 
 
 def train_command(
@@ -213,8 +202,10 @@ def train_command(
         model_cfg = model_config_from_preset(train_config.preset)
         if model_over:
             model_cfg = _with_settings(model_cfg, model_over, "model")
-            _check_model_settings(model_cfg)
-            model_cfg = model_cfg.validate()
+            try:  # types, positive sizes and their relations (model/config.py)
+                model_cfg = model_cfg.validate()
+            except SymdiffError as err:
+                raise UsageError(str(err)) from None
 
     run_data = train_config
     if resume:

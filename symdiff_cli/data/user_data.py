@@ -30,7 +30,11 @@ def _files_of(path: str) -> list[str]:
         raise SymdiffError(f"no such file or directory: {path}")
     if not os.path.isdir(path):
         if not path.lower().endswith(TRAINING_FILE_EXTENSIONS):
-            format_from_path(path)  # names the supported extensions for unknown ones
+            try:
+                format_from_path(path)
+            except SymdiffError:  # its message offers a format option that train does not have
+                raise SymdiffError(f"{path}: unsupported file extension for training data "
+                                   f"(use {', '.join(TRAINING_FILE_EXTENSIONS)})") from None
             raise SymdiffError(
                 f"{path}: SMILES files carry no 3D coordinates to train on "
                 f"(use {', '.join(TRAINING_FILE_EXTENSIONS)})"

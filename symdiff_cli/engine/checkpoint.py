@@ -78,8 +78,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unreadable, truncated, or needs unpickling of arbitrary objects
+        with open(path, "rb") as handle:
+            is_zip = handle.read(4) == b"PK\x03\x04"
+        if not is_zip:  # torch's own message for these is a bare number ("101": the byte it found)
+            raise SymdiffError(f"{path} is not a PyTorch checkpoint (a training run's checkpoint.pt is a zip "
+                               "archive)") from None
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise SymdiffError(f"cannot read checkpoint {path} (truncated or damaged?): {reason}") from None
+        raise SymdiffError(f"cannot read checkpoint {path}: it is truncated or damaged ({reason})") from None
     if not isinstance(ckpt, dict) or "model_config" not in ckpt or "ema" not in ckpt:
         raise SymdiffError(f"{path} is not a symdiff training checkpoint")
     if CHECKSUM_KEY in ckpt and content_sha256(ckpt) != ckpt[CHECKSUM_KEY]:

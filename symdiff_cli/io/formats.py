@@ -23,7 +23,7 @@ from typing import Iterable
 import numpy as np
 
 from symdiff_cli.chem.molecule import Molecule
-from symdiff_cli.errors import SymdiffError
+from symdiff_cli.errors import SymdiffError, write_error
 
 STDIO_PATH = "-"
 
@@ -109,10 +109,18 @@ def write_stdout(data: bytes | str) -> None:
         sys.stdout.flush()
         return
     view = memoryview(payload)
-    while view:
-        written = binary.write(view)
-        view = view[written if written is not None else len(view):]
-    binary.flush()
+    try:
+        while view:
+            written = binary.write(view)
+            view = view[written if written is not None else len(view):]
+        binary.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as err:  # `> /dev/full`, a full disk behind a redirection
+        problem = write_error(err, "standard output")
+        if problem is None:
+            raise
+        raise problem from None
 
 
 def display_name(path: str) -> str:

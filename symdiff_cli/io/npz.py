@@ -16,6 +16,10 @@ NPZ_KEYS = ("positions", "atomic_numbers", "num_atoms")
 
 def parse_npz(data: bytes, source: str) -> list[Molecule]:
     """The PackedMolecules arrays of an npz archive; archives that need pickle are refused."""
+    if not data.startswith((b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY")):
+        # numpy takes any other start for a pickle; most often it is just not an npz file.
+        what = "pickled Python data" if data.startswith(b"\x80") else "not an npz archive (no zip header)"
+        raise SymdiffError(f"{source} is {what}; refusing to load it")
     try:
         archive = np.load(io.BytesIO(data), allow_pickle=False)
     except ValueError as err:

@@ -38,13 +38,27 @@ _BINARY_MAGIC = (
     (b"BZh", "bzip2-compressed"),
     (b"\xfd7zXZ\x00", "xz-compressed"),
     (b"\x28\xb5\x2f\xfd", "zstd-compressed"),
-    (b"PK\x03\x04", "a zip archive"),
+    (b"PK\x03\x04", "zip archive"),
 )
+
+
+def _is_npz(data: bytes) -> bool:
+    import io
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+    return bool(names) and all(name.endswith(".npy") for name in names)
 
 
 def _decode_text(data: bytes, source: str) -> str:
     """The text of a text-format molecule file; one clear error for binary or compressed data,
     which would otherwise surface as a decoding error deep inside a parser or RDKit."""
+    if data.startswith(b"PK\x03\x04") and _is_npz(data):
+        raise SymdiffError(f"{source} is an npz archive, not a text molecule file: give it the .npz extension")
     for magic, kind in _BINARY_MAGIC:
         if data.startswith(magic):
             raise SymdiffError(f"{source} is not a text molecule file ({kind} data); decompress it first")

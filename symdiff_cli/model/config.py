@@ -86,6 +86,22 @@ class ModelConfig:
         return self.num_atom_types + 1
 
     def validate(self) -> "ModelConfig":
+        for f in dataclasses.fields(self):
+            # A release's or a run's config.json is read without types: "hidden": "abc" would
+            # otherwise fail deep in torch, or in the arithmetic below with an unrelated message.
+            value, default = getattr(self, f.name), f.default
+            if isinstance(default, bool) or isinstance(default, str):
+                wrong = type(value) is not type(default)
+            elif isinstance(default, int):
+                wrong = isinstance(value, bool) or not isinstance(value, int)
+            elif isinstance(default, float):
+                wrong = isinstance(value, bool) or not isinstance(value, (int, float))
+            else:
+                continue
+            if wrong:
+                raise SymdiffError(f"model.{f.name} must be {type(default).__name__}, not {value!r}")
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not value > 0:
+                raise SymdiffError(f"model.{f.name} must be positive, not {value}")
         if self.orientation_kernel not in ORIENTATION_KERNELS:
             raise SymdiffError(f"orientation_kernel must be one of {', '.join(ORIENTATION_KERNELS)}, "
                                f"not {self.orientation_kernel!r}")
