@@ -50,9 +50,9 @@ def train(train_config: TrainConfig, model_cfg: ModelConfig | None = None,
     values of the others among train_config.RUN_SETTINGS (its data, optimiser, seed). None: all
     of `train_config` is meant as given.
 
-    An --out holding files a run did not write is refused before anything is written
-    (engine/run_directory.py). Rank 0 holds the run directory's lock (engine/run_lock.py) for the whole run: a second run
-    on the same directory is refused. SIGINT, SIGTERM or SIGHUP during training ends the run
+    An --out whose config.json or metrics.jsonl a run did not write is refused before anything
+    is written (engine/run_directory.py). Rank 0 holds the run directory's lock
+    (engine/run_lock.py) for the whole run: a second run on the same directory is refused. SIGINT, SIGTERM or SIGHUP during training ends the run
     at the end of the current step with a checkpoint of that step (an evaluation in progress
     is abandoned); the summary's "signal" then holds the signal number and "stop_reason" its
     name (or the budget's, when the signal cut short the final evaluation). Before the first

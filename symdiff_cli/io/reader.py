@@ -89,7 +89,7 @@ def _sniff_format(data: bytes) -> str | None:
 def read_molecules(path: str, fmt: str | None = None, strict: bool = False) -> tuple[list[Molecule], int]:
     """Read every molecule of a file; returns (molecules, number of unreadable records skipped).
     See `read_molecule_records`."""
-    molecules, positions, skipped = read_molecule_records(path, fmt, strict)
+    molecules, _, skipped = read_molecule_records(path, fmt, strict)
     return molecules, skipped
 
 
