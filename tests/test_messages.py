@@ -32,7 +32,7 @@ def test_an_npz_named_sdf_is_named_an_npz(tmp_path, capfd, water):
     assert code == 0, err
     (tmp_path / "w.npz").rename(tmp_path / "w.sdf")
     code, out, err = cli(capfd, "convert", str(tmp_path / "w.sdf"), str(tmp_path / "o.xyz"))
-    assert_one_line_error(code, out, err, "is an npz archive, not a text molecule file: give it the .npz extension")
+    assert_one_line_error(code, out, err, "is an npz archive, not a text molecule file: name it .npz")
 
 
 def test_a_directory_in_is_told_apart_from_a_release(tmp_path, capfd):

@@ -98,7 +98,10 @@ def evaluate_molecule(mol: Molecule) -> MoleculeReport:
         return MoleculeReport(0, 0, False, False, False, None, 0, failure="composition")
     orders = bond_order_matrix(mol.atomic_numbers, mol.positions)
     num_stable = int(stable_atoms(mol.atomic_numbers, orders).sum())
-    valid, smiles, fragments = rdkit_validity(to_rdkit_mol(mol, orders))
+    # Neutral atoms, as EDM's check builds them: a file's formal charges belong to its own bonds,
+    # not to the ones perceived here (the same coordinates from an XYZ would be judged otherwise).
+    neutral = Molecule(mol.atomic_numbers, mol.positions)
+    valid, smiles, fragments = rdkit_validity(to_rdkit_mol(neutral, orders))
     stable = num_stable == mol.num_atoms
     composition = check_composition(mol.atomic_numbers, orders)
     return MoleculeReport(

@@ -7,6 +7,7 @@ from rdkit import Chem
 from rdkit.Geometry import Point3D
 
 from symdiff_cli.chem.bonds import bonds_from_matrix
+from symdiff_cli.chem.quiet import captured_rdkit_errors
 from symdiff_cli.errors import SymdiffError
 from symdiff_cli.chem.molecule import Molecule
 
@@ -77,6 +78,20 @@ def mark_radicals(rd_mol: Chem.Mol, radicals: np.ndarray) -> Chem.Mol:
             atom.SetNumRadicalElectrons(int(count))
             atom.SetNoImplicit(True)
     rd_mol.UpdatePropertyCache(strict=False)
+    return rd_mol
+
+
+def stereo_from_coordinates(rd_mol: Chem.Mol) -> Chem.Mol:
+    """`rd_mol` (changed in place) with its double bonds' E/Z and its stereocentres taken from its
+    3D conformer, for file output: left unassigned, RDKit writes every double bond of an SDF as
+    "either" (bond stereo 3), which readers take over the coordinates, and a SMILES has no stereo.
+    A molecule RDKit cannot perceive (impossible valences) is left as it was."""
+    try:
+        with captured_rdkit_errors():
+            Chem.FastFindRings(rd_mol)
+            Chem.AssignStereochemistryFrom3D(rd_mol)
+    except Exception:  # RDKit raises assorted classes for impossible valences
+        pass
     return rd_mol
 
 

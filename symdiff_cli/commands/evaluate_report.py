@@ -7,6 +7,7 @@ the terminal, and where the page is written (atomically, like every output of ev
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,9 +48,13 @@ def check_output_path(option: str, path: str, example: str) -> None:
     --energy can take hours): a directory, or a folder that does not exist."""
     if not path.strip():  # an unset shell variable: Path("") is the current directory
         raise UsageError(f"{option} is empty: give a file name such as {example}")
+    from symdiff_cli.io.atomic import names_a_stream
+
     target = Path(path)
     if target.is_dir():
         raise UsageError(f"{option} {path} is a directory: give a file name such as {example}")
+    if names_a_stream(path):
+        raise UsageError(f"{option} {path} is a device or stream, not a file: give '-' for standard output")
     if not target.parent.is_dir():
         raise UsageError(f"cannot write {path}: folder {target.parent} does not exist")
 
@@ -120,6 +125,8 @@ def training_runs_report(paths: Sequence[str], report_path: str | None, write_te
     from symdiff_cli.report.runs import EVAL_METRICS, METRICS_FILE, is_run_dir, read_run, run_names, run_summary
 
     for path in paths:
+        if not os.path.exists(path):
+            raise SymdiffError(f"no such file or directory: {path}")
         if not is_folder(path):
             raise UsageError(f"{path} is a molecule file and the other inputs are folders: give either molecule "
                              f"files or training run directories, not both")

@@ -103,7 +103,7 @@ class GenerateResult:
 
     @property
     def molecules_per_second(self) -> float:
-        return self.written / self.seconds if self.seconds > 0 else 0.0
+        return (self.written + self.skipped) / self.seconds if self.seconds > 0 else 0.0  # sampled, not kept
 
     @property
     def exit_code(self) -> int:

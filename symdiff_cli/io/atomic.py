@@ -15,8 +15,8 @@ import tempfile
 from contextlib import contextmanager
 from typing import IO, Iterator
 
-__all__ = ["atomic_output", "commit_temp_file", "discard_temp_file", "file_mode_from_umask", "open_temp_file",
-           "write_target"]
+__all__ = ["atomic_output", "commit_temp_file", "discard_temp_file", "file_mode_from_umask", "names_a_stream",
+           "open_temp_file", "write_target"]
 
 
 def current_umask() -> int:
@@ -49,6 +49,20 @@ def _finished_mode(target: str) -> int:
         return file_mode_from_umask()
 
 
+def names_a_stream(path: str | os.PathLike) -> bool:
+    """Whether `path` (or a symlink chain from it) is /dev/stdout, /dev/fd/N, /proc/.../fd/N or
+    another device path. Resolved, /dev/stdout of a command run as `> log.txt` is log.txt itself,
+    a regular file that the final rename would replace, losing what was in it."""
+    current = os.path.abspath(os.fspath(path))
+    for _ in range(40):  # symlink hops; a loop ends here too
+        if current.startswith("/proc/") or (current.startswith("/dev/") and not current.startswith("/dev/shm/")):
+            return True
+        if not os.path.islink(current):
+            return False
+        current = os.path.normpath(os.path.join(os.path.dirname(current), os.readlink(current)))
+    return False
+
+
 def open_temp_file(path: str | os.PathLike, mode: str = "wb", suffix: str = ".tmp") -> tuple[IO, str]:
     """A new temporary file `.NAME.XXXX<suffix>` in the folder of `path`, open for writing.
 
@@ -59,6 +73,9 @@ def open_temp_file(path: str | os.PathLike, mode: str = "wb", suffix: str = ".tm
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"mode must be 'w' or 'wb', not {mode!r}")
+    if names_a_stream(path):
+        raise OSError(errno.EINVAL, "a device or another process's stream, not a file; write to '-' and redirect "
+                      "standard output instead", os.fspath(path))
     target = write_target(path)
     try:
         existing = os.stat(target).st_mode

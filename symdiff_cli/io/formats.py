@@ -65,6 +65,9 @@ def format_from_path(path: str) -> str:
         if lowered.endswith(extensions):
             return name
     extension = os.path.splitext(path)[1] or "(none)"
+    if extension.lower() in (".gz", ".bz2", ".xz", ".zst", ".zip"):
+        raise SymdiffError(f"{path} is compressed ({extension}): decompress it first (e.g. gunzip -k {path})"
+                           if extension.lower() == ".gz" else f"{path} is compressed ({extension}): decompress it first")
     raise SymdiffError(
         f"unsupported file extension {extension!r} for {path} "
         f"(supported: {_supported_extensions_text()}; or give the format explicitly)"

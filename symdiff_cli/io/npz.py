@@ -56,8 +56,11 @@ def parse_npz(data: bytes, source: str) -> list[Molecule]:
         or atomic_numbers.max() > MAX_ATOMIC_NUMBER
     ):
         raise SymdiffError(f"{source}: atomic_numbers must be whole numbers between 1 and {MAX_ATOMIC_NUMBER}")
-    if np.any(arrays["num_atoms"] < 0):
-        raise SymdiffError(f"{source}: num_atoms must not be negative")
+    num_atoms = arrays["num_atoms"]
+    if num_atoms.ndim != 1 or np.any(num_atoms != np.round(num_atoms)) or np.any(num_atoms < 1):
+        raise SymdiffError(f"{source}: num_atoms must be a list of whole numbers of at least 1 (one per molecule)")
+    if arrays["positions"].ndim != 2 or arrays["positions"].shape[1] != 3:
+        raise SymdiffError(f"{source}: positions must have shape (atoms, 3), not {arrays['positions'].shape}")
     try:
         packed = PackedMolecules(arrays["positions"].astype(np.float64), atomic_numbers, arrays["num_atoms"])
     except ValueError:

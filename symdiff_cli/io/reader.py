@@ -58,7 +58,7 @@ def _decode_text(data: bytes, source: str) -> str:
     """The text of a text-format molecule file; one clear error for binary or compressed data,
     which would otherwise surface as a decoding error deep inside a parser or RDKit."""
     if data.startswith(b"PK\x03\x04") and _is_npz(data):
-        raise SymdiffError(f"{source} is an npz archive, not a text molecule file: give it the .npz extension")
+        raise SymdiffError(f"{source} is an npz archive, not a text molecule file: name it .npz (or give --from npz)")
     for magic, kind in _BINARY_MAGIC:
         if data.startswith(magic):
             raise SymdiffError(f"{source} is not a text molecule file ({kind} data); decompress it first")
@@ -67,7 +67,13 @@ def _decode_text(data: bytes, source: str) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise SymdiffError(f"{source} is not a text molecule file (binary or compressed data, not UTF-8 text)") from None
+        pass
+    # Older tools write Latin-1 names and tags ("25 \xb0C"): text all the same, with few control
+    # characters, where binary data has one byte in eight below 0x20.
+    controls = sum(data.count(bytes([b])) for b in range(0x20) if b not in (0x09, 0x0A, 0x0D))
+    if controls <= len(data) // 1000:
+        return data.decode("latin-1")
+    raise SymdiffError(f"{source} is not a text molecule file (binary or compressed data, not UTF-8 text)")
 
 
 def _sniff_format(data: bytes) -> str | None:
@@ -78,11 +84,16 @@ def _sniff_format(data: bytes) -> str | None:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         return None
-    if "M  END" in text or "\n$$$$" in text or "V2000" in text or "V3000" in text:
+    lines = text.splitlines()
+    # An SDF record's fourth line is its counts line; an XYZ starts with its atom count. Words
+    # anywhere else (a comment "converted from a V2000 molfile") decide nothing.
+    if len(lines) >= 4 and ("V2000" in lines[3] or "V3000" in lines[3]):
         return "sdf"
-    first_line = next((line for line in text.splitlines() if line.strip()), "")
+    first_line = next((line for line in lines if line.strip()), "")
     if first_line.strip().isdigit():
         return "xyz"
+    if "\nM  END" in text or "\n$$$$" in text:
+        return "sdf"
     return None
 
 

@@ -4,6 +4,7 @@ block of our own for molecules too dense for RDKit."""
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 
@@ -49,14 +50,20 @@ def parse_sdf(data: bytes, source: str, problems: RecordProblems) -> list[Molecu
             rd_mol = supplier[index]
         record_number = index + 1
         if rd_mol is None:
-            reason = messages[0] if messages else "RDKit could not parse it"
+            # RDKit's own line numbers count from where it started reading, not from the file's top.
+            reason = re.sub(r"\s*on line\s*\d+$", "", messages[0]) if messages else "RDKit could not parse it"
             problems.report(f"SDF record {record_number}", reason, index)
             continue
         reason = unsupported_atom_reason(rd_mol)
+        molecule = molecule_from_rdkit(rd_mol) if reason is None else None
+        if molecule is not None and molecule.num_atoms == 0:
+            reason = "it has no atoms"
+        elif molecule is not None and not np.isfinite(molecule.positions).all():
+            reason = "its coordinates are not all finite numbers"
         if reason is not None:
             problems.report(f"SDF record {record_number}", reason, index)
             continue
-        molecules.append(molecule_from_rdkit(rd_mol))
+        molecules.append(molecule)
     return molecules
 
 
@@ -123,7 +130,9 @@ def sdf_block(mol: Molecule, bonds: str = "benchmark") -> str:
     """
     from rdkit import Chem
 
-    from symdiff_cli.chem.rdkit_mol import mark_radicals, rdkit_mol_from_bonds, without_implicit_hydrogens
+    from symdiff_cli.chem.rdkit_mol import (
+        mark_radicals, rdkit_mol_from_bonds, stereo_from_coordinates, without_implicit_hydrogens,
+    )
 
     stored = Molecule(mol.atomic_numbers, stored_positions(mol.positions, "sdf"), mol.bonds, mol.props,
                       mol.formal_charges)
@@ -135,6 +144,7 @@ def sdf_block(mol: Molecule, bonds: str = "benchmark") -> str:
         without_implicit_hydrogens(rd_mol)
     elif mol.radicals is not None:
         mark_radicals(rd_mol, mol.radicals)
+    stereo_from_coordinates(rd_mol)
     rd_mol.SetProp("_Name", record_line(mol.props.get("name", "")))
     for key, value in mol.props.items():
         if key != "name":

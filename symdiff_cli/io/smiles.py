@@ -75,16 +75,19 @@ def smiles_line(mol: Molecule, bonds: str = "benchmark") -> str | None:
     """
     from rdkit import Chem
 
-    from symdiff_cli.chem.rdkit_mol import rdkit_mol_from_bonds
+    from symdiff_cli.chem.rdkit_mol import mark_radicals, rdkit_mol_from_bonds, stereo_from_coordinates
 
     bond_rows, charges = perceive_bonds_and_charges(mol, bonds)
     if too_dense_for_rdkit(mol, bond_rows):
         return None  # more bonds than any valence allows: no valid SMILES, and RDKit would not finish
     rd_mol = rdkit_mol_from_bonds(Molecule(mol.atomic_numbers, mol.positions, mol.bonds, mol.props, charges),
                                   bond_rows)
+    if mol.radicals is not None:  # a source's radicals stay radicals, not filled with hydrogens
+        mark_radicals(rd_mol, mol.radicals)
     try:
         with captured_rdkit_errors():
             Chem.SanitizeMol(rd_mol)
+            stereo_from_coordinates(rd_mol)
             fragments = Chem.GetMolFrags(rd_mol, asMols=True)
             largest = max(fragments, key=lambda fragment: fragment.GetNumAtoms())
             smiles = Chem.MolToSmiles(Chem.RemoveHs(largest))
