@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -19,15 +21,17 @@ _UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1, "": 1}
 
 def parse_duration(text: str) -> float:
     """'2h', '90m', '1h30m', '45s' or plain seconds -> seconds."""
-    text = text.strip()
+    text = "".join(text.split())  # "1h 30m" as "1h30m"
     pos, total = 0, 0.0
     for match in _DURATION.finditer(text):
         if match.start() != pos or (match.group(2) == "" and match.end() != len(text)):
             break
         total += float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()]
         pos = match.end()
-    if pos != len(text) or not text or total <= 0:
+    if pos != len(text) or not text:
         raise UsageError(f"cannot read duration {text!r} (examples: 90s, 30m, 2h, 1h30m)")
+    if total <= 0:
+        raise UsageError(f"a duration must be positive, not {text!r}")
     return total
 
 
@@ -46,6 +50,7 @@ def _read_config_file(config: Path) -> dict[str, dict]:
     expected = 'a JSON object {"model": {...}, "train": {...}}'
     if not isinstance(loaded, dict):
         raise SymdiffError(f"config file {config} must hold {expected}, not a JSON {type(loaded).__name__}")
+    loaded.pop("world_size", None)  # a run's own config.json records it; the processes decide it
     unknown = sorted(set(loaded) - {"model", "train"})
     if unknown:
         raise SymdiffError(f"config file {config}: unknown section(s) {', '.join(map(repr, unknown))}; expected {expected}")
@@ -70,6 +75,32 @@ def _with_settings(obj: Any, overrides: dict[str, Any], scope: str) -> Any:
             option = f"--{key.replace('_', '-')} ({scope}.{key})" if scope == "train" else f"{scope}.{key}"
             raise UsageError(f"{option} must be a finite number, not {changed}")
     return obj
+
+
+def _refuse_model_changes_on_resume(train_config: Any, model_over: dict[str, Any],
+                                    explicit_train_keys: set[str]) -> None:
+    """A resumed run keeps its model: a different model setting, preset or --init-from given with
+    --resume would be silently ignored, so it is refused (the run's config.json says what it is)."""
+    try:
+        recorded = json.loads((Path(train_config.out) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # the checkpoint alone decides; the engine reads it
+    from symdiff_cli.model.config import ModelConfig
+
+    train = recorded.get("train", {}) if isinstance(recorded, dict) else {}
+    try:  # every field, those a config.json leaves out at their default (self_condition) included
+        fields = asdict(ModelConfig.from_dict(recorded.get("model", {})))
+    except (SymdiffError, TypeError, ValueError, AttributeError):
+        return
+    model = {key: list(value) if isinstance(value, tuple) else value for key, value in fields.items()}
+    differing = [f"model.{key}={value!r} (the run has {model[key]!r})" for key, value in model_over.items()
+                 if key in model and model[key] != (list(value) if isinstance(value, tuple) else value)]
+    for key, option in (("preset", "--preset"), ("init_from", "--init-from")):
+        if key in explicit_train_keys and getattr(train_config, key) != train.get(key):
+            differing.append(f"{option} {getattr(train_config, key)} (the run has {train.get(key)})")
+    if differing:
+        raise UsageError("--resume continues the run's own model; it cannot take " + ", ".join(differing)
+                         + ": start a new run (--init-from an export of this one keeps its weights)")
 
 
 # TrainConfig keys whose option has another name.
@@ -128,8 +159,6 @@ def train_command(
     (timeout, Slurm) and SIGHUP end the run after the current step with a checkpoint of that
     step (continue it with --resume) and exit with code 130, 143 and 129.
     """
-    import os
-
     if predictor is not None:
         from symdiff_cli.commands.train_predictor import train_predictor_command
 
@@ -180,8 +209,14 @@ def train_command(
                  distill_from=distill)
     # What the user set: a resumed run keeps its own data, optimiser settings and seed otherwise.
     explicit_train_keys = set(train_over) | {key for key in given if _given(ctx, _OPTION_OF.get(key, key))}
-    train_over.update({k: v for k, v in given.items() if v is not None})
+    # An option given on the command line wins over --set and --config; an option left at its
+    # default only fills in what they did not set (their seed or --out must not become the default's).
+    train_over.update({k: v for k, v in given.items()
+                       if v is not None and (k not in train_over or _given(ctx, _OPTION_OF.get(k, k)))})
     train_config = _with_settings(TrainConfig(), train_over, "train")
+    if train_config.data and "data" in explicit_train_keys:
+        # Recorded as absolute paths: a resume from another directory (a SLURM requeue) finds them.
+        train_config = replace(train_config, data=[os.path.abspath(p) if p.strip() else p for p in train_config.data])
     check_train_config(train_config)
 
     has_checkpoint = (Path(train_config.out) / "checkpoint.pt").exists()
@@ -209,6 +244,7 @@ def train_command(
 
     run_data = train_config
     if resume:
+        _refuse_model_changes_on_resume(train_config, model_over, explicit_train_keys)
         run_data = with_run_settings(train_config, recorded_train_settings(train_config.out), explicit_train_keys)
     if not run_data.data and run_data.dataset == "qm9":
         # Parsed here, where the bar is drawn, the first time; the run then finds it in memory.

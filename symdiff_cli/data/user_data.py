@@ -109,6 +109,9 @@ def load_user_molecules(
 def _load_plain_npy(path: str, what: str) -> np.ndarray:
     if not os.path.isfile(path):
         raise SymdiffError(f"no such file: {path}")
+    with open(path, "rb") as handle:
+        if handle.read(6) != b"\x93NUMPY":  # numpy calls anything else pickled data
+            raise SymdiffError(f"{path} is not a .npy array ({what} of --data-format geom is EDM's processed .npy)")
     try:
         # Memory-mapped: the GEOM-Drugs conformer array is several gigabytes.
         return np.load(path, mmap_mode="r", allow_pickle=False)

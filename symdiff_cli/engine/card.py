@@ -97,7 +97,8 @@ def model_card(config: dict[str, Any], num_parameters: int | None = None, metric
     primary = measurements[0] if measurements else None
     own_results = primary is not None and "model" not in primary
 
-    lines = _front_matter(name, dataset, primary if own_results else None)
+    lines = _front_matter(name, dataset, primary if own_results else None,
+                          bool((config.get("provenance") or {}).get("data_files")))
     lines += [f"# SymDiff {dataset.upper()} model `{name}`", ""]
     lines += _summary(config, dataset, metrics)
     lines += _intended_use(config, dataset, primary if own_results else None, (metrics or {}).get("limits", []))
@@ -110,10 +111,11 @@ def model_card(config: dict[str, Any], num_parameters: int | None = None, metric
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def _front_matter(name: str, dataset: str, primary: dict[str, Any] | None) -> list[str]:
+def _front_matter(name: str, dataset: str, primary: dict[str, Any] | None, own_data: bool = False) -> list[str]:
     lines = ["---", "license: mit", "library_name: symdiff", "tags:"]
     lines += [f"- {tag}" for tag in ("molecule-generation", "diffusion", "3d", "chemistry", "symdiff")]
-    lines += ["datasets:", f"- {dataset}"]
+    if not own_data:  # a run on the user's files did not see the dataset whose atom types it uses
+        lines += ["datasets:", f"- {dataset}"]
     if primary is not None:
         lines += [
             "model-index:",
@@ -140,7 +142,13 @@ def _summary(config: dict[str, Any], dataset: str, metrics: dict[str, Any] | Non
     kernel = "a learned orientation kernel (stochastic symmetrisation, SymDiff)" \
         if model_config.get("orientation_kernel") == "learned" \
         else _ORIENTATION_KERNEL_TEXT.get(model_config.get("orientation_kernel"), str(model_config.get("orientation_kernel")))
-    text = (f"A 3D molecule generator trained on {dataset.upper()} (atom types {' '.join(model_config.get('atom_types', []))}, "
+    data_files = (config.get("provenance") or {}).get("data_files")
+    trained_on = dataset.upper()
+    if data_files:
+        molecules = sum(int(count) for count in (config.get("atom_count_histogram") or {}).values())
+        trained_on = (f"{molecules:,} molecules from its trainer's own files ({', '.join(data_files)}), not on "
+                      f"{dataset.upper()}, with {dataset.upper()}'s vocabulary")
+    text = (f"A 3D molecule generator trained on {trained_on} (atom types {' '.join(model_config.get('atom_types', []))}, "
             f"up to {model_config.get('max_atoms')} atoms): EDM-style variance-preserving diffusion whose denoiser, a Diffusion "
             f"Transformer, is made O(3)-equivariant in distribution by {kernel}; the samples are E(3)-invariant.")
     if config.get("guidance"):

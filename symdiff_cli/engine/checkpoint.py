@@ -83,8 +83,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         if not is_zip:  # torch's own message for these is a bare number ("101": the byte it found)
             raise SymdiffError(f"{path} is not a PyTorch checkpoint (a training run's checkpoint.pt is a zip "
                                "archive)") from None
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise SymdiffError(f"cannot read checkpoint {path}: it is truncated or damaged ({reason})") from None
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        # torch's long explanations would be cut mid-sentence; its short ones name the damage.
+        reason = f" ({first_line})" if first_line and len(first_line) <= 120 else ""
+        raise SymdiffError(f"cannot read checkpoint {path}: it is truncated or damaged{reason}") from None
     if not isinstance(ckpt, dict) or "model_config" not in ckpt or "ema" not in ckpt:
         raise SymdiffError(f"{path} is not a symdiff training checkpoint")
     if CHECKSUM_KEY in ckpt and content_sha256(ckpt) != ckpt[CHECKSUM_KEY]:

@@ -175,6 +175,11 @@ def check_guide_fits(main_cfg: ModelConfig, guide_cfg: ModelConfig, source: str)
     if differing:
         shown = ", ".join(f"{k} {guide.get(k)!r} vs {main.get(k)!r}" for k in differing[:3])
         raise SymdiffError(f"{source}: the guide model does not fit the main model ({shown})")
+    if guide_cfg.conditions and tuple(guide_cfg.conditions) != tuple(main_cfg.conditions):
+        # The sampler gives a guide the main model's property values, and none to an unconditional one.
+        raise SymdiffError(f"{source}: conditioned on {', '.join(guide_cfg.conditions)}, the main model on "
+                           f"{', '.join(main_cfg.conditions) or 'nothing'}: a guide may read only the properties the "
+                           "main model reads")
 
 
 def parse_guidance(config: dict[str, Any], main_cfg: ModelConfig,

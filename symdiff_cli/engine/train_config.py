@@ -56,22 +56,29 @@ class TrainConfig:
 
 
 # What a run trains on and how: a resumed run keeps its own values of these unless they are given
-# again. Budgets, checkpoint, evaluation and log intervals, device, precision and threads come from
-# the command line, as for a new run (a budget is counted over the whole run).
+# again. Checkpoint, evaluation and log intervals, device, precision and threads come from the
+# command line, as for a new run.
 RUN_SETTINGS = ("dataset", "data", "data_format", "preset", "batch_size", "lr", "warmup_steps", "lr_schedule",
                 "min_lr", "low_noise_fraction", "weight_decay", "grad_clip", "ema_decay", "seed",
                 "condition_dropout")
+# A budget is counted over the whole run. A resume that names none keeps the run's own (a run
+# stopped by Ctrl-C then finishes what it was started for, instead of training until stopped);
+# naming any one replaces them all.
+BUDGETS = ("max_steps", "max_time", "epochs")
 
 
 def with_run_settings(train_config: TrainConfig, recorded: dict[str, Any],
                       explicit: Collection[str] | None) -> TrainConfig:
     """`train_config` with a resumed run's own RUN_SETTINGS (`recorded`: the train config its
-    checkpoint holds) in place of each setting not in `explicit`, the settings the user gave;
-    None: every setting was given (the engine's callers pass whole configs)."""
+    checkpoint holds) in place of each setting not in `explicit`, the settings the user gave, and
+    its BUDGETS when the user gave none; None: every setting was given (the engine's callers pass
+    whole configs)."""
     if explicit is None:
         return train_config
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     kept = {key: recorded[key] for key in RUN_SETTINGS if key in recorded and key in fields and key not in explicit}
+    if not set(BUDGETS) & set(explicit):
+        kept.update({key: recorded[key] for key in BUDGETS if key in recorded})
     return dataclasses.replace(train_config, **kept)
 
 
@@ -99,6 +106,8 @@ def check_train_config(train_config: TrainConfig) -> None:
             raise UsageError(f"{option} is empty: give a release name, directory or Hub id")
     if train_config.data_format not in ("auto", "geom"):
         raise UsageError(f"--data-format must be auto or geom, not {train_config.data_format!r}")
+    if train_config.seed < 0:
+        raise UsageError(f"--seed must not be negative, not {train_config.seed}")
     if train_config.precision not in ("auto", "fp32", "bf16"):
         raise UsageError(f"--precision must be auto, fp32 or bf16, not {train_config.precision!r}")
     if train_config.lr_schedule not in ("constant", "cosine"):

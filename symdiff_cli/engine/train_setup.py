@@ -216,7 +216,8 @@ class TrainingRun:
             with self.stops.interruptible():
                 settings = self.train_config
                 return evaluate_samples(self.ema, self.model_cfg, self.histogram, settings.eval_samples,
-                                        settings.eval_steps, settings.seed + self.state.step, self.device,
+                                        min(settings.eval_steps, self.model_cfg.timesteps),
+                                        settings.seed + self.state.step, self.device,
                                         self.conditioning)
         except Interrupted:
             return None
@@ -230,6 +231,9 @@ def _model_config_for_run(train_config: TrainConfig, model_cfg: ModelConfig | No
     elif model_cfg is None:
         raise SymdiffError("a new run needs a model configuration")
     info = dataset_info(train_config.dataset)
+    if resume_ckpt is not None and tuple(model_cfg.atom_types) != info.atom_types:
+        raise SymdiffError(f"--resume continues a run on {model_cfg.dataset} ({' '.join(model_cfg.atom_types)}): "
+                           f"--dataset {info.name} cannot change it; start a new run for {info.name}")
     if tuple(model_cfg.atom_types) != info.atom_types:
         model_cfg = dataclasses.replace(model_cfg, dataset=info.name, atom_types=info.atom_types,
                                         max_atoms=info.max_atoms)

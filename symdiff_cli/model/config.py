@@ -193,15 +193,22 @@ def apply_overrides(obj: Any, overrides: dict[str, Any]) -> Any:
         if key not in fields:
             raise SymdiffError(f"unknown setting {key!r} for {type(obj).__name__}")
         current = getattr(obj, key)
+        # Nothing is rounded or guessed: depth=2.9 or swiglu=maybe is a ValueError, not 2 or False.
         if isinstance(current, bool):
             if isinstance(value, str):
-                value = value.lower() in ("1", "true", "yes", "on")
+                words = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False,
+                         "0": False}
+                if value.strip().lower() not in words:
+                    raise ValueError(f"{value!r} is not true or false")
+                value = words[value.strip().lower()]
         elif isinstance(current, int) and not isinstance(value, bool):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(f"{value!r} is not a whole number")
             value = int(value)
         elif isinstance(current, float):
             value = float(value)
         elif isinstance(current, tuple):
-            value = tuple(value)
+            value = (value,) if isinstance(value, str) else tuple(value)  # "alpha", not ('a', 'l', ...)
         changes[key] = value
     return dataclasses.replace(obj, **changes)
 
