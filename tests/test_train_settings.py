@@ -157,3 +157,12 @@ def test_durations_read_as_people_write_them():
 def test_evaluate_names_a_missing_folder(short_run, capfd, tmp_path):
     code, out, err = cli(capfd, "evaluate", str(short_run), str(tmp_path / "missing"))
     assert_one_line_error(code, out, err, "no such file or directory")
+
+
+def test_the_last_steps_evaluation_is_sampled_once(tmp_path, capfd, small_npz):
+    run = tmp_path / "run"
+    code, _, err = cli(capfd, "train", "--data", str(small_npz), "--out", str(run), "--preset", "tiny",
+                       "--max-steps", "4", "--eval-every", "2", "--eval-samples", "2", "--eval-steps", "2", *QUICK)
+    assert code == 0, err
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [event["step"] for event in events if event.get("event") == "eval"] == [2, 4]

@@ -193,7 +193,8 @@ def _log_interval(run: TrainingRun, window: _LogWindow, lr: float, grad_norm: to
 def _train_loop(run: TrainingRun, on_progress: Callable[[dict[str, Any]], None] | None
                 ) -> tuple[str | None, int | None, float | None]:
     """Train until a budget is spent or a stop signal arrives; returns (stop reason, stop signal,
-    the last logged loss: None until a log interval ends, as when a spent budget makes no step)."""
+    the last logged loss: None until a log interval ends, as when a spent budget makes no step,
+    and the last periodic evaluation as (step, result))."""
     train_config, state = run.train_config, run.state
     clock = _Clock(state)
     window = _LogWindow(torch.zeros((), device=run.device))
@@ -204,6 +205,7 @@ def _train_loop(run: TrainingRun, on_progress: Callable[[dict[str, Any]], None] 
     sync_every = 10 if run.ranks.distributed else 1
     agreed_elapsed = state.elapsed  # the clock the time budget and learning rate follow: rank 0's
     stop_signal: int | None = None
+    last_evaluation: tuple[int, dict[str, Any]] | None = None  # (step, result) of the last periodic one
     run.train_model.train()
     # From here on a stop signal only marks the run: the step in progress finishes, the ranks
     # agree on stopping, and the checkpoint after the loop records that step.
@@ -225,12 +227,15 @@ def _train_loop(run: TrainingRun, on_progress: Callable[[dict[str, Any]], None] 
                 last_loss = _log_interval(run, window, lr, grad_norm, total_steps, on_progress)
             if (train_config.eval_every and train_config.eval_samples and run.ranks.is_main
                     and state.step % train_config.eval_every == 0):
+                eval_start = time.perf_counter()
                 with clock.not_training():
                     evaluation = run.evaluate()
                     if evaluation is not None:
                         run.log.write({"event": "eval", "step": state.step, "epoch": state.epoch,
                                        "time": round(state.elapsed, 2), "cpu_time": round(state.cpu_time, 2),
                                        **evaluation})
+                        last_evaluation = (state.step, evaluation)
+                window.start += time.perf_counter() - eval_start  # the next mol/s is training's alone
             if state.step % sync_every == 0 or epoch_done:
                 stop_signal = agree_on_signal(run.ranks, run.device, run.stops.received)
                 if stop_signal is not None:
@@ -249,11 +254,11 @@ def _train_loop(run: TrainingRun, on_progress: Callable[[dict[str, Any]], None] 
         if stop_signal is not None:
             stop_reason = signal_name(stop_signal)
             break
-    return stop_reason, stop_signal, last_loss
+    return stop_reason, stop_signal, last_loss, last_evaluation
 
 
-def _finish(run: TrainingRun, stop_reason: str | None, stop_signal: int | None,
-            last_loss: float | None) -> dict[str, Any]:
+def _finish(run: TrainingRun, stop_reason: str | None, stop_signal: int | None, last_loss: float | None,
+            last_evaluation: tuple[int, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The final checkpoint and evaluation, the ranks' agreement check, and the run's summary."""
     state, log = run.state, run.log
     run.save_checkpoint()
@@ -263,7 +268,9 @@ def _finish(run: TrainingRun, stop_reason: str | None, stop_signal: int | None,
     if stop_signal is not None:
         summary["signal"] = stop_signal
         log.write({"event": "signal", "signal": stop_reason, "step": state.step})
-    if run.train_config.eval_samples and run.ranks.is_main and stop_signal is None:
+    if last_evaluation is not None and last_evaluation[0] == state.step and stop_signal is None:
+        summary["eval"] = last_evaluation[1]  # the periodic one of this very step: not sampled twice
+    elif run.train_config.eval_samples and run.ranks.is_main and stop_signal is None:
         evaluation = run.evaluate()
         if evaluation is None:  # the checkpoint above is already written: only the evaluation is lost
             summary["signal"] = run.stops.received
@@ -289,5 +296,5 @@ def _train_locked(train_config: TrainConfig, model_cfg: ModelConfig | None, stop
                   explicit_model_keys: Collection[str] | None,
                   explicit_train_keys: Collection[str] | None) -> dict[str, Any]:
     run = set_up(train_config, model_cfg, stops, console_print, explicit_model_keys, explicit_train_keys)
-    stop_reason, stop_signal, last_loss = _train_loop(run, on_progress)
-    return _finish(run, stop_reason, stop_signal, last_loss)
+    stop_reason, stop_signal, last_loss, last_evaluation = _train_loop(run, on_progress)
+    return _finish(run, stop_reason, stop_signal, last_loss, last_evaluation)
