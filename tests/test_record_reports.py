@@ -69,3 +69,12 @@ def test_training_reports_skipped_records_and_reads_a_file_named_twice_once(tmp_
     assert "waters.xyz: given more than once, read once" in text
     assert "on 9 molecules" in text
     assert read_molecules(str(data / "waters.xyz"))[1] == 1
+
+
+def test_a_file_given_twice_to_evaluate_counts_once(tmp_path, capfd):
+    path = tmp_path / "w.xyz"
+    path.write_text(WATER.format(name="w"))
+    code, out, err = cli(capfd, "evaluate", str(path), str(tmp_path / "." / "w.xyz"), "--no-novelty", "--json", "-")
+    assert code == 0, err
+    assert "is given more than once: its molecules count once" in err
+    assert json.loads(out)["counts"]["molecules"] == 1

@@ -166,3 +166,14 @@ def test_the_last_steps_evaluation_is_sampled_once(tmp_path, capfd, small_npz):
     assert code == 0, err
     events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [event["step"] for event in events if event.get("event") == "eval"] == [2, 4]
+
+
+def test_a_self_conditioned_release_says_so_in_its_card(tmp_path, capfd):
+    from symdiff_cli.engine.card import model_card
+    from symdiff_cli.model.config import model_config_from_preset
+
+    config = {"model_config": model_config_from_preset("tiny", self_condition=True).to_dict(), "dataset": "qm9",
+              "atom_count_histogram": {"5": 1}, "provenance": {}, "sampling": {}}
+    assert "Self-conditioning (Chen et al. 2022)" in model_card(config)
+    config["model_config"] = model_config_from_preset("tiny").to_dict()
+    assert "Self-conditioning" not in model_card(config)

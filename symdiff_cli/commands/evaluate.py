@@ -50,21 +50,22 @@ def _write_text_atomic(path: str, text: str) -> None:
 def _read_inputs(files: list[str], strict: bool, fmt: Optional[str] = None):
     """Molecules of every file, (source, record index in source) per molecule, and the number of
     unreadable records skipped; warns on skips."""
+    from symdiff_cli.io.paths import same_file
     from symdiff_cli.io.reader import read_molecule_records
 
     if files.count("-") > 1:
         raise UsageError("standard input ('-') can be given only once")
     molecules, origins, skipped = [], [], 0
-    for path in files:
+    for number, path in enumerate(files):
+        if any(same_file(path, earlier) for earlier in files[:number]):  # pooled twice, it skews every rate
+            typer.echo(f"Warning: {path} is given more than once: its molecules count once", err=True)
+            continue
         mols, positions, unreadable = read_molecule_records(path, fmt=fmt, strict=strict)
         skipped += unreadable
         source = "stdin" if path == "-" else path
         if unreadable:
-            total = len(mols) + unreadable
-            typer.echo(
-                f"Warning: {unreadable} of {total} records in {source} unreadable (skipped; --strict makes this an error)",
-                err=True,
-            )
+            typer.echo(f"Warning: {unreadable} of {len(mols) + unreadable} records in {source} unreadable (skipped; "
+                       "--strict makes this an error)", err=True)
         molecules.extend(mols)
         origins.extend((source, k) for k in positions)
     return molecules, origins, skipped

@@ -235,6 +235,9 @@ def _architecture(config: dict[str, Any], num_parameters: int | None) -> list[st
         f"- Atom types: {' '.join(model_config.get('atom_types', []))}; at most {model_config.get('max_atoms')} atoms",
         f"- Diffusion: {model_config.get('timesteps')} steps, {model_config.get('noise_schedule')} noise schedule",
     ]
+    if model_config.get("self_condition"):
+        lines.append("- Self-conditioning (Chen et al. 2022): each sampling step also reads the previous step's "
+                     "estimate of the clean molecule")
     if num_parameters is not None:
         lines.append(f"- Parameters: {num_parameters:,}")
     guidance = config.get("guidance")
