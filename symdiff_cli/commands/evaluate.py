@@ -335,7 +335,8 @@ def _evaluate(files: list[str], dataset: DatasetChoice, split: Optional[SplitCho
     else:
         molecules, origins, unreadable = _read_inputs(files, strict, from_format)
         _warn_foreign_elements(molecules, dataset.value)
-        title = f"{len(molecules)} molecule{'' if len(molecules) == 1 else 's'} from {', '.join('stdin' if f == '-' else f for f in files)}"
+        sources = ", ".join("stdin" if f == "-" else f for f in files)
+        title = f"{len(molecules)} molecule{'' if len(molecules) == 1 else 's'} from {sources}"
     if report is not None and not molecules:
         raise SymdiffError("no molecules to report on")
     property_predictor = None
