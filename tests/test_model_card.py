@@ -279,3 +279,11 @@ def test_card_only_refuses_another_directory_or_a_checkpoint(tmp_path):
     assert not (tmp_path / "elsewhere").exists()
     result = symdiff("convert", str(tmp_path / "x.pt"), str(release), "--card-only")
     assert result.returncode != 0 and "--card-only applies only to a release directory" in result.stderr
+
+
+def test_a_card_without_results_names_the_command_that_records_them():
+    from symdiff_cli.engine.card_results import results_section
+
+    text = "\n".join(results_section([]))
+    assert "benchmarks/seed_metrics.py --model REL --name NAME --record REL" in text
+    assert "symdiff_cli/engine/metrics_file.py" in text

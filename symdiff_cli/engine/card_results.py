@@ -85,7 +85,9 @@ def results_section(measurements: list[dict[str, Any]]) -> list[str]:
         return lines + [
             "Not measured yet: `symdiff generate --model <this release> --n 1000 --seed S --out mols.sdf`, then",
             "`symdiff evaluate mols.sdf` gives the QM9 benchmark metrics (atom and molecule stability, validity,",
-            "uniqueness, novelty); record them in `metrics.json` and re-render this card with",
+            "uniqueness, novelty). `python benchmarks/seed_metrics.py --model REL --name NAME --record REL` (in",
+            "the symdiff repository) measures seeds and records them in `metrics.json` with this card re-rendered;",
+            "an entry written by hand (its format: symdiff_cli/engine/metrics_file.py) shows after",
             "`symdiff convert REL REL --card-only`.",
             "",
         ]
