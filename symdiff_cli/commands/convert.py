@@ -358,11 +358,6 @@ def _reguide_release(input_path: str, output_path: str, guide: Optional[List[str
     if default_steps_cuda is not None:
         interval += f", {default_steps_cuda} sampling steps by default on a GPU"
     if not guide and guidance is None:
-        from symdiff_cli.engine.release_config import read_release_config
-
-        if (guidance_max_t is not None or guidance_min_t is not None) and not read_release_config(Path(input_path))[0].get(
-                "guidance"):
-            raise UsageError(f"{input_path} ships no guide, so it has no guided interval: pass --guide MODEL to add one")
         out = resave_release(input_path, output_path, guidance_max_t, restart_rounds, default_steps, guidance_min_t,
                              default_steps_cuda)
         typer.echo(f"Wrote the release {out} again (same weights and settings{interval}, model card regenerated).",

@@ -19,7 +19,7 @@ from symdiff_cli.engine.release_config import (
 from symdiff_cli.engine.release_layout import CONFIG_FILE, WEIGHTS_FILE, guide_entries
 from symdiff_cli.engine.restart import RESTART_KEY
 from symdiff_cli.engine.release_tensors import read_weights
-from symdiff_cli.errors import SymdiffError
+from symdiff_cli.errors import SymdiffError, UsageError
 from symdiff_cli.model.config import ModelConfig
 
 
@@ -86,6 +86,8 @@ def attach_guide(release_spec: str | os.PathLike, out_dir: str | os.PathLike, gu
     from symdiff_cli.engine.metrics_file import read_metrics_text
     from symdiff_cli.engine.registry import resolve_model
 
+    if guide is None and (guidance_max_t is not None or guidance_min_t is not None):
+        raise UsageError(f"{release_spec} ships no guide, so it has no guided interval: pass --guide MODEL to add one")
     release_dir = resolve_model(str(release_spec))
     config, model_cfg, histogram = read_release_config(release_dir)
     state = read_weights(release_dir / WEIGHTS_FILE, model_cfg, expected_checksum(config, WEIGHTS_FILE))

@@ -137,27 +137,16 @@ def _network_reason(err: BaseException) -> str:
     return f"{type(source).__name__}: {_first_line(source)}"
 
 
-def _is_transport_error(err: BaseException) -> bool:
-    """Whether err is a network failure of the HTTP client huggingface_hub uses (httpx or a fork)."""
+def _is_http_client_error(err: BaseException, class_name: str) -> bool:
+    """Whether err is an instance of `class_name` ("TransportError", "TimeoutException") of the HTTP
+    client huggingface_hub uses (httpx or a fork)."""
     for module_name in ("httpx2", "httpx"):
         try:
             module = __import__(module_name)
         except ImportError:
             continue
-        transport_error = getattr(module, "TransportError", None)
-        if transport_error is not None and isinstance(err, transport_error):
-            return True
-    return False
-
-
-def _is_timeout(err: BaseException) -> bool:
-    for module_name in ("httpx2", "httpx"):
-        try:
-            module = __import__(module_name)
-        except ImportError:
-            continue
-        timeout_error = getattr(module, "TimeoutException", None)
-        if timeout_error is not None and isinstance(err, timeout_error):
+        error_class = getattr(module, class_name, None)
+        if error_class is not None and isinstance(err, error_class):
             return True
     return False
 
@@ -177,7 +166,7 @@ def _hub_answers(repo_id: str, revision: str | None, timeout: float) -> bool:
     try:
         get_session().get(url, timeout=timeout)
     except Exception as err:  # other failures are snapshot_download's to report, as before
-        return not _is_timeout(err)
+        return not _is_http_client_error(err, "TimeoutException")
     return True
 
 
@@ -232,7 +221,7 @@ def download_from_hub(repo_id: str, revision: str | None = None, offline: bool =
     except Exception as err:
         # Connection errors during the file transfers reach us unwrapped (OSError, or the
         # HTTP client's own TransportError classes); anything else is a bug and propagates.
-        if not isinstance(err, OSError) and not _is_transport_error(err):
+        if not isinstance(err, OSError) and not _is_http_client_error(err, "TransportError"):
             raise
         raise SymdiffError(f"cannot download Hub model {name} from {endpoint}: {_first_line(err)}") from None
     finally:

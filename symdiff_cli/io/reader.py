@@ -160,8 +160,7 @@ def read_molecule_records(path: str, fmt: str | None = None,
     elif file_format == "xyz":
         molecules = parse_xyz(_decode_text(data, source), source, problems)
     elif file_format == "sdf":
-        # RDKit would hand undecodable bytes back to Python as a UnicodeDecodeError.
-        molecules = parse_sdf(_decode_text(data, source).encode("utf-8"), source, problems)
+        molecules = parse_sdf(_decode_text(data, source), source, problems)
     else:
         molecules = parse_smiles(_decode_text(data, source), source, problems)
     if not molecules:

@@ -27,7 +27,7 @@ def unsupported_atom_reason(rd_mol) -> str | None:
     return None
 
 
-def parse_sdf(data: bytes, source: str, problems: RecordProblems) -> list[Molecule]:
+def parse_sdf(text: str, source: str, problems: RecordProblems) -> list[Molecule]:
     """SDF records through RDKit, unsanitised and with hydrogens kept, so that generated
     molecules with odd valences load as they are.
 
@@ -39,9 +39,8 @@ def parse_sdf(data: bytes, source: str, problems: RecordProblems) -> list[Molecu
 
     from symdiff_cli.chem.rdkit_mol import molecule_from_rdkit
 
-    text = data.decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "\n")
     # A trailing blank tail after the last $$$$ would read as one more (broken) record.
-    text = text.rstrip() + "\n"
+    text = text.replace("\r\n", "\n").replace("\r", "\n").rstrip() + "\n"
     supplier = Chem.SDMolSupplier()
     supplier.SetData(text, sanitize=False, removeHs=False)
     molecules: list[Molecule] = []
