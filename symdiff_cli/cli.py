@@ -17,6 +17,7 @@ import typer
 
 from symdiff_cli import __version__
 from symdiff_cli.commands import convert, evaluate, generate, train
+from symdiff_cli.engine.memory import keep_freed_memory
 from symdiff_cli.engine.stop_signals import STOP_SIGNALS, StopSignals, exit_code_for, signal_name, signal_of
 from symdiff_cli.errors import OutputClosed, SymdiffError, write_error
 
@@ -102,6 +103,7 @@ def main() -> None:
     A stop signal (SIGINT, SIGTERM, SIGHUP) ends with 128 + its number, after the command has
     kept what it finished; a closed standard output ends quietly with 141 (128 + SIGPIPE).
     """
+    keep_freed_memory()
     try:
         try:
             with StopSignals():

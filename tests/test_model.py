@@ -254,32 +254,82 @@ def test_bf16_sampler_runs_the_network_in_bf16_and_stays_close_to_fp32():
     assert 0 < diff < 0.1
 
 
-def test_bf16_training_on_cpu_takes_attention_in_fp32_and_stays_close(monkeypatch):
-    # The CPU's bf16 attention kernel is several times slower than fp32 at a molecule's few tokens
-    # (its backward most): under bf16 autocast the attention itself runs in fp32, the rest in bf16.
+def test_bf16_training_on_cpu_writes_attention_out_and_stays_close(monkeypatch):
+    # The CPU's fused bf16 attention kernel is several times slower than the written-out products
+    # at a molecule's few tokens (its backward most): under bf16 autocast attention is written out,
+    # its softmax in fp32, and the products stay bf16.
     import torch.nn.functional as F
 
-    from symdiff_cli.model import dit
+    from symdiff_cli.model import kernels
 
     model = perturbed_model("learned", dtype=torch.float32).train()
     x, h, t = random_inputs(b=3, n=7, dtype=torch.float32)
     g, noise = fixed_draws(*x.shape[:2])
     draws = dict(haar=g.float(), orientation_noise=noise.float())
     exact_x, exact_h = model(x, h, t, None, **draws)
-    seen = []
+    fused = []
     real = F.scaled_dot_product_attention
-    monkeypatch.setattr(dit.F, "scaled_dot_product_attention",
-                        lambda q, k, v, **kw: seen.append(q.dtype) or real(q, k, v, **kw))
+    monkeypatch.setattr(kernels.F, "scaled_dot_product_attention",
+                        lambda q, k, v, **kw: fused.append(q.dtype) or real(q, k, v, **kw))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         rounded_x, rounded_h = model(x, h, t, None, **draws)
         assert model.backbone.transformer.embed(torch.cat([x, h, torch.zeros(3, 7, model.cfg.num_rbf)], -1)).dtype \
             == torch.bfloat16  # the linear layers do run in bf16
-    assert seen and set(seen) == {torch.float32}
+    assert not fused
     for rounded, exact in ((rounded_x, exact_x), (rounded_h, exact_h)):
         assert 0 < ((rounded.float() - exact).abs().max() / exact.abs().max()) < 0.1
     (rounded_x.float().square().mean() + rounded_h.float().square().mean()).backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(grad).all() for grad in grads)
+
+
+def test_written_out_attention_matches_the_fused_kernel_with_padding():
+    import torch.nn.functional as F
+
+    from symdiff_cli.model.kernels import attend
+
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(5, 4, 9, 8, generator=gen) for _ in range(3))
+    mask = torch.ones(5, 9, dtype=torch.bool)
+    mask[1, 6:] = False
+    mask[4, 2:] = False
+    key_mask = mask[:, None, None, :]
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+    with torch.no_grad():
+        got = attend(q, k, v, key_mask)
+    assert torch.allclose(got, expected, atol=1e-6)
+    # a padded key changes nothing, whatever it holds
+    k2, v2 = k.clone(), v.clone()
+    k2[1, :, 6:] = 1e3
+    v2[1, :, 6:] = -1e3
+    with torch.no_grad():
+        assert torch.allclose(attend(q, k2, v2, key_mask)[1], got[1], atol=1e-6)
+
+
+def test_sampling_kernels_give_the_default_kernels_outputs(monkeypatch):
+    # Without gradients on a CPU the networks run oneDNN's products and written-out attention
+    # (model/kernels.py); the same draws must give the same outputs as PyTorch's default kernels.
+    from symdiff_cli.model import kernels
+
+    model = perturbed_model("learned", dtype=torch.float32).eval()
+    x, h, t = random_inputs(b=40, n=9, dtype=torch.float32)  # large enough for oneDNN's products
+    g, noise = fixed_draws(*x.shape[:2])
+    draws = dict(haar=g.float(), orientation_noise=noise.float())
+    onednn_calls = []
+    real = kernels.onednn_linear
+    monkeypatch.setattr(kernels, "onednn_linear", lambda *a: onednn_calls.append(a[0].shape) or real(*a))
+    with torch.no_grad():
+        with kernels.pytorch_default_kernels():
+            expected = model(x, h, t, None, **draws)
+        assert not onednn_calls
+        got = model(x, h, t, None, **draws)
+    for a, b in zip(got, expected):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    if kernels.onednn_linear_available():  # PyTorch builds without oneDNN keep F.linear
+        assert onednn_calls
+    onednn_calls.clear()
+    model(x, h, t, None, **draws)  # with gradients: PyTorch's kernels, which have a backward
+    assert not onednn_calls
 
 
 def test_optimizer_is_fused_amsgrad_adam_updating_like_the_reference():

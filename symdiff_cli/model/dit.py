@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from symdiff_cli.model.config import ModelConfig
+from symdiff_cli.model.kernels import Linear, attend
 from symdiff_cli.model.geometry import (
     orthogonalise, radial_basis_features, remove_mean, rotate, rotate_inverse, sample_haar_orthogonal,
 )
@@ -50,23 +51,13 @@ class Attention(nn.Module):
     def __init__(self, hidden: int, heads: int):
         super().__init__()
         self.heads = heads
-        self.qkv = nn.Linear(hidden, 3 * hidden)
-        self.proj = nn.Linear(hidden, hidden)
+        self.qkv = Linear(hidden, 3 * hidden)
+        self.proj = Linear(hidden, hidden)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
         b, n, c = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        if q.dtype == torch.bfloat16 and q.device.type == "cpu":
-            # The CPU's bf16 attention kernel is slow at a molecule's few tokens, its backward
-            # most (64 molecules of 18 atoms: 14 ms forward and backward against 2.3 in fp32,
-            # 3.0 with these casts); the attention is a small share of the work in fp32. Autocast
-            # would cast the inputs back to bf16, hence off here.
-            with torch.autocast("cpu", enabled=False):
-                out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=attn_mask)
-            out = out.to(q.dtype)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+        return self.proj(attend(q, k, v, attn_mask).transpose(1, 2).reshape(b, n, c))
 
 
 class Mlp(nn.Module):
@@ -78,10 +69,10 @@ class Mlp(nn.Module):
         inner = int(hidden * ratio)
         if swiglu:
             inner = int(2 * inner / 3)
-            self.fc1 = nn.Linear(hidden, 2 * inner)
+            self.fc1 = Linear(hidden, 2 * inner)
         else:
-            self.fc1 = nn.Linear(hidden, inner)
-        self.fc2 = nn.Linear(inner, hidden)
+            self.fc1 = Linear(hidden, inner)
+        self.fc2 = Linear(inner, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.swiglu:
@@ -111,7 +102,7 @@ class FinalLayer(nn.Module):
     def __init__(self, hidden: int, out_dim: int):
         super().__init__()
         self.norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
-        self.linear = nn.Linear(hidden, out_dim)
+        self.linear = Linear(hidden, out_dim)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -131,7 +122,7 @@ class Transformer(nn.Module):
 
     def __init__(self, in_dim: int, hidden: int, depth: int, heads: int, mlp_ratio: float, swiglu: bool):
         super().__init__()
-        self.embed = nn.Linear(in_dim, hidden)
+        self.embed = Linear(in_dim, hidden)
         self.t_embed = TimestepEmbedder(hidden)
         self.blocks = nn.ModuleList([DiTBlock(hidden, heads, mlp_ratio, swiglu) for _ in range(depth)])
 
@@ -182,7 +173,7 @@ class DiTBackbone(nn.Module):
         in_dim = 3 + cfg.feature_dim + cfg.num_rbf
         self.transformer = Transformer(in_dim, cfg.hidden, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.swiglu)
         self.final = FinalLayer(cfg.hidden, 3 + cfg.feature_dim)
-        self.self_cond_embed = (nn.Linear(3 + cfg.feature_dim, cfg.hidden, bias=False)
+        self.self_cond_embed = (Linear(3 + cfg.feature_dim, cfg.hidden, bias=False)
                                 if cfg.self_condition else None)
         self.condition_embed = nn.Linear(len(cfg.conditions), cfg.hidden) if cfg.conditions else None
         if cfg.conditions:
