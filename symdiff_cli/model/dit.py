@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from symdiff_cli.model.config import ModelConfig
-from symdiff_cli.model.kernels import Linear, attend
 from symdiff_cli.model.geometry import (
     orthogonalise, radial_basis_features, remove_mean, rotate, rotate_inverse, sample_haar_orthogonal,
 )
+from symdiff_cli.model.kernels import Linear, attend
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -101,6 +101,12 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.T
     """softmax(q k^T / sqrt(d)) v over (B, heads, N, d), keys masked by `attn_mask` (B, 1, 1, N)."""
     if _use_defaults or q.device.type != "cpu" or (q.dtype == torch.float32 and torch.is_grad_enabled()):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    return written_out_attention(q, k, v, attn_mask)
+
+
+def written_out_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """`attend` as two products and a softmax (the CPU's choice where the fused kernel loses)."""
     scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
     if attn_mask is not None:
         scores = scores.masked_fill(~attn_mask, float("-inf"))
