@@ -13,7 +13,7 @@ from typing import Any
 
 from symdiff_cli.engine.checkpoint import load_checkpoint
 from symdiff_cli.engine.release import save_release
-from symdiff_cli.engine.release_config import DEFAULT_STEPS_CPU, DEFAULT_STEPS_CUDA, Guide
+from symdiff_cli.engine.release_config import Guide
 from symdiff_cli.engine.train_config import TrainConfig
 from symdiff_cli.errors import SymdiffError
 from symdiff_cli.model.config import ModelConfig
@@ -72,11 +72,8 @@ def convert_checkpoint_to_release(
     dataset = str(ckpt.get("dataset") or model_cfg.dataset)
     state_dict = ckpt["ema"] if weights == "ema" else ckpt["model"]
     extra = {"conditioning": ckpt["conditioning"]} if ckpt.get("conditioning") else None
-    # A model of fewer than 1,000 diffusion steps cannot sample with more than it has.
-    steps = {"default_steps_cpu": min(DEFAULT_STEPS_CPU, model_cfg.timesteps),
-             "default_steps_cuda": min(DEFAULT_STEPS_CUDA, model_cfg.timesteps)}
     return save_release(out_dir, model_cfg, state_dict, {int(k): int(v) for k, v in histogram.items()},
-                        dataset, provenance, card_text, guide=guide, extra_config=extra, **steps)
+                        dataset, provenance, card_text, guide=guide, extra_config=extra)
 
 
 __all__ = ["convert_checkpoint_to_release"]

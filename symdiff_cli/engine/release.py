@@ -48,7 +48,7 @@ from typing import Any
 import torch
 
 from symdiff_cli.engine.release_config import (
-    CHECKSUMS_KEY, DEFAULT_STEPS_CPU, DEFAULT_STEPS_CUDA, Guide, check_atom_types, check_guidance_weight, check_guide_fits,
+    CHECKSUMS_KEY, Guide, check_atom_types, check_guidance_weight, check_guide_fits,
     default_sampling_steps, expected_checksum, histogram_from_json, is_release_directory, parse_guidance,
     read_release_config, release_config, release_sample_config,
 )
@@ -223,8 +223,8 @@ def save_release(
     provenance: dict[str, Any],
     card_text: str | None = None,
     *,
-    default_steps_cpu: int = DEFAULT_STEPS_CPU,
-    default_steps_cuda: int = DEFAULT_STEPS_CUDA,
+    default_steps_cpu: int | None = None,
+    default_steps_cuda: int | None = None,
     guide: Guide | None = None,
     metrics_text: str | None = None,
     sampling: dict[str, Any] | None = None,
@@ -243,12 +243,17 @@ def save_release(
     `metrics_text` is the text of the release's metrics.json, written byte for byte (checked
     first); None writes none and removes the one an existing release in `out_dir` has, since its
     numbers were measured with other weights. `sampling` and `extra_config` are further
-    config.json settings (see `release_config`).
+    config.json settings (see `release_config`). `default_steps_cpu` and `default_steps_cuda`
+    None: the defaults, at most the model's diffusion steps (a model of fewer cannot sample more).
     """
     from symdiff_cli.engine.metrics_file import METRICS_FILE, parse_metrics_text
 
     out_dir = Path(out_dir)
     model_cfg = model_cfg.validate()
+    if default_steps_cpu is None:
+        default_steps_cpu = default_sampling_steps({}, model_cfg, "cpu")
+    if default_steps_cuda is None:
+        default_steps_cuda = default_sampling_steps({}, model_cfg, "cuda")
     tensors, guide_tensors = _checked_release_weights(out_dir, model_cfg, state_dict, guide,
                                                       (default_steps_cpu, default_steps_cuda))
     config = release_config(model_cfg, histogram, dataset, provenance, default_steps_cpu, default_steps_cuda, guide,

@@ -191,7 +191,7 @@ def _log_interval(run: TrainingRun, window: _LogWindow, lr: float, grad_norm: to
 
 
 def _train_loop(run: TrainingRun, on_progress: Callable[[dict[str, Any]], None] | None
-                ) -> tuple[str | None, int | None, float | None]:
+                ) -> tuple[str | None, int | None, float | None, tuple[int, dict[str, Any]] | None]:
     """Train until a budget is spent or a stop signal arrives; returns (stop reason, stop signal,
     the last logged loss: None until a log interval ends, as when a spent budget makes no step,
     and the last periodic evaluation as (step, result))."""
