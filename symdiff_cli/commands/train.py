@@ -78,16 +78,16 @@ def _with_settings(obj: Any, overrides: dict[str, Any], scope: str) -> Any:
 
 
 def _refuse_model_changes_on_resume(train_config: Any, model_over: dict[str, Any],
-                                    explicit_train_keys: set[str]) -> None:
+                                    explicit_train_keys: set[str], recorded: dict[str, Any]) -> None:
     """A resumed run keeps its model: a different model setting, preset or --init-from given with
-    --resume would be silently ignored, so it is refused (the run's config.json says what it is)."""
-    try:
-        recorded = json.loads((Path(train_config.out) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    --resume would be silently ignored, so it is refused (`recorded`, the run's config.json, says
+    what it is)."""
+    if not recorded:
         return  # the checkpoint alone decides; the engine reads it
+    from symdiff_cli.engine.train_config import recorded_train_settings
     from symdiff_cli.model.config import ModelConfig
 
-    train = recorded.get("train", {}) if isinstance(recorded, dict) else {}
+    train = recorded_train_settings(recorded)
     try:  # every field, those a config.json leaves out at their default (self_condition) included
         fields = asdict(ModelConfig.from_dict(recorded.get("model", {})))
     except (SymdiffError, TypeError, ValueError, AttributeError):
@@ -172,7 +172,7 @@ def train_command(
     from symdiff_cli.engine.stop_signals import exit_code_for
     from symdiff_cli.engine.train import train
     from symdiff_cli.engine.train_config import (
-        TrainConfig, check_train_config, recorded_train_settings, with_run_settings,
+        TrainConfig, check_train_config, recorded_run_config, recorded_train_settings, with_run_settings,
     )
     from symdiff_cli.model.config import ModelConfig, model_config_from_preset, parse_override, with_current_model_keys
 
@@ -244,8 +244,9 @@ def train_command(
 
     run_data = train_config
     if resume:
-        _refuse_model_changes_on_resume(train_config, model_over, explicit_train_keys)
-        run_data = with_run_settings(train_config, recorded_train_settings(train_config.out), explicit_train_keys)
+        recorded = recorded_run_config(train_config.out)
+        _refuse_model_changes_on_resume(train_config, model_over, explicit_train_keys, recorded)
+        run_data = with_run_settings(train_config, recorded_train_settings(recorded), explicit_train_keys)
     if not run_data.data and run_data.dataset == "qm9":
         # Parsed here, where the bar is drawn, the first time; the run then finds it in memory.
         from symdiff_cli.data.qm9 import qm9_split

@@ -82,16 +82,22 @@ def with_run_settings(train_config: TrainConfig, recorded: dict[str, Any],
     return dataclasses.replace(train_config, **kept)
 
 
-def recorded_train_settings(run_dir: str) -> dict[str, Any]:
-    """The train settings a run directory's config.json records ({} when it has none to read)."""
+def recorded_run_config(run_dir: str) -> dict[str, Any]:
+    """A run directory's config.json ({} when it has none to read)."""
     import json
     from pathlib import Path
 
     try:
-        recorded = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8")).get("train", {})
-    except (OSError, ValueError, AttributeError):
+        recorded = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return {}
     return recorded if isinstance(recorded, dict) else {}
+
+
+def recorded_train_settings(recorded: dict[str, Any]) -> dict[str, Any]:
+    """The train settings a run's config.json (`recorded_run_config`) records ({} when none)."""
+    train = recorded.get("train", {})
+    return train if isinstance(train, dict) else {}
 
 
 def check_train_config(train_config: TrainConfig) -> None:
